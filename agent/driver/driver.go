@@ -1,0 +1,229 @@
+// Package driver defines the interface between the agent's reconcile loop and
+// the things that actually run workloads on a node (sim, runc, qemu).
+//
+// Imports: standard library, api/errdefs and go-containerregistry's v1 types
+// only. It never imports store or the agent loop; drivers live in
+// subpackages and are chosen explicitly in cmd.
+package driver
+
+import (
+	"context"
+	"io"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// States a driver reports. They are CloudAPI's instance states.
+const (
+	StateProvisioning = "provisioning"
+	StateRunning      = "running"
+	StateStopping     = "stopping"
+	StateStopped      = "stopped"
+	StateFailed       = "failed"
+)
+
+// Brands: what kind of workload an instance is.
+const (
+	BrandContainer = "joyent-minimal" // OCI container under runc (or sim)
+	BrandLX        = "lx"
+	BrandBhyve     = "bhyve" // QEMU virtual machine
+	BrandKVM       = "kvm"   // QEMU virtual machine
+)
+
+// NIC is one network interface of an instance, with the address the control
+// plane's IPAM allocated for it.
+type NIC struct {
+	MAC       string // "90:b8:d0:xx:xx:xx"
+	IP        string // dotted quad
+	PrefixLen int    // e.g. 24
+	Gateway   string // may be empty
+	NetworkID string
+	// Bridge is the Linux bridge on the node that carries this network
+	// (e.g. "flt-1a2b3c4d"); Subnet is the network's CIDR.
+	Bridge  string
+	Subnet  string
+	Primary bool
+	// NAT asks for outbound masquerading of this network's subnet.
+	NAT       bool
+	Resolvers []string
+}
+
+// RestartPolicy is Docker's restart policy, enforced by the agent.
+type RestartPolicy struct {
+	Name              string // "", "no", "on-failure", "always", "unless-stopped"
+	MaximumRetryCount int
+}
+
+// Image says where a workload's image comes from. The agent resolves it to
+// a go-containerregistry image through an ImageSource.
+type Image struct {
+	ID     string // CloudAPI image uuid
+	Ref    string // OCI reference served by the control plane, e.g. "images/<id>@sha256:..."
+	Digest string // manifest digest, verified on pull
+	Type   string // zone-dataset, lx-dataset, docker, zvol
+}
+
+// Spec is everything a driver needs to create an instance. It is derived from
+// the control plane's desired state; drivers must treat it as read-only.
+type Spec struct {
+	ID        string // instance uuid
+	OwnerID   string
+	Name      string
+	Brand     string
+	Image     Image
+	MemoryMiB int64
+	DiskMiB   int64
+	VCPUs     float64 // CPU limit; 0 = unlimited
+	CPUShares int64
+	PIDsLimit int64
+
+	// Process settings (containers). Empty values fall back to the image config.
+	Entrypoint []string
+	Cmd        []string
+	Env        []string
+	WorkingDir string
+	User       string
+	Hostname   string
+	Tty        bool
+	OpenStdin  bool
+	StdinOnce  bool
+	Labels     map[string]string
+
+	// Metadata is the instance's customer metadata (root_authorized_keys,
+	// user-script, ...), delivered to VMs.
+	Metadata map[string]string
+
+	NICs    []NIC
+	Restart RestartPolicy
+}
+
+// Status is what a driver observes about one instance.
+type Status struct {
+	ID         string
+	State      string // one of the State* constants
+	ExitCode   *int   // set once the main process has exited
+	Pid        int
+	StartedAt  time.Time
+	FinishedAt time.Time
+	// Error explains a failed state.
+	Error string
+	// Restarts counts restarts made by the driver or agent (restart policy).
+	Restarts int
+}
+
+// ImageSource fetches images for drivers (from the control plane's OCI
+// distribution endpoint in production, from memory in tests).
+type ImageSource interface {
+	Image(ctx context.Context, img Image) (v1.Image, error)
+}
+
+// Driver runs instances of some brands on this node. All methods are safe for
+// concurrent use on different instance ids; the agent never calls two methods
+// for the same id at once. Methods return errdefs NotFound for unknown ids.
+type Driver interface {
+	// Name is "sim", "runc" or "qemu".
+	Name() string
+	// Brands lists the brands this driver runs on this node.
+	Brands() []string
+	// List returns the status of every instance this driver knows about,
+	// running or not; the agent adopts them at start.
+	List(ctx context.Context) ([]Status, error)
+	// Inspect returns the status of one instance.
+	Inspect(ctx context.Context, id string) (Status, error)
+	// Create prepares an instance (image, disk/rootfs, network) without
+	// starting it. Creating an existing id is a no-op.
+	Create(ctx context.Context, spec Spec) error
+	// Start starts a created or stopped instance. Starting a running one is a no-op.
+	Start(ctx context.Context, id string) error
+	// Stop asks the workload to stop, waits up to grace, then kills it.
+	Stop(ctx context.Context, id string, grace time.Duration) error
+	// Delete stops the instance if needed and removes everything it left on
+	// the node (processes, network, disks, cgroups). Deleting an unknown id is a no-op.
+	Delete(ctx context.Context, id string) error
+}
+
+// Updater is implemented by drivers that can change resources of an existing
+// instance (resize).
+type Updater interface {
+	Update(ctx context.Context, spec Spec) error
+}
+
+// LogOptions select log lines.
+type LogOptions struct {
+	Stdout, Stderr bool
+	Follow         bool
+	Since, Until   time.Time
+	Tail           int // <0 = all
+	Timestamps     bool
+}
+
+// LogEntry is one line of output.
+type LogEntry struct {
+	Time   time.Time
+	Stream string // "stdout" or "stderr"
+	Line   []byte // including the trailing newline
+}
+
+// AttachOptions select the streams of an attach.
+type AttachOptions struct {
+	Stdin, Stdout, Stderr bool
+	Stream                bool
+}
+
+// Streams is a live connection to a process's stdio. For a tty, Stdout
+// carries all output and Stderr is nil.
+type Streams struct {
+	Stdin  io.WriteCloser
+	Stdout io.Reader
+	Stderr io.Reader
+	Tty    bool
+	// Done is closed when the connection is over (the process exited or the
+	// attach was closed).
+	Done  <-chan struct{}
+	Close func() error
+}
+
+// ExecConfig describes a process to run inside a running instance.
+type ExecConfig struct {
+	Cmd                                     []string
+	Env                                     []string
+	User                                    string
+	WorkingDir                              string
+	Tty                                     bool
+	AttachStdin, AttachStdout, AttachStderr bool
+}
+
+// ExecProcess is a running exec.
+type ExecProcess struct {
+	Streams
+	Pid int
+	// Wait blocks until the process exits and returns its exit code.
+	Wait func() (int, error)
+	// Resize changes the tty size.
+	Resize func(h, w uint16) error
+}
+
+// Streamer is implemented by drivers that expose process I/O (runc).
+type Streamer interface {
+	Logs(ctx context.Context, id string, opts LogOptions, out chan<- LogEntry) error
+	Attach(ctx context.Context, id string, opts AttachOptions) (*Streams, error)
+	Resize(ctx context.Context, id string, h, w uint16) error
+	Exec(ctx context.Context, id string, cfg ExecConfig) (*ExecProcess, error)
+	// Top lists the processes of the instance (ps-style titles and rows).
+	Top(ctx context.Context, id string, psArgs string) ([]string, [][]string, error)
+}
+
+// Stats is a resource usage sample.
+type Stats struct {
+	Time        time.Time
+	CPUUsageNs  uint64
+	MemoryBytes uint64
+	MemoryLimit uint64
+	PIDs        uint64
+}
+
+// StatsReader is implemented by drivers that can sample resource usage.
+type StatsReader interface {
+	Stats(ctx context.Context, id string) (Stats, error)
+}

@@ -1,0 +1,99 @@
+// Package wire holds the JSON types of the agent API: the internal HTTP API
+// between the control plane (api/agentapi) and the agents on compute nodes
+// (agent). Both sides import it; it imports only agent/driver.
+//
+// Routes (all under /agent/v1, JSON bodies, errors as {"code","message"}):
+//
+//	POST /agent/v1/nodes/register            Authorization: Bearer <join token>
+//	     body RegisterRequest -> 200 RegisterResponse
+//	     Registering an existing node name with a valid join token rotates its credential.
+//	POST /agent/v1/nodes/{node}/heartbeat    Authorization: Bearer <node credential>
+//	     body Heartbeat -> 204
+//	GET  /agent/v1/nodes/{node}/assignments?since=REV&wait=SECONDS
+//	     -> 200 Assignments. since=0 returns the full set (Full=true); otherwise
+//	     the instances whose generation changed after REV. Long-polls up to
+//	     wait seconds (default 30, max 60) when nothing changed; answers with
+//	     an empty list and the same revision on timeout.
+//	PUT  /agent/v1/instances/{id}/status     body InstanceStatus -> 204
+//	     A node may only report instances assigned to it (404 otherwise).
+//
+// A node's credential grants access to that node's routes only (403 for
+// another node's).
+package wire
+
+import (
+	"time"
+
+	"flotilla/agent/driver"
+)
+
+// RegisterRequest is sent once by a new agent (and again when it has lost its credential).
+type RegisterRequest struct {
+	Name      string         `json:"name"`
+	Hostname  string         `json:"hostname"`
+	Driver    string         `json:"driver"`            // "sim", "runc", "qemu", "runc,qemu"
+	Brands    []string       `json:"brands"`            // brands it can run
+	MemoryMiB int64          `json:"memory_mib"`        // capacity
+	DiskMiB   int64          `json:"disk_mib"`          // capacity
+	VCPUs     float64        `json:"vcpus"`             // capacity
+	Traits    map[string]any `json:"traits,omitempty"`  // e.g. {"accel":"tcg"}
+	Address   string         `json:"address,omitempty"` // where the agent serves streams, host:port
+}
+
+// RegisterResponse carries the node's id and its credential, which the agent
+// keeps in its data dir and sends as a bearer token from then on.
+type RegisterResponse struct {
+	NodeID     string `json:"node_id"`
+	Credential string `json:"credential"`
+}
+
+// Heartbeat says the node is alive and what it currently offers.
+type Heartbeat struct {
+	MemoryMiB int64          `json:"memory_mib"`
+	DiskMiB   int64          `json:"disk_mib"`
+	VCPUs     float64        `json:"vcpus"`
+	Brands    []string       `json:"brands,omitempty"`
+	Traits    map[string]any `json:"traits,omitempty"`
+	Address   string         `json:"address,omitempty"`
+	Running   int            `json:"running"` // instances the driver reports running
+}
+
+// Desired states.
+const (
+	DesiredRunning = "running"
+	DesiredStopped = "stopped"
+	DesiredDeleted = "deleted"
+)
+
+// Assignment is the desired state of one instance on the node.
+type Assignment struct {
+	ID           string `json:"id"`
+	Generation   int64  `json:"generation"`
+	DesiredState string `json:"desired_state"`
+	// RebootCount increments on every reboot request; the agent reboots
+	// the instance when it sees a count higher than the one it applied.
+	RebootCount int64       `json:"reboot_count"`
+	Spec        driver.Spec `json:"spec"`
+}
+
+// Assignments is the answer to a poll.
+type Assignments struct {
+	Revision    int64        `json:"revision"`
+	Full        bool         `json:"full"`
+	Assignments []Assignment `json:"assignments"`
+}
+
+// InstanceStatus is the agent's report of what it observes.
+type InstanceStatus struct {
+	ObservedGeneration int64     `json:"observed_generation"`
+	RebootCount        int64     `json:"reboot_count"` // the reboot count applied so far
+	State              string    `json:"state"`        // driver.State* or "deleted"
+	ExitCode           *int      `json:"exit_code,omitempty"`
+	StartedAt          time.Time `json:"started_at,omitzero"`
+	FinishedAt         time.Time `json:"finished_at,omitzero"`
+	Error              string    `json:"error,omitempty"`
+	Restarts           int       `json:"restarts"`
+}
+
+// StateDeleted is reported once an instance desired "deleted" is gone from the node.
+const StateDeleted = "deleted"

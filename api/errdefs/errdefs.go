@@ -1,0 +1,102 @@
+// Package errdefs holds Flotilla's one error type. Every layer below the HTTP
+// handlers returns *Error (or wraps one); the public APIs classify an error once
+// with CodeOf and render it in their own dialect.
+//
+// Imports: standard library only.
+package errdefs
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code classifies an error independently of any wire protocol.
+type Code string
+
+// The codes. Each maps to exactly one HTTP status per API dialect.
+const (
+	Invalid              Code = "invalid"
+	NotFound             Code = "not_found"
+	Conflict             Code = "conflict"
+	Unauthorized         Code = "unauthorized"
+	Forbidden            Code = "forbidden"
+	Gone                 Code = "gone"
+	Unavailable          Code = "unavailable"
+	InsufficientCapacity Code = "insufficient_capacity"
+	NotImplemented       Code = "not_implemented"
+	TooManyRequests      Code = "too_many_requests"
+	Internal             Code = "internal"
+)
+
+// Error is an application error: Code classifies it, Message is safe to show a
+// client, Err carries the cause for logs only.
+type Error struct {
+	Code    Code
+	Message string
+	Err     error
+	// Detail is an optional value a dialect may render (for example the
+	// instance JSON of a 410 Gone).
+	Detail any
+}
+
+func (e *Error) Error() string {
+	switch {
+	case e.Err != nil && e.Message != "":
+		return e.Message + ": " + e.Err.Error()
+	case e.Err != nil:
+		return e.Err.Error()
+	default:
+		return e.Message
+	}
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// New returns an error with the given code and client-safe message.
+func New(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Wrap returns an error with the given code and message that keeps err as its cause.
+func Wrap(code Code, err error, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...), Err: err}
+}
+
+// Shorthands for the common codes.
+func InvalidArgument(format string, args ...any) *Error { return New(Invalid, format, args...) }
+func NotFoundf(format string, args ...any) *Error       { return New(NotFound, format, args...) }
+func Conflictf(format string, args ...any) *Error       { return New(Conflict, format, args...) }
+
+// CodeOf returns the code of the first *Error in err's chain, or Internal.
+func CodeOf(err error) Code {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return Internal
+}
+
+// MessageOf returns the client-safe message of err: the *Error's message, or a
+// generic text for internal errors so that no cause leaks to a client.
+func MessageOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) && e.Code != Internal && e.Message != "" {
+		return e.Message
+	}
+	return "internal error"
+}
+
+// DetailOf returns the Detail of the first *Error in err's chain, if any.
+func DetailOf(err error) any {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Detail
+	}
+	return nil
+}
+
+// Is reports whether err carries the given code.
+func Is(err error, code Code) bool { return err != nil && CodeOf(err) == code }
