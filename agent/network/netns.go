@@ -1,0 +1,237 @@
+package network
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"flotilla/agent/driver"
+	"flotilla/api/errdefs"
+)
+
+// ensureNamedNetNS creates the persistent namespace /var/run/netns/name if it
+// does not exist yet and returns a handle to it (the caller closes it).
+func ensureNamedNetNS(name string) (netns.NsHandle, error) {
+	if h, err := netns.GetFromName(name); err == nil {
+		return h, nil
+	}
+	// NewNamed unshares the calling thread into the new namespace; pin the
+	// goroutine to the thread and switch back before letting go of it. If
+	// switching back fails the thread stays locked and dies with the
+	// goroutine, so no other goroutine ever runs in the wrong namespace.
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return netns.None(), fmt.Errorf("get current netns: %w", err)
+	}
+	defer orig.Close()
+	h, err := netns.NewNamed(name)
+	if serr := netns.Set(orig); serr != nil {
+		if h.IsOpen() {
+			h.Close()
+		}
+		return netns.None(), fmt.Errorf("return to host netns: %w", serr)
+	}
+	runtime.UnlockOSThread()
+	if err != nil {
+		// A half-made file (created, not mounted) would block the next try.
+		os.Remove(NetNSPath(name))
+		return netns.None(), fmt.Errorf("create netns %s: %w", name, err)
+	}
+	return h, nil
+}
+
+// SetupInstanceNetNS makes the persistent network namespace nsName (a file
+// under /var/run/netns that outlives container restarts) and connects it to
+// nic.Bridge with a veth pair: vethHost on the host side attached to the
+// bridge, eth0 inside with nic.MAC, nic.IP/nic.PrefixLen and a default route
+// via nic.Gateway; lo is up. Calling it again for a namespace that already
+// has eth0 and whose host end exists only re-applies the address and route.
+// It returns NotFound if the bridge does not exist, Invalid for a bad NIC.
+func SetupInstanceNetNS(nsName string, nic driver.NIC, vethHost string) error {
+	if nsName == "" || len(nsName) > 200 || nsName != sanitizeNSName(nsName) {
+		return errdefs.InvalidArgument("network namespace name %q is not a plain file name", nsName)
+	}
+	if !validIfName(vethHost) {
+		return errdefs.InvalidArgument("veth name %q is not a valid interface name", vethHost)
+	}
+	ip := net.ParseIP(nic.IP).To4()
+	if ip == nil || nic.PrefixLen <= 0 || nic.PrefixLen > 32 {
+		return errdefs.InvalidArgument("NIC address %s/%d is not an IPv4 address with a prefix length", nic.IP, nic.PrefixLen)
+	}
+	var mac net.HardwareAddr
+	if nic.MAC != "" {
+		var err error
+		if mac, err = net.ParseMAC(nic.MAC); err != nil || len(mac) != 6 {
+			return errdefs.InvalidArgument("NIC MAC %q is not a 6-byte MAC address", nic.MAC)
+		}
+	}
+	var gw net.IP
+	if nic.Gateway != "" {
+		if gw = net.ParseIP(nic.Gateway).To4(); gw == nil {
+			return errdefs.InvalidArgument("NIC gateway %q is not an IPv4 address", nic.Gateway)
+		}
+	}
+	br, err := netlink.LinkByName(nic.Bridge)
+	if err != nil {
+		if isLinkNotFound(err) {
+			return errdefs.NotFoundf("bridge %q does not exist; call EnsureBridge first", nic.Bridge)
+		}
+		return errdefs.Wrap(errdefs.Internal, err, "look up bridge %s", nic.Bridge)
+	}
+
+	ns, err := ensureNamedNetNS(nsName)
+	if err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "create network namespace %s", nsName)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "open netlink in namespace %s", nsName)
+	}
+	defer h.Close()
+
+	_, hostErr := netlink.LinkByName(vethHost)
+	eth0, nsErr := h.LinkByName("eth0")
+	if hostErr != nil || nsErr != nil {
+		// Start from scratch: a leftover host end would keep the name.
+		if err := DeleteLink(vethHost); err != nil {
+			return err
+		}
+		if nsErr == nil {
+			h.LinkDel(eth0)
+		}
+		if eth0, err = addVeth(h, ns, br, vethHost); err != nil {
+			return errdefs.Wrap(errdefs.Internal, err, "create veth %s for namespace %s", vethHost, nsName)
+		}
+	}
+	if err := configureEth0(h, eth0, mac, &net.IPNet{IP: ip, Mask: net.CIDRMask(nic.PrefixLen, 32)}, gw); err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "configure eth0 in namespace %s", nsName)
+	}
+	return nil
+}
+
+func addVeth(h *netlink.Handle, ns netns.NsHandle, br netlink.Link, vethHost string) (netlink.Link, error) {
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	peerName := Prefix + "p" + hex.EncodeToString(rnd[:])
+	veth := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{Name: vethHost, MTU: br.Attrs().MTU, MasterIndex: br.Attrs().Index},
+		PeerName:  peerName,
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			DeleteLink(vethHost)
+		}
+	}()
+	peer, err := netlink.LinkByName(peerName)
+	if err != nil {
+		return nil, err
+	}
+	if err := netlink.LinkSetNsFd(peer, int(ns)); err != nil {
+		return nil, err
+	}
+	host, err := netlink.LinkByName(vethHost)
+	if err != nil {
+		return nil, err
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return nil, err
+	}
+	inside, err := h.LinkByName(peerName)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.LinkSetName(inside, "eth0"); err != nil {
+		return nil, err
+	}
+	inside, err = h.LinkByName("eth0")
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return inside, nil
+}
+
+func configureEth0(h *netlink.Handle, eth0 netlink.Link, mac net.HardwareAddr, addr *net.IPNet, gw net.IP) error {
+	if mac != nil && eth0.Attrs().HardwareAddr.String() != mac.String() {
+		if err := h.LinkSetHardwareAddr(eth0, mac); err != nil {
+			return fmt.Errorf("set MAC: %w", err)
+		}
+	}
+	if err := h.AddrReplace(eth0, &netlink.Addr{IPNet: addr}); err != nil {
+		return fmt.Errorf("set address: %w", err)
+	}
+	if err := h.LinkSetUp(eth0); err != nil {
+		return fmt.Errorf("bring eth0 up: %w", err)
+	}
+	if lo, err := h.LinkByName("lo"); err == nil {
+		if err := h.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("bring lo up: %w", err)
+		}
+	}
+	if gw != nil {
+		r := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gw, Dst: nil}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("default route via %s: %w", gw, err)
+		}
+	}
+	return nil
+}
+
+// TeardownInstanceNetNS removes the host end vethHost (the kernel removes its
+// peer) and the namespace nsName. Missing pieces are not an error.
+func TeardownInstanceNetNS(nsName, vethHost string) error {
+	var errs []error
+	if vethHost != "" {
+		if err := DeleteLink(vethHost); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if nsName != "" && nsName == sanitizeNSName(nsName) {
+		if err := netns.DeleteNamed(nsName); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, err)
+		}
+		// Unmount failed with EINVAL (not a mount point) or ENOENT: make sure
+		// no stale file is left.
+		if err := os.Remove(NetNSPath(nsName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return errdefs.Wrap(errdefs.Internal, errors.Join(errs...), "tear down network namespace %s", nsName)
+	}
+	return nil
+}
+
+// NetNSExists reports whether the named namespace file exists.
+func NetNSExists(nsName string) bool {
+	_, err := os.Stat(NetNSPath(nsName))
+	return err == nil
+}
+
+func sanitizeNSName(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			b[i] = '_'
+		}
+	}
+	if s == "." || s == ".." {
+		return "_"
+	}
+	return string(b)
+}
