@@ -1,0 +1,200 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"flotilla/agent/driver"
+	"flotilla/api/errdefs"
+)
+
+// StateFileName is the file in the data dir that records what the agent has
+// applied to each instance.
+const StateFileName = "instances.json"
+
+// resources are the parts of a spec that a resize changes.
+type resources struct {
+	MemoryMiB int64   `json:"memory_mib"`
+	DiskMiB   int64   `json:"disk_mib"`
+	VCPUs     float64 `json:"vcpus"`
+	CPUShares int64   `json:"cpu_shares"`
+	PIDsLimit int64   `json:"pids_limit"`
+}
+
+func resourcesOf(s driver.Spec) resources {
+	return resources{MemoryMiB: s.MemoryMiB, DiskMiB: s.DiskMiB, VCPUs: s.VCPUs, CPUShares: s.CPUShares, PIDsLimit: s.PIDsLimit}
+}
+
+// applied is what the agent has done to one instance. It survives agent
+// restarts so that a restart neither reboots again nor restarts a workload
+// that exited on its own.
+type applied struct {
+	// Generation is the last generation converged.
+	Generation int64 `json:"generation"`
+	// StartedGeneration is the generation at which the agent last started
+	// the instance because it was desired running; an instance that exits
+	// afterwards is left stopped (unless its restart policy says otherwise)
+	// until a newer generation asks for it to run.
+	StartedGeneration int64 `json:"started_generation"`
+	// RebootCount is the highest reboot count applied.
+	RebootCount int64 `json:"reboot_count"`
+	// Restarts counts restarts made for the restart policy.
+	Restarts  int       `json:"restarts"`
+	Resources resources `json:"resources"`
+}
+
+// stateStore keeps the applied records in memory and in DataDir, writing
+// with group commit: Put returns once a write covering it has finished, and
+// concurrent Puts share one write.
+type stateStore struct {
+	path string
+
+	mu      sync.Mutex
+	records map[string]applied
+	encoded map[string][]byte
+	seq     uint64
+
+	wmu     sync.Mutex
+	cond    *sync.Cond
+	saved   uint64
+	writing bool
+}
+
+func openStateStore(dataDir string) (*stateStore, error) {
+	s := &stateStore{
+		path:    filepath.Join(dataDir, StateFileName),
+		records: map[string]applied{},
+		encoded: map[string][]byte{},
+	}
+	s.cond = sync.NewCond(&s.wmu)
+	b, err := os.ReadFile(s.path)
+	if os.IsNotExist(err) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "agent: read %s", s.path)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "agent: %s is corrupt; remove it and the agent will adopt instances as they are", s.path)
+	}
+	for id, r := range raw {
+		var ap applied
+		if err := json.Unmarshal(r, &ap); err != nil {
+			return nil, errdefs.Wrap(errdefs.Internal, err, "agent: %s: record %s is corrupt", s.path, id)
+		}
+		s.records[id] = ap
+		s.encoded[id] = r
+	}
+	return s, nil
+}
+
+// Get returns the record of id.
+func (s *stateStore) Get(id string) (applied, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ap, ok := s.records[id]
+	return ap, ok
+}
+
+// IDs returns the ids with a record.
+func (s *stateStore) IDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]string, 0, len(s.records))
+	for id := range s.records {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Put stores the record of id and returns once it is on disk. An unchanged
+// record costs nothing.
+func (s *stateStore) Put(id string, ap applied) error {
+	s.mu.Lock()
+	if old, ok := s.records[id]; ok && old == ap {
+		s.mu.Unlock()
+		return nil
+	}
+	b, err := json.Marshal(ap)
+	if err != nil {
+		s.mu.Unlock()
+		return errdefs.Wrap(errdefs.Internal, err, "agent: encode state of %s", id)
+	}
+	s.records[id] = ap
+	s.encoded[id] = b
+	s.seq++
+	seq := s.seq
+	s.mu.Unlock()
+	return s.wait(seq)
+}
+
+// Delete forgets id and returns once that is on disk.
+func (s *stateStore) Delete(id string) error {
+	s.mu.Lock()
+	if _, ok := s.records[id]; !ok {
+		s.mu.Unlock()
+		return nil
+	}
+	delete(s.records, id)
+	delete(s.encoded, id)
+	s.seq++
+	seq := s.seq
+	s.mu.Unlock()
+	return s.wait(seq)
+}
+
+func (s *stateStore) snapshot() ([]byte, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	size := 2
+	for id, b := range s.encoded {
+		size += len(id) + len(b) + 4
+	}
+	buf := make([]byte, 0, size)
+	buf = append(buf, '{')
+	first := true
+	for id, b := range s.encoded {
+		if !first {
+			buf = append(buf, ',')
+		}
+		first = false
+		key, _ := json.Marshal(id) // a string always encodes
+		buf = append(buf, key...)
+		buf = append(buf, ':')
+		buf = append(buf, b...)
+	}
+	buf = append(buf, '}')
+	return buf, s.seq
+}
+
+// wait returns once change seq is on disk, writing it if no write is under way.
+func (s *stateStore) wait(seq uint64) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	for s.saved < seq {
+		if s.writing {
+			s.cond.Wait()
+			continue
+		}
+		s.writing = true
+		s.wmu.Unlock()
+		b, covered := s.snapshot()
+		err := writeFileAtomic(s.path, b, 0o600)
+		s.wmu.Lock()
+		s.writing = false
+		s.cond.Broadcast()
+		if err != nil {
+			return errdefs.Wrap(errdefs.Internal, err, "agent: save %s", s.path)
+		}
+		s.saved = max(s.saved, covered)
+	}
+	return nil
+}
+
+func (r resources) String() string {
+	return fmt.Sprintf("memory=%dMiB disk=%dMiB vcpus=%g", r.MemoryMiB, r.DiskMiB, r.VCPUs)
+}
