@@ -455,6 +455,12 @@ func (d Decision) rejectionText() string {
 		}
 		return fmt.Sprintf("%d nodes", n)
 	}
+	verb := func(n int, one, many string) string {
+		if n == 1 {
+			return one
+		}
+		return many
+	}
 	for _, r := range reasonOrder {
 		n := d.Rejections[r]
 		if n == 0 {
@@ -462,13 +468,13 @@ func (d Decision) rejectionText() string {
 		}
 		switch r {
 		case ReasonMemory:
-			parts = append(parts, fmt.Sprintf("%s lack memory (largest free %d MiB)", nodes(n), d.LargestFreeMemoryMiB))
+			parts = append(parts, fmt.Sprintf("%s %s memory (largest free %d MiB)", nodes(n), verb(n, "lacks", "lack"), d.LargestFreeMemoryMiB))
 		case ReasonDisk:
-			parts = append(parts, fmt.Sprintf("%s lack disk", nodes(n)))
+			parts = append(parts, fmt.Sprintf("%s %s disk", nodes(n), verb(n, "lacks", "lack")))
 		case ReasonVCPU:
-			parts = append(parts, fmt.Sprintf("%s lack vCPUs", nodes(n)))
+			parts = append(parts, fmt.Sprintf("%s %s vCPUs", nodes(n), verb(n, "lacks", "lack")))
 		case ReasonInstanceCount:
-			parts = append(parts, fmt.Sprintf("%s at their instance limit", nodes(n)))
+			parts = append(parts, fmt.Sprintf("%s %s at the instance limit", nodes(n), verb(n, "is", "are")))
 		case ReasonAffinity:
 			rules := make([]string, 0, len(d.AffinityRejections))
 			for rule := range d.AffinityRejections {
@@ -481,7 +487,7 @@ func (d Decision) rejectionText() string {
 		case ReasonBrand:
 			parts = append(parts, fmt.Sprintf("%s cannot run brand %s", nodes(n), d.Request.Brand))
 		case ReasonTraits:
-			parts = append(parts, fmt.Sprintf("%s lack the requested traits", nodes(n)))
+			parts = append(parts, fmt.Sprintf("%s %s the requested traits", nodes(n), verb(n, "lacks", "lack")))
 		case ReasonExcluded:
 			parts = append(parts, fmt.Sprintf("%s already tried", nodes(n)))
 		default:
