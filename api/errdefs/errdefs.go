@@ -25,6 +25,7 @@ const (
 	InsufficientCapacity Code = "insufficient_capacity"
 	NotImplemented       Code = "not_implemented"
 	TooManyRequests      Code = "too_many_requests"
+	Unprocessable        Code = "unprocessable"
 	Internal             Code = "internal"
 )
 
@@ -35,8 +36,11 @@ type Error struct {
 	Message string
 	Err     error
 	// Detail is an optional value a dialect may render (for example the
-	// instance JSON of a 410 Gone).
+	// instance of a 410 Gone).
 	Detail any
+	// Reason is an optional finer classification a dialect may use for its
+	// own error code (e.g. "CannotDestroyMachine").
+	Reason string
 }
 
 func (e *Error) Error() string {
@@ -96,6 +100,15 @@ func DetailOf(err error) any {
 		return e.Detail
 	}
 	return nil
+}
+
+// ReasonOf returns the Reason of the first *Error in err's chain, or "".
+func ReasonOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return ""
 }
 
 // Is reports whether err carries the given code.

@@ -1,0 +1,244 @@
+package store
+
+import (
+	"context"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"flotilla/api/errdefs"
+)
+
+// Network is an IPv4 network instances get addresses on. OwnerID nil means
+// shared by every account (public networks, the default private network).
+type Network struct {
+	ID             string         `db:"id"`
+	OwnerID        *string        `db:"owner_id"`
+	Name           string         `db:"name"`
+	Public         bool           `db:"public"`
+	Description    string         `db:"description"`
+	Subnet         string         `db:"subnet"`
+	Gateway        *string        `db:"gateway"`
+	ProvisionStart string         `db:"provision_start"`
+	ProvisionEnd   string         `db:"provision_end"`
+	Resolvers      []string       `db:"resolvers"`
+	Routes         map[string]any `db:"routes"`
+	Fabric         bool           `db:"fabric"`
+	VLANID         int            `db:"vlan_id"`
+	InternetNAT    bool           `db:"internet_nat"`
+	Bridge         string         `db:"bridge"`
+	CreatedAt      time.Time      `db:"created_at"`
+}
+
+const networkColumns = `id::text, owner_id::text, name, public, description, subnet::text, host(gateway),
+	host(provision_start), host(provision_end), resolvers, routes, fabric, vlan_id, internet_nat, bridge, created_at`
+
+// BridgeName is the Linux bridge that carries a network on every node.
+func BridgeName(networkID string) string {
+	return "fltb" + strings.ReplaceAll(networkID, "-", "")[:8]
+}
+
+const sqlCreateNetwork = `INSERT INTO networks (id, owner_id, name, public, description, subnet, gateway,
+	provision_start, provision_end, resolvers, routes, fabric, vlan_id, internet_nat, bridge)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING ` + networkColumns
+
+// CreateNetwork validates and records a network. Missing provision bounds
+// default to the subnet's usable range after the gateway.
+func (s *Store) CreateNetwork(ctx context.Context, n Network) (Network, error) {
+	if n.ID == "" {
+		n.ID = uuid.NewString()
+	}
+	if err := normaliseNetwork(&n); err != nil {
+		return Network{}, err
+	}
+	n.Bridge = BridgeName(n.ID)
+	rows, _ := s.pool.Query(ctx, sqlCreateNetwork, n.ID, n.OwnerID, n.Name, n.Public, n.Description, n.Subnet, n.Gateway,
+		n.ProvisionStart, n.ProvisionEnd, n.Resolvers, n.Routes, n.Fabric, n.VLANID, n.InternetNAT, n.Bridge)
+	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Network])
+	if err != nil {
+		switch pgCode(err) {
+		case sqlUniqueViolation:
+			return Network{}, errdefs.Conflictf("network %q already exists", n.Name)
+		case sqlCheckViolation:
+			return Network{}, errdefs.InvalidArgument("network %s: provision range %s-%s must lie inside %s", n.Name, n.ProvisionStart, n.ProvisionEnd, n.Subnet)
+		}
+		return Network{}, translate(err)
+	}
+	return out, nil
+}
+
+func normaliseNetwork(n *Network) error {
+	if n.Name == "" {
+		return errdefs.InvalidArgument("network name is required")
+	}
+	prefix, err := netip.ParsePrefix(n.Subnet)
+	if err != nil || !prefix.Addr().Is4() {
+		return errdefs.InvalidArgument("invalid subnet %q: use IPv4 CIDR notation such as 10.10.0.0/24", n.Subnet)
+	}
+	prefix = prefix.Masked()
+	if prefix.Bits() > 29 {
+		return errdefs.InvalidArgument("subnet %s is too small: use /29 or larger", prefix)
+	}
+	n.Subnet = prefix.String()
+	first := prefix.Addr().Next()
+	last := lastAddr(prefix).Prev() // skip broadcast
+	if n.Gateway == nil || *n.Gateway == "" {
+		g := first.String()
+		n.Gateway = &g
+	} else if gw, err := netip.ParseAddr(*n.Gateway); err != nil || !prefix.Contains(gw) {
+		return errdefs.InvalidArgument("gateway %s is not inside subnet %s", *n.Gateway, prefix)
+	}
+	gw, _ := netip.ParseAddr(*n.Gateway)
+	if n.ProvisionStart == "" {
+		start := first
+		if start == gw {
+			start = start.Next()
+		}
+		n.ProvisionStart = start.String()
+	}
+	if n.ProvisionEnd == "" {
+		n.ProvisionEnd = last.String()
+	}
+	for _, a := range []string{n.ProvisionStart, n.ProvisionEnd} {
+		ip, err := netip.ParseAddr(a)
+		if err != nil || !prefix.Contains(ip) {
+			return errdefs.InvalidArgument("provision address %q is not inside subnet %s", a, prefix)
+		}
+	}
+	if n.Resolvers == nil {
+		n.Resolvers = []string{}
+	}
+	if len(n.Resolvers) > 4 {
+		return errdefs.InvalidArgument("at most 4 resolvers are allowed")
+	}
+	if n.Routes == nil {
+		n.Routes = map[string]any{}
+	}
+	return nil
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Addr().As4()
+	hostBits := 32 - p.Bits()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v |= (1 << hostBits) - 1
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// visibleNetwork: shared networks and the owner's own.
+const visibleNetwork = `(owner_id IS NULL OR owner_id = $1)`
+
+const sqlListNetworks = `SELECT ` + networkColumns + ` FROM networks WHERE ` + visibleNetwork + ` ORDER BY public DESC, name`
+
+// ListNetworks returns the networks the owner may use.
+func (s *Store) ListNetworks(ctx context.Context, ownerID string) ([]Network, error) {
+	rows, _ := s.pool.Query(ctx, sqlListNetworks, ownerID)
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Network])
+	return out, translate(err)
+}
+
+const sqlGetNetwork = `SELECT ` + networkColumns + ` FROM networks WHERE ` + visibleNetwork + ` AND (id::text = $2 OR name = $2)
+ORDER BY (id::text = $2) DESC, owner_id NULLS LAST LIMIT 1`
+
+// GetNetwork finds a network the owner may use by uuid or name.
+func (s *Store) GetNetwork(ctx context.Context, ownerID, idOrName string) (Network, error) {
+	rows, _ := s.pool.Query(ctx, sqlGetNetwork, ownerID, idOrName)
+	n, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Network])
+	if err != nil {
+		return Network{}, notFound(err, "network "+idOrName+" not found")
+	}
+	return n, nil
+}
+
+const sqlNetworkByID = `SELECT ` + networkColumns + ` FROM networks WHERE id = $1`
+
+// NetworkByID returns any network (agents, operators).
+func (s *Store) NetworkByID(ctx context.Context, id string) (Network, error) {
+	rows, _ := s.pool.Query(ctx, sqlNetworkByID, id)
+	n, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Network])
+	if err != nil {
+		return Network{}, notFound(err, "network "+id+" not found")
+	}
+	return n, nil
+}
+
+const sqlDeleteNetwork = `DELETE FROM networks WHERE id = $2 AND owner_id = $1`
+
+// DeleteNetwork removes an owner's own network; one with addresses in use is a Conflict.
+func (s *Store) DeleteNetwork(ctx context.Context, ownerID, id string) error {
+	var inUse bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM nics WHERE network_id = $1)`, id).Scan(&inUse); err != nil {
+		return translate(err)
+	}
+	if inUse {
+		return errdefs.Conflictf("network %s has active endpoints", id)
+	}
+	tag, err := s.pool.Exec(ctx, sqlDeleteNetwork, ownerID, id)
+	if err != nil {
+		return translate(err)
+	}
+	if tag.RowsAffected() == 0 {
+		return errdefs.NotFoundf("network %s not found", id)
+	}
+	return nil
+}
+
+// NetworkIP is one address of a network.
+type NetworkIP struct {
+	IP         string  `db:"ip"`
+	Reserved   bool    `db:"reserved"`
+	OwnerID    *string `db:"owner_id"`
+	InstanceID *string `db:"instance_id"`
+}
+
+const sqlListNetworkIPs = `SELECT host(ip), reserved, owner_id::text, instance_id::text FROM network_ips
+WHERE network_id = $1 AND (owner_id IS NULL OR owner_id = $2) ORDER BY ip LIMIT $3 OFFSET $4`
+
+// ListNetworkIPs returns the allocated addresses of a network the owner may see.
+func (s *Store) ListNetworkIPs(ctx context.Context, ownerID, networkID string, limit, offset int) ([]NetworkIP, error) {
+	rows, _ := s.pool.Query(ctx, sqlListNetworkIPs, networkID, ownerID, limit, offset)
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[NetworkIP])
+	return out, translate(err)
+}
+
+// allocateIP takes a free address of the network for the instance. It starts
+// at a random point of the provision range so concurrent creates rarely meet.
+const sqlAllocateIP = `WITH n AS (
+	SELECT provision_start AS s, (provision_end - provision_start) AS span, gateway FROM networks WHERE id = $1
+), c AS (
+	SELECT n.s + (($4::bigint + g) % (n.span + 1)) AS ip, n.gateway FROM n, generate_series(0, n.span) g
+)
+INSERT INTO network_ips (network_id, ip, instance_id, owner_id)
+SELECT $1, c.ip, $2, $3 FROM c
+WHERE c.ip IS DISTINCT FROM c.gateway
+  AND NOT EXISTS (SELECT 1 FROM network_ips x WHERE x.network_id = $1 AND x.ip = c.ip)
+LIMIT 1
+ON CONFLICT DO NOTHING
+RETURNING host(ip)`
+
+func allocateIP(ctx context.Context, q querier, networkID, instanceID, ownerID string) (string, error) {
+	for attempt := 0; attempt < 8; attempt++ {
+		var ip string
+		err := q.QueryRow(ctx, sqlAllocateIP, networkID, instanceID, ownerID, rand.Int64N(1<<30)).Scan(&ip)
+		if err == nil {
+			return ip, nil
+		}
+		if err != pgx.ErrNoRows {
+			return "", translate(err)
+		}
+		// Either the range is full or a concurrent create took the address.
+		var free bool
+		if err := q.QueryRow(ctx, `SELECT (provision_end - provision_start + 1) > (SELECT count(*) FROM network_ips WHERE network_id = $1)
+			FROM networks WHERE id = $1`, networkID).Scan(&free); err != nil {
+			return "", notFound(err, "network "+networkID+" not found")
+		}
+		if !free {
+			break
+		}
+	}
+	return "", errdefs.New(errdefs.InsufficientCapacity, "network %s has no free addresses", networkID)
+}
