@@ -385,7 +385,7 @@ func (a *Agent) apply(as wire.Assignments) {
 	}
 	a.mu.Unlock()
 	for _, k := range keys {
-		a.q.Add(k)
+		a.q.AddNow(k)
 	}
 	if as.Full {
 		for _, id := range a.state.IDs() {

@@ -12,7 +12,8 @@ import (
 //   - a key added while it waits is queued once;
 //   - a key added while a worker processes it is queued again only after
 //     that worker calls Done, so no key is ever processed by two workers;
-//   - AddRateLimited requeues after base*2^failures (capped), Forget resets.
+//   - AddRateLimited requeues after base*2^failures (capped), Forget resets;
+//     while a key waits out its backoff, Add leaves it alone (AddNow does not).
 type queue struct {
 	base, max time.Duration
 
@@ -45,10 +46,27 @@ func newQueue(base, max time.Duration) *queue {
 	return q
 }
 
-// Add queues key unless it is already waiting.
+// Add queues key unless it is already waiting or waits out a delay (a
+// key in backoff is not retried early by periodic resyncs).
 func (q *queue) Add(key string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.timers[key] != nil {
+		return
+	}
+	q.addLocked(key)
+}
+
+// AddNow queues key at once, dropping its pending delay and failure count:
+// for news (a new generation) that deserve fresh tries.
+func (q *queue) AddNow(key string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if p := q.timers[key]; p != nil {
+		p.t.Stop()
+		delete(q.timers, key)
+	}
+	delete(q.failures, key)
 	q.addLocked(key)
 }
 
