@@ -418,3 +418,32 @@ func (s *Store) CountInstances(ctx context.Context, ownerID string) (map[string]
 	_, err := pgx.ForEachRow(rows, []any{&state, &n}, func() error { out[state] = n; return nil })
 	return out, translate(err)
 }
+
+// PlacedInstance is a live instance with its node, for scheduler snapshots.
+type PlacedInstance struct {
+	ID      string         `db:"id"`
+	OwnerID string         `db:"owner_id"`
+	Name    string         `db:"name"`
+	Tags    map[string]any `db:"tags"`
+	NodeID  string         `db:"node_id"`
+}
+
+const sqlLiveResidents = `SELECT id::text, owner_id::text, name, tags, node_id::text FROM instances
+WHERE node_id IS NOT NULL AND state <> 'deleted'`
+
+// LiveResidents returns every placed, live instance.
+func (s *Store) LiveResidents(ctx context.Context) ([]PlacedInstance, error) {
+	rows, _ := s.pool.Query(ctx, sqlLiveResidents)
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[PlacedInstance])
+	return out, translate(err)
+}
+
+// ResidentByID returns one placed instance.
+func (s *Store) ResidentByID(ctx context.Context, id string) (PlacedInstance, error) {
+	rows, _ := s.pool.Query(ctx, `SELECT id::text, owner_id::text, name, tags, node_id::text FROM instances WHERE id = $1 AND node_id IS NOT NULL`, id)
+	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[PlacedInstance])
+	if err != nil {
+		return PlacedInstance{}, notFound(err, "instance "+id+" not found")
+	}
+	return out, nil
+}

@@ -1,0 +1,230 @@
+package service
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"flotilla/api/errdefs"
+	"flotilla/scheduler"
+	"flotilla/store"
+)
+
+// PlacerOptions tune placement.
+type PlacerOptions struct {
+	Policy scheduler.Policy
+	// Candidates is how many ranked nodes a decision keeps for the commit to
+	// fall back on after a lost race.
+	Candidates int
+	// Refresh is how often the snapshot is reloaded from the database in full.
+	Refresh time.Duration
+}
+
+// Placer keeps this replica's scheduler snapshot and commits placements
+// through the store. The snapshot is only a hint: capacity and strict
+// affinity are checked again in the database transaction.
+type Placer struct {
+	st   *store.Store
+	log  *slog.Logger
+	opts PlacerOptions
+	snap *scheduler.Snapshot
+
+	mu      sync.Mutex
+	lastSeq int64
+	loaded  time.Time
+}
+
+// NewPlacer loads the snapshot.
+func NewPlacer(ctx context.Context, st *store.Store, log *slog.Logger, opts PlacerOptions) (*Placer, error) {
+	if opts.Candidates <= 0 {
+		opts.Candidates = 8
+	}
+	if opts.Refresh <= 0 {
+		opts.Refresh = 2 * time.Second
+	}
+	p := &Placer{st: st, log: log, opts: opts, snap: scheduler.NewSnapshot()}
+	if err := p.Reload(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Snapshot exposes the snapshot (benchmarks, admin).
+func (p *Placer) Snapshot() *scheduler.Snapshot { return p.snap }
+
+// SchedulerNode converts a node row.
+func SchedulerNode(n store.Node) scheduler.Node {
+	return scheduler.Node{
+		ID: n.ID, Hostname: n.Name, State: n.State, Drained: n.Drained, Reserved: n.Reserved,
+		Brands: n.Brands, Traits: n.Traits,
+		Capacity: scheduler.Resources{MemoryMiB: n.MemoryMiB, DiskMiB: n.DiskMiB, VCPUs: float64(n.VCPUsMilli) / 1000, Instances: n.MaxInstances},
+		Used:     scheduler.Resources{MemoryMiB: n.UsedMemoryMiB, DiskMiB: n.UsedDiskMiB, VCPUs: float64(n.UsedVCPUsMilli) / 1000, Instances: n.Instances},
+		Ratios:   scheduler.Ratios{Memory: n.RatioMemory, Disk: n.RatioDisk, VCPU: n.RatioVCPU},
+	}
+}
+
+// Reload replaces the snapshot's nodes from the database and catches up
+// with the change feed for residents.
+func (p *Placer) Reload(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seq, err := p.st.LastChangeSeq(ctx)
+	if err != nil {
+		return err
+	}
+	nodes, err := p.st.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	seen := make(map[string]bool, len(nodes))
+	for _, n := range nodes {
+		seen[n.ID] = true
+		if err := p.snap.Upsert(SchedulerNode(n)); err != nil {
+			return err
+		}
+	}
+	for _, n := range p.snap.Nodes() {
+		if !seen[n.ID] {
+			p.snap.Remove(n.ID)
+		}
+	}
+	if p.loaded.IsZero() {
+		residents, err := p.st.LiveResidents(ctx)
+		if err != nil {
+			return err
+		}
+		for _, r := range residents {
+			p.snap.AddResident(scheduler.Resident{ID: r.ID, OwnerID: r.OwnerID, Name: r.Name, Tags: r.Tags, NodeID: r.NodeID})
+		}
+		p.lastSeq = seq
+	} else if err := p.catchUp(ctx); err != nil {
+		return err
+	}
+	p.loaded = time.Now()
+	return nil
+}
+
+// catchUp applies instance creates and deletes from the change feed to the
+// residents index.
+func (p *Placer) catchUp(ctx context.Context) error {
+	for {
+		changes, err := p.st.ChangesSince(ctx, p.lastSeq, "", "instance", 5000)
+		if err != nil {
+			return err
+		}
+		for _, c := range changes {
+			p.lastSeq = c.Seq
+			switch c.Action {
+			case "create":
+				r, err := p.st.ResidentByID(ctx, c.ObjectID)
+				if err == nil {
+					p.snap.AddResident(scheduler.Resident{ID: r.ID, OwnerID: r.OwnerID, Name: r.Name, Tags: r.Tags, NodeID: r.NodeID})
+				}
+			case "delete":
+				p.snap.RemoveResident(c.ObjectID)
+			}
+		}
+		if len(changes) < 5000 {
+			return nil
+		}
+	}
+}
+
+// maybeReload reloads when the snapshot is older than the refresh interval.
+func (p *Placer) maybeReload(ctx context.Context) {
+	p.mu.Lock()
+	stale := time.Since(p.loaded) > p.opts.Refresh
+	p.mu.Unlock()
+	if stale {
+		if err := p.Reload(ctx); err != nil {
+			p.log.Warn("reloading the scheduler snapshot", "error", err)
+		}
+	}
+}
+
+// Place decides and commits: it asks the scheduler for ranked candidates,
+// then lets the store claim the first that still fits. A lost race refreshes
+// the snapshot and re-plans, a few times.
+func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewInstance) (store.Instance, bool, error) {
+	p.maybeReload(ctx)
+	var lastErr error
+	for attempt := 0; attempt < 4; attempt++ {
+		dec, err := scheduler.Place(p.snap, req, scheduler.Options{Policy: p.opts.Policy, Candidates: p.opts.Candidates})
+		if err != nil {
+			return store.Instance{}, false, err
+		}
+		in.Candidates = in.Candidates[:0]
+		for _, c := range dec.Candidates {
+			in.Candidates = append(in.Candidates, c.NodeID)
+		}
+		if len(in.Candidates) == 0 && dec.NodeID != "" {
+			in.Candidates = append(in.Candidates, dec.NodeID)
+		}
+		in.Placement = mustJSON(dec)
+		if len(req.Rules) > 0 {
+			rules := req.Rules
+			in.CheckNode = func(residents []store.Resident) error { return checkStrict(rules, residents) }
+		}
+		inst, replay, err := p.st.CreateInstance(ctx, in)
+		if err == nil {
+			if !replay && inst.NodeID != nil {
+				p.snap.UpdateUsage(*inst.NodeID, scheduler.Resources{MemoryMiB: inst.MemoryMiB, DiskMiB: inst.DiskMiB,
+					VCPUs: float64(inst.VCPUsMilli) / 1000, Instances: 1})
+				p.snap.AddResident(scheduler.Resident{ID: inst.ID, OwnerID: inst.OwnerID, Name: inst.Name, Tags: inst.Tags, NodeID: *inst.NodeID})
+			}
+			return inst, replay, nil
+		}
+		if err != store.ErrNoCandidate {
+			return store.Instance{}, false, err
+		}
+		lastErr = err
+		// Our view of those nodes was stale: refresh them and exclude none, so
+		// the scheduler sees their true usage.
+		for _, id := range in.Candidates {
+			if n, err := p.st.GetNode(ctx, id); err == nil {
+				p.snap.Upsert(SchedulerNode(n))
+			}
+		}
+		if attempt == 1 {
+			if err := p.Reload(ctx); err != nil {
+				return store.Instance{}, false, err
+			}
+		}
+	}
+	return store.Instance{}, false, errdefs.Wrap(errdefs.InsufficientCapacity, lastErr, "no node could take the instance: concurrent placements took every candidate, try again")
+}
+
+// Released tells the snapshot an instance's resources went back to its node.
+func (p *Placer) Released(inst store.Instance) {
+	if inst.NodeID == nil {
+		return
+	}
+	p.snap.UpdateUsage(*inst.NodeID, scheduler.Resources{MemoryMiB: -inst.MemoryMiB, DiskMiB: -inst.DiskMiB,
+		VCPUs: -float64(inst.VCPUsMilli) / 1000, Instances: -1})
+	p.snap.RemoveResident(inst.ID)
+}
+
+// checkStrict evaluates strict rules against the owner's instances on one
+// node, under the database lock the store holds.
+func checkStrict(rules []scheduler.Rule, residents []store.Resident) error {
+	for _, rule := range rules {
+		if rule.Soft {
+			continue
+		}
+		matched := false
+		for _, r := range residents {
+			if rule.Matches(scheduler.Resident{ID: r.ID, Name: r.Name, Tags: r.Tags}) {
+				matched = true
+				break
+			}
+		}
+		if rule.Operator == scheduler.OpNotEqual && matched {
+			return errdefs.New(errdefs.InsufficientCapacity, "excluded by %s", rule)
+		}
+		if rule.Operator == scheduler.OpEqual && !matched {
+			return errdefs.New(errdefs.InsufficientCapacity, "excluded by %s", rule)
+		}
+	}
+	return nil
+}
