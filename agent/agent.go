@@ -257,6 +257,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	lwg.Wait()
 	a.q.ShutDown()
 	wg.Wait()
+	if err := a.state.Flush(); err != nil {
+		a.log.Error("saving applied state failed", "err", err)
+	}
 	a.log.Info("agent stopped")
 	return nil
 }

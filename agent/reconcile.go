@@ -181,7 +181,11 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 		}
 	}
 	ap.Generation = want.Generation
-	if err := a.state.Put(id, ap); err != nil {
+	// What adoption cannot derive (a reboot, a start at a newer generation,
+	// a policy restart) must be on disk before it is reported.
+	prev, _ := a.state.Get(id)
+	durable := known && (ap.RebootCount != prev.RebootCount || ap.StartedGeneration != prev.StartedGeneration || ap.Restarts != prev.Restarts)
+	if err := a.state.Put(id, ap, durable); err != nil {
 		return err
 	}
 

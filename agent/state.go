@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"flotilla/agent/driver"
 	"flotilla/api/errdefs"
@@ -47,8 +48,10 @@ type applied struct {
 }
 
 // stateStore keeps the applied records in memory and in DataDir, writing
-// with group commit: Put returns once a write covering it has finished, and
-// concurrent Puts share one write.
+// with group commit: a durable Put returns once a write covering it has
+// finished, and concurrent Puts share one write. A lazy Put is written by a
+// write shortly after (flushDelay), for records whose loss is harmless
+// because adoption derives the same record.
 type stateStore struct {
 	path string
 
@@ -56,6 +59,7 @@ type stateStore struct {
 	records map[string]applied
 	encoded map[string][]byte
 	seq     uint64
+	flushAt *time.Timer // pending lazy flush
 
 	wmu     sync.Mutex
 	cond    *sync.Cond
@@ -111,9 +115,13 @@ func (s *stateStore) IDs() []string {
 	return ids
 }
 
-// Put stores the record of id and returns once it is on disk. An unchanged
-// record costs nothing.
-func (s *stateStore) Put(id string, ap applied) error {
+// flushDelay is how long a lazy change may wait for its write.
+const flushDelay = 50 * time.Millisecond
+
+// Put stores the record of id. With durable it returns once the record is
+// on disk; otherwise it is written within flushDelay. An unchanged record
+// costs nothing.
+func (s *stateStore) Put(id string, ap applied, durable bool) error {
 	s.mu.Lock()
 	if old, ok := s.records[id]; ok && old == ap {
 		s.mu.Unlock()
@@ -126,13 +134,10 @@ func (s *stateStore) Put(id string, ap applied) error {
 	}
 	s.records[id] = ap
 	s.encoded[id] = b
-	s.seq++
-	seq := s.seq
-	s.mu.Unlock()
-	return s.wait(seq)
+	return s.changed(durable)
 }
 
-// Delete forgets id and returns once that is on disk.
+// Delete forgets id, lazily: a stale record of a removed instance is harmless.
 func (s *stateStore) Delete(id string) error {
 	s.mu.Lock()
 	if _, ok := s.records[id]; !ok {
@@ -141,8 +146,38 @@ func (s *stateStore) Delete(id string) error {
 	}
 	delete(s.records, id)
 	delete(s.encoded, id)
+	return s.changed(false)
+}
+
+// changed counts a change; it is called with s.mu held and releases it.
+func (s *stateStore) changed(durable bool) error {
 	s.seq++
 	seq := s.seq
+	if durable {
+		s.mu.Unlock()
+		return s.wait(seq)
+	}
+	if s.flushAt == nil {
+		s.flushAt = time.AfterFunc(flushDelay, func() {
+			s.mu.Lock()
+			s.flushAt = nil
+			seq := s.seq
+			s.mu.Unlock()
+			s.wait(seq) // a failure is retried by the next durable change or Flush
+		})
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// Flush writes every change made so far.
+func (s *stateStore) Flush() error {
+	s.mu.Lock()
+	seq := s.seq
+	if s.flushAt != nil {
+		s.flushAt.Stop()
+		s.flushAt = nil
+	}
 	s.mu.Unlock()
 	return s.wait(seq)
 }
