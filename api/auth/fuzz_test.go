@@ -1,9 +1,11 @@
 package auth
 
 import (
+	"net/http"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"flotilla/api/errdefs"
 )
@@ -56,6 +58,52 @@ func FuzzParseAuthorization(f *testing.F) {
 		}
 		if !reflect.DeepEqual(again, s) {
 			t.Fatalf("round trip changed the value:\n%+v\n%+v", s, again)
+		}
+	})
+}
+
+// FuzzParseDate: never panics, and an accepted date formats and parses back.
+func FuzzParseDate(f *testing.F) {
+	f.Add("Tue, 26 Nov 2024 10:00:00 GMT")
+	f.Add("Tue, 26 Nov 2024 10:00:00 UTC")
+	f.Add("Tuesday, 26-Nov-24 10:00:00 GMT")
+	f.Add("Tue Nov 26 10:00:00 2024")
+	f.Add("Tue, 26 Nov 2024 10:00:00 +0130")
+	f.Fuzz(func(t *testing.T, v string) {
+		d, err := ParseDate(v)
+		if err != nil {
+			if RestCode(err) != "InvalidHeader" {
+				t.Fatalf("error class %v", err)
+			}
+			return
+		}
+		again, err := ParseDate(d.UTC().Format(http.TimeFormat))
+		if err != nil || !again.Equal(d.Truncate(time.Second)) {
+			t.Fatalf("%q -> %v -> %v, %v", v, d, again, err)
+		}
+	})
+}
+
+// FuzzLoadPrivateKey: arbitrary bytes never panic and fail as Invalid.
+func FuzzLoadPrivateKey(f *testing.F) {
+	for _, k := range testKeys(f)[1:] { // the RSA key makes slow mutations
+		b, err := MarshalPrivateKey(k.key)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		key, err := LoadPrivateKey(data)
+		if err != nil {
+			if key != nil || errdefs.CodeOf(err) != errdefs.Invalid {
+				t.Fatalf("%v with key %v", err, key)
+			}
+			return
+		}
+		if _, err := NewSigner("a", "", key); err != nil {
+			t.Fatalf("loaded key cannot sign: %v", err)
 		}
 	})
 }

@@ -354,9 +354,16 @@ func requestURI(r *http.Request) string {
 // well as the other forms HTTP allows.
 func ParseDate(v string) (time.Time, error) {
 	for _, layout := range []string{http.TimeFormat, time.RFC1123, time.RFC1123Z, time.RFC850, time.ANSIC} {
-		if t, err := time.ParseInLocation(layout, v, time.UTC); err == nil {
-			return t, nil
+		t, err := time.ParseInLocation(layout, v, time.UTC)
+		if err != nil {
+			continue
 		}
+		// A zone abbreviation other than UTC or GMT would be read as UTC;
+		// refuse it rather than guess its offset.
+		if layout == time.RFC1123 && t.Location() != time.UTC && !strings.HasSuffix(v, " GMT") {
+			continue
+		}
+		return t, nil
 	}
 	return time.Time{}, errInvalidHeader("%q is not an RFC 1123 date", printable(v))
 }

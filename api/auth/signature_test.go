@@ -347,3 +347,11 @@ func TestRestCode(t *testing.T) {
 type causeErr struct{}
 
 func (causeErr) Error() string { return "secret detail" }
+
+func TestParseDateRefusesOtherZones(t *testing.T) {
+	for _, v := range []string{"Tue, 26 Nov 2024 10:00:00 PST", "Tue, 26 Nov 2024 10:00:00 CET"} {
+		if d, err := ParseDate(v); err == nil {
+			t.Errorf("ParseDate(%q) = %v, want an error", v, d)
+		}
+	}
+}
