@@ -94,3 +94,29 @@ func BenchmarkConverge1000(b *testing.B) {
 		})
 	}
 }
+
+// TestManyAgentsInOneProcess runs 200 agents side by side, as
+// `flotilla dev --nodes N` and the scale benchmarks do.
+func TestManyAgentsInOneProcess(t *testing.T) {
+	const agents, per = 200, 5
+	cps := make([]*fakeCP, agents)
+	drivers := make([]*sim.Driver, agents)
+	t0 := time.Now()
+	for i := range agents {
+		cps[i] = newFakeCP()
+		for j := range per {
+			cps[i].Set(running(fmt.Sprintf("a%d-%d", i, j)))
+		}
+		drivers[i] = MustSim(t, sim.Config{})
+		cfg := testConfig(t, cps[i], drivers[i], t.TempDir())
+		cfg.Name = fmt.Sprintf("node%d", i)
+		cfg.Workers = 2
+		startAgent(t, cfg)
+	}
+	for i := range agents {
+		for j := range per {
+			waitState(t, cps[i], fmt.Sprintf("a%d-%d", i, j), driver.StateRunning, 1)
+		}
+	}
+	t.Logf("%d agents x %d instances converged in %v", agents, per, time.Since(t0))
+}

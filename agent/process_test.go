@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -43,12 +44,20 @@ func TestHelperAgentProcess(t *testing.T) {
 		HeartbeatInterval: 100 * time.Millisecond,
 		WatchInterval:     50 * time.Millisecond,
 		PollWait:          2 * time.Second,
+		Logger:            helperLogger(),
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+func helperLogger() *slog.Logger {
+	if os.Getenv("AGENT_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil))
 }
 
 func startHelper(t *testing.T, url, dir string) *exec.Cmd {
@@ -80,7 +89,7 @@ func TestKillAndRestartProcess(t *testing.T) {
 	}
 	cp := newFakeCP()
 	srv := httptest.NewServer(newFakeServer(cp, "join"))
-	defer srv.Close()
+	t.Cleanup(srv.Close) // after the helpers are killed: Close waits for their long polls
 	dir := t.TempDir()
 	var as []wire.Assignment
 	for i := range 20 {
