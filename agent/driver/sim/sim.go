@@ -13,6 +13,10 @@
 //	                         (a missing image, say)
 //	SIM_START_ERROR=<text>   Start fails with errdefs Internal and <text>
 //
+// With a state file, Start, Stop, Delete and Update return once their change
+// is on disk (group commit: concurrent changes share one write); a Create is
+// written within 20ms.
+//
 // A workload without SIM_EXIT runs until it is stopped. Stop is a clean
 // shutdown: exit code 0. Exits are computed lazily from timestamps when the
 // instance is looked at, so an idle instance costs no goroutine and no timer.
@@ -90,6 +94,7 @@ type Driver struct {
 	// encoded caches each instance's JSON for the state file, so that a
 	// save re-encodes only what changed since the last one.
 	encoded map[string][]byte
+	flushAt *time.Timer // pending write of lazy changes
 
 	save saver
 }
@@ -224,7 +229,9 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) error {
 		return nil
 	}
 	d.instances[spec.ID] = &instance{Spec: cloneSpec(spec), State: driver.StateProvisioning}
-	return d.changed(spec.ID)
+	// A created instance lost in a crash is created again by its agent, so
+	// the write of a create may wait for the next one.
+	return d.changedLazily(spec.ID)
 }
 
 // Start starts a created or stopped instance after StartDelay. Starting a
@@ -396,24 +403,61 @@ func (d *Driver) fail(op, id string) error {
 // held and releases it. With a state file it returns once the change is on
 // disk.
 func (d *Driver) changed(id string) error {
-	d.seq++
-	seq := d.seq
+	seq, err := d.record(id)
+	d.mu.Unlock()
+	if err != nil || d.cfg.StateFile == "" {
+		return err
+	}
+	return d.save.wait(seq, d.snapshot, d.cfg.StateFile)
+}
+
+// changedLazily is changed without waiting: the change is written within
+// 20ms, or earlier by another change's write.
+func (d *Driver) changedLazily(id string) error {
+	defer d.mu.Unlock()
+	if _, err := d.record(id); err != nil || d.cfg.StateFile == "" {
+		return err
+	}
+	if d.flushAt == nil {
+		d.flushAt = time.AfterFunc(20*time.Millisecond, func() {
+			d.mu.Lock()
+			d.flushAt = nil
+			seq := d.seq
+			d.mu.Unlock()
+			d.save.wait(seq, d.snapshot, d.cfg.StateFile) // a failure shows in the next durable change
+		})
+	}
+	return nil
+}
+
+// Flush writes every change made so far to the state file (a no-op
+// without one).
+func (d *Driver) Flush() error {
 	if d.cfg.StateFile == "" {
-		d.mu.Unlock()
 		return nil
+	}
+	d.mu.Lock()
+	seq := d.seq
+	d.mu.Unlock()
+	return d.save.wait(seq, d.snapshot, d.cfg.StateFile)
+}
+
+// record counts a change of id and caches its encoding. d.mu must be held.
+func (d *Driver) record(id string) (uint64, error) {
+	d.seq++
+	if d.cfg.StateFile == "" {
+		return d.seq, nil
 	}
 	if in, ok := d.instances[id]; ok {
 		b, err := json.Marshal(in)
 		if err != nil {
-			d.mu.Unlock()
-			return errdefs.Wrap(errdefs.Internal, err, "sim: encode instance %s", id)
+			return 0, errdefs.Wrap(errdefs.Internal, err, "sim: encode instance %s", id)
 		}
 		d.encoded[id] = b
 	} else {
 		delete(d.encoded, id)
 	}
-	d.mu.Unlock()
-	return d.save.wait(seq, d.snapshot, d.cfg.StateFile)
+	return d.seq, nil
 }
 
 // snapshot assembles the state file from the cached per-instance JSON and

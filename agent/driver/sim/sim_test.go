@@ -257,6 +257,26 @@ func TestStateFileAdoption(t *testing.T) {
 	}
 }
 
+func TestStateFileLazyCreate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sim.json")
+	d := MustNew(t, Config{StateFile: path})
+	d.Create(context.Background(), driver.Spec{ID: "a"})
+	waitUntil := time.Now().Add(2 * time.Second)
+	for MustNew(t, Config{StateFile: path}).Len() != 1 {
+		if time.Now().After(waitUntil) {
+			t.Fatal("a create never reached the state file")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	d.Create(context.Background(), driver.Spec{ID: "b"})
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := MustNew(t, Config{StateFile: path}).Len(); n != 2 {
+		t.Fatalf("after Flush the file holds %d instances, want 2", n)
+	}
+}
+
 func TestStateFileCorrupt(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sim.json")
 	os.WriteFile(path, []byte("{not json"), 0o600)
