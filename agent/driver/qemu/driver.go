@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -706,7 +705,15 @@ func (d *Driver) Delete(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	if err := d.removeTaps(id, len(st.Spec.NICs)); err != nil {
+	// A create that crashed half-way left no state but maybe taps: sweep
+	// the first indexes too.
+	n := len(st.Spec.NICs)
+	for i := n; i < 10; i++ {
+		if tap := network.TapName(id, i); d.cfg.Network.LinkExists(tap) {
+			n = i + 1
+		}
+	}
+	if err := d.removeTaps(id, n); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(dir); err != nil {
@@ -751,18 +758,4 @@ func (d *Driver) Update(ctx context.Context, spec driver.Spec) error {
 		return err
 	}
 	return d.saveState(st)
-}
-
-// readTail returns up to n bytes from the end of path.
-func readTail(path string, n int64) []byte {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > n {
-		f.Seek(st.Size()-n, io.SeekStart)
-	}
-	b, _ := io.ReadAll(f)
-	return b
 }

@@ -271,8 +271,8 @@ func newAdopter(t testing.TB, d *Driver) *Driver {
 	return d2
 }
 
-// TestStopWithoutACPI: a guest that ignores the power button is made to
-// quit after the grace period; Delete of a running VM kills it.
+// TestStopAndDeleteRunning: a guest that does not answer the power button
+// is made to quit after the grace period; Delete of a running VM kills it.
 func TestStopAndDeleteRunning(t *testing.T) {
 	ti := needTiny(t)
 	d := newTestDriver(t, memImages{"tiny": ti.Image})
@@ -296,6 +296,19 @@ func TestStopAndDeleteRunning(t *testing.T) {
 	}
 	if err := d.Stop(ctx, spec.ID, time.Second); err != nil {
 		t.Errorf("Stop of a stopped VM: %v", err)
+	}
+	// Right after start the guest has no power-button listener yet: the
+	// press is lost and Stop must fall back to quit after the grace period.
+	if err := d.Start(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = d.Inspect(ctx, spec.ID)
+	t0 = time.Now()
+	if err := d.Stop(ctx, spec.ID, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(t0) > 5*time.Second || processAlive(s.Pid) {
+		t.Errorf("Stop(grace 1s) of a booting VM took %s, pid alive %v", time.Since(t0), processAlive(s.Pid))
 	}
 	if err := d.Start(ctx, spec.ID); err != nil {
 		t.Fatal(err)
