@@ -49,4 +49,13 @@
 // /dev/kvm existing does not mean it can boot a stock kernel (nested PVM
 // hosts cannot), so ProbeKVM boots a kernel under KVM once and falls back to
 // TCG unless the kernel prints its banner in time.
+//
+// # Fixtures
+//
+// FetchKernel takes the Debian cloud kernel package (apt-get download, then
+// dpkg-deb -x into a cache dir; never installed on the host) and
+// BuildTinyImage wraps it with a busybox initramfs into a kernel-format VM
+// image that boots under TCG in about 3 s. Tests keep that cache in
+// $FLOTILLA_VM_CACHE (default: <tmp>/flotilla-vm-cache); VM tests need root
+// and qemu-system-x86, and skip with the reason otherwise.
 package qemu
