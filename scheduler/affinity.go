@@ -268,6 +268,32 @@ func (r Rule) Matches(res Resident) bool {
 	return false
 }
 
+// exactKeys returns the index keys under which the snapshot finds the
+// residents r matches, or false when r needs testing resident by resident
+// (globs, regular expressions, possible Docker short ids).
+func (r Rule) exactKeys() ([]string, bool) {
+	if r.ValueType != ValueExact {
+		return nil, false
+	}
+	if r.Key == KeyInstance || r.Key == KeyContainer {
+		if len(r.Value) >= 12 && isLowerHex(r.Value) { // maybe a Docker short id
+			return nil, false
+		}
+		return []string{nameKey(r.Value), idKey(r.Value)}, true
+	}
+	return []string{tagKey(r.Key, r.Value)}, true
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 func (r Rule) matchValue(s string) bool {
 	switch r.ValueType {
 	case ValueGlob:
@@ -289,14 +315,8 @@ func (r Rule) matchValue(s string) bool {
 // idPrefixMatch reports whether v is a Docker-style short id of id: at least
 // 12 lowercase hex digits that prefix id with its dashes removed.
 func idPrefixMatch(id, v string) bool {
-	if len(v) < 12 || id == "" {
+	if len(v) < 12 || id == "" || !isLowerHex(v) {
 		return false
-	}
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
 	}
 	return strings.HasPrefix(strings.ReplaceAll(id, "-", ""), v)
 }

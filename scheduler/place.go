@@ -170,20 +170,16 @@ func (s *Snapshot) newPlacement(req Request, opts Options) *placement {
 	if w == 0 {
 		w = DefaultOwnerSpreadWeight
 	}
-	owned := s.byOwner[req.OwnerID]
-	if req.OwnerID == "" {
-		owned = nil
+	var owned map[string]*ownerSlot
+	oi := s.byOwner[req.OwnerID]
+	if oi != nil && req.OwnerID != "" {
+		owned = oi.nodes
+	}
+	if len(owned) > 0 {
+		p.bonus = make(map[string]float64, len(owned))
 	}
 	for _, r := range req.Rules {
-		matched := map[string]bool{}
-		for nodeID, set := range owned {
-			for _, res := range set {
-				if r.Matches(res) {
-					matched[nodeID] = true
-					break
-				}
-			}
-		}
+		matched := matchNodes(r, oi, owned)
 		switch {
 		case !r.Soft && r.Operator == OpEqual:
 			p.requiredBy = append(p.requiredBy, ruleNodes{r.String(), matched})
@@ -217,7 +213,7 @@ func (s *Snapshot) newPlacement(req Request, opts Options) *placement {
 	}
 	if w > 0 {
 		for nodeID, set := range owned {
-			n := float64(len(set))
+			n := float64(len(set.residents))
 			p.addBonus(nodeID, -w*n/(n+1))
 		}
 	}
@@ -228,6 +224,33 @@ func (s *Snapshot) newPlacement(req Request, opts Options) *placement {
 	}
 	sort.Strings(p.positive)
 	return p
+}
+
+// matchNodes returns the nodes holding one of the owner's residents that r
+// names: through the exact-match index when the rule allows, else by
+// testing each resident.
+func matchNodes(r Rule, oi *ownerIndex, owned map[string]*ownerSlot) map[string]bool {
+	matched := map[string]bool{}
+	if owned == nil {
+		return matched
+	}
+	if keys, ok := r.exactKeys(); ok {
+		for _, k := range keys {
+			for nodeID := range oi.exact[k] {
+				matched[nodeID] = true
+			}
+		}
+		return matched
+	}
+	for nodeID, set := range owned {
+		for _, res := range set.residents {
+			if r.Matches(res) {
+				matched[nodeID] = true
+				break
+			}
+		}
+	}
+	return matched
 }
 
 func (p *placement) addBonus(node string, d float64) {
@@ -313,7 +336,10 @@ func (p *placement) walkSpread(x *freeIndex) {
 	cur := x.last()
 	for cur != nil && cur.free >= p.req.MemoryMiB {
 		free := cur.free
-		g := x.seek(free, "")
+		g := cur
+		if g.prev != nil && g.prev.free == free {
+			g = x.seek(free, "") // several nodes share this free memory: start at the smallest ID
+		}
 		for n := g; n != nil && n.free == free; n = n.next[0] {
 			if !p.top.canBeat(p.fit(free), n.id) {
 				return

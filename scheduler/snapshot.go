@@ -38,8 +38,21 @@ type Snapshot struct {
 	maxMem  int64
 
 	residents map[string]Resident
-	// byOwner: owner -> node -> resident id -> resident.
-	byOwner map[string]map[string]map[string]Resident
+	byOwner   map[string]*ownerIndex
+}
+
+// ownerIndex is one owner's residents: by node, and by exact match key
+// (name, id, tag=value) to the nodes holding them, so exact affinity rules
+// cost a map lookup instead of a pass over the owner's residents.
+type ownerIndex struct {
+	nodes map[string]*ownerSlot
+	exact map[string]map[string]int // match key -> node -> residents
+}
+
+// ownerSlot holds one owner's residents on one node; a slice, since there
+// are few and placement iterates them.
+type ownerSlot struct {
+	residents []Resident
 }
 
 type entry struct {
@@ -63,7 +76,7 @@ func NewSnapshot() *Snapshot {
 		unschedulable: map[Reason]int{},
 		memCaps:       map[int64]int{},
 		residents:     map[string]Resident{},
-		byOwner:       map[string]map[string]map[string]Resident{},
+		byOwner:       map[string]*ownerIndex{},
 	}
 }
 
@@ -171,17 +184,25 @@ func (s *Snapshot) AddResident(r Resident) error {
 		s.dropResident(old)
 	}
 	s.residents[r.ID] = r
-	byNode := s.byOwner[r.OwnerID]
-	if byNode == nil {
-		byNode = map[string]map[string]Resident{}
-		s.byOwner[r.OwnerID] = byNode
+	oi := s.byOwner[r.OwnerID]
+	if oi == nil {
+		oi = &ownerIndex{nodes: map[string]*ownerSlot{}, exact: map[string]map[string]int{}}
+		s.byOwner[r.OwnerID] = oi
 	}
-	set := byNode[r.NodeID]
-	if set == nil {
-		set = map[string]Resident{}
-		byNode[r.NodeID] = set
+	slot := oi.nodes[r.NodeID]
+	if slot == nil {
+		slot = &ownerSlot{}
+		oi.nodes[r.NodeID] = slot
 	}
-	set[r.ID] = r
+	slot.residents = append(slot.residents, r)
+	for _, k := range exactKeys(r) {
+		m := oi.exact[k]
+		if m == nil {
+			m = map[string]int{}
+			oi.exact[k] = m
+		}
+		m[r.NodeID]++
+	}
 	return nil
 }
 
@@ -200,16 +221,51 @@ func (s *Snapshot) RemoveResident(id string) error {
 
 func (s *Snapshot) dropResident(r Resident) {
 	delete(s.residents, r.ID)
-	byNode := s.byOwner[r.OwnerID]
-	set := byNode[r.NodeID]
-	delete(set, r.ID)
-	if len(set) == 0 {
-		delete(byNode, r.NodeID)
+	oi := s.byOwner[r.OwnerID]
+	if oi == nil {
+		return
 	}
-	if len(byNode) == 0 {
+	if slot := oi.nodes[r.NodeID]; slot != nil {
+		slot.residents = slices.DeleteFunc(slot.residents, func(x Resident) bool { return x.ID == r.ID })
+		if len(slot.residents) == 0 {
+			delete(oi.nodes, r.NodeID)
+		}
+	}
+	for _, k := range exactKeys(r) {
+		m := oi.exact[k]
+		if m[r.NodeID]--; m[r.NodeID] <= 0 {
+			delete(m, r.NodeID)
+		}
+		if len(m) == 0 {
+			delete(oi.exact, k)
+		}
+	}
+	if len(oi.nodes) == 0 {
 		delete(s.byOwner, r.OwnerID)
 	}
 }
+
+// exactKeys lists the keys under which an exact rule finds r: its name, its
+// id, and each tag value (a Docker label tag also under its bare name).
+func exactKeys(r Resident) []string {
+	keys := make([]string, 0, 2+2*len(r.Tags))
+	keys = append(keys, nameKey(r.Name), idKey(r.ID))
+	for k, v := range r.Tags {
+		sv, ok := tagString(v)
+		if !ok {
+			continue
+		}
+		keys = append(keys, tagKey(k, sv))
+		if bare, ok := strings.CutPrefix(k, dockerLabelTagPrefix); ok {
+			keys = append(keys, tagKey(bare, sv))
+		}
+	}
+	return keys
+}
+
+func nameKey(name string) string { return "n\x00" + name }
+func idKey(id string) string     { return "i\x00" + id }
+func tagKey(k, v string) string  { return "t\x00" + k + "\x00" + v }
 
 // link files e into the memory-scale counts and, when schedulable, into its
 // class index.

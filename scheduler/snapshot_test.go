@@ -235,3 +235,50 @@ func TestFirstFitDecreasing(t *testing.T) {
 		t.Fatalf("FFD ignored the brand filter: %d", got)
 	}
 }
+
+// TestExactIndexMatchesScan checks the owner's exact-match index against
+// testing every resident with Rule.Matches.
+func TestExactIndexMatchesScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	s := NewSnapshot()
+	var residents []Resident
+	tags := []map[string]any{nil, {"role": "db"}, {"docker:label:role": "db"}, {"role": "web", "nn": 2.0},
+		{"nn": 2.0}, {"up": true}, {"docker:label:docker:label:role": "db"}}
+	for i := range 300 {
+		r := Resident{ID: fmt.Sprintf("0f0e0d0c-0b0a-%04d", rng.IntN(200)), OwnerID: "o",
+			Name: []string{"web1", "db1", "db2", ""}[rng.IntN(4)], Tags: tags[rng.IntN(len(tags))],
+			NodeID: fmt.Sprintf("n%d", rng.IntN(20))}
+		if err := s.AddResident(r); err != nil {
+			t.Fatal(err)
+		}
+		residents = slices.DeleteFunc(residents, func(x Resident) bool { return x.ID == r.ID })
+		residents = append(residents, r)
+		if i%7 == 0 && len(residents) > 0 {
+			j := rng.IntN(len(residents))
+			if err := s.RemoveResident(residents[j].ID); err != nil {
+				t.Fatal(err)
+			}
+			residents = slices.Delete(residents, j, j+1)
+		}
+	}
+	for _, expr := range []string{"instance==web1", "instance==db2", "container==0f0e0d0c-0b0a-0007", "role==db",
+		"nn==2", "up==true", "role==web", "role==nosuch", "instance==0f0e0d0c0b0a0007",
+		"instance==db*"} {
+		r := mustRules(t, expr)[0]
+		got := matchNodes(r, s.byOwner["o"], s.byOwner["o"].nodes)
+		want := map[string]bool{}
+		for _, res := range residents {
+			if r.Matches(res) {
+				want[res.NodeID] = true
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%s: index gives %v, scan %v", expr, got, want)
+		}
+		for n := range want {
+			if !got[n] {
+				t.Fatalf("%s: index lacks %s", expr, n)
+			}
+		}
+	}
+}
