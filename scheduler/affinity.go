@@ -172,17 +172,17 @@ func ParseDockerAffinities(env []string, labels map[string]string) ([]Rule, erro
 // Near and Far accept a single string or an array in JSON.
 type Locality struct {
 	Strict bool        `json:"strict"`
-	Near   stringOrSet `json:"near,omitempty"`
-	Far    stringOrSet `json:"far,omitempty"`
+	Near   IDList `json:"near,omitempty"`
+	Far    IDList `json:"far,omitempty"`
 }
 
-// stringOrSet is a list of strings that also decodes from a lone JSON string.
-type stringOrSet []string
+// IDList is a list of instance ids that also decodes from a lone JSON string.
+type IDList []string
 
-func (s *stringOrSet) UnmarshalJSON(b []byte) error {
+func (s *IDList) UnmarshalJSON(b []byte) error {
 	var one string
 	if err := json.Unmarshal(b, &one); err == nil {
-		*s = stringOrSet{one}
+		*s = IDList{one}
 		return nil
 	}
 	var many []string
