@@ -171,7 +171,7 @@ func ParseDockerAffinities(env []string, labels map[string]string) ([]Rule, erro
 // instance ids; strict makes them requirements rather than preferences.
 // Near and Far accept a single string or an array in JSON.
 type Locality struct {
-	Strict bool        `json:"strict"`
+	Strict bool   `json:"strict"`
 	Near   IDList `json:"near,omitempty"`
 	Far    IDList `json:"far,omitempty"`
 }
