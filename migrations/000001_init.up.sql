@@ -242,9 +242,14 @@ CREATE TABLE audit (
     success     boolean NOT NULL DEFAULT true,
     caller      jsonb NOT NULL DEFAULT '{}',
     params      jsonb NOT NULL DEFAULT '{}',
+    -- An action on an instance is a job: it stays pending until the node
+    -- reports the instance's generation, and then takes its finishing time.
+    generation  bigint NOT NULL DEFAULT 0,
+    pending     boolean NOT NULL DEFAULT false,
     at          timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX audit_instance ON audit (instance_id, id);
+CREATE INDEX audit_instance ON audit (instance_id, at);
+CREATE INDEX audit_pending ON audit (instance_id) WHERE pending;
 
 CREATE TABLE idempotency_keys (
     owner_id     uuid NOT NULL,

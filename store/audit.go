@@ -17,9 +17,14 @@ type AuditEntry struct {
 	Caller     map[string]any `db:"caller"`
 	Params     map[string]any `db:"params"`
 	At         time.Time      `db:"at"`
+	// Generation, with Pending, makes the entry a job that finishes when the
+	// instance's node reports this generation.
+	Generation int64 `db:"-"`
+	Pending    bool  `db:"-"`
 }
 
-const sqlAppendAudit = `INSERT INTO audit (owner_id, instance_id, action, success, caller, params) VALUES ($1, $2, $3, $4, $5, $6)`
+const sqlAppendAudit = `INSERT INTO audit (owner_id, instance_id, action, success, caller, params, generation, pending)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
 
 func appendAudit(ctx context.Context, q querier, a AuditEntry) error {
 	if a.Caller == nil {
@@ -28,7 +33,7 @@ func appendAudit(ctx context.Context, q querier, a AuditEntry) error {
 	if a.Params == nil {
 		a.Params = map[string]any{}
 	}
-	_, err := q.Exec(ctx, sqlAppendAudit, a.OwnerID, a.InstanceID, a.Action, a.Success, a.Caller, a.Params)
+	_, err := q.Exec(ctx, sqlAppendAudit, a.OwnerID, a.InstanceID, a.Action, a.Success, a.Caller, a.Params, a.Generation, a.Pending)
 	return translate(err)
 }
 
@@ -38,11 +43,24 @@ func (s *Store) AppendAudit(ctx context.Context, a AuditEntry) error {
 }
 
 const sqlListAudit = `SELECT id, owner_id::text, instance_id::text, action, success, caller, params, at FROM audit
-WHERE owner_id = $1 AND instance_id = $2 ORDER BY id DESC LIMIT 1000`
+WHERE owner_id = $1 AND instance_id = $2 AND NOT pending AND at <= clock_timestamp() ORDER BY at DESC, id DESC LIMIT 1000`
 
-// ListInstanceAudit returns an instance's audit entries, newest first.
+// ListInstanceAudit returns an instance's finished audit entries, newest first.
 func (s *Store) ListInstanceAudit(ctx context.Context, ownerID, instanceID string) ([]AuditEntry, error) {
 	rows, _ := s.pool.Query(ctx, sqlListAudit, ownerID, instanceID)
 	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[AuditEntry])
 	return out, translate(err)
+}
+
+// A job never finishes less than minJobTime after it was asked for: clients
+// such as node-triton's `metadata set -w` take their start time after the
+// request returns and wait for an audit entry finished later than that.
+const sqlFinishAudit = `UPDATE audit SET pending = false, success = $3,
+	at = CASE WHEN action = 'provision' THEN clock_timestamp() ELSE GREATEST(clock_timestamp(), at + interval '1 second') END
+WHERE instance_id = $1 AND pending AND generation <= $2`
+
+// finishAudit completes the instance's pending jobs up to generation.
+func finishAudit(ctx context.Context, q querier, instanceID string, generation int64, success bool) error {
+	_, err := q.Exec(ctx, sqlFinishAudit, instanceID, generation, success)
+	return translate(err)
 }

@@ -148,7 +148,8 @@ func (s *Store) CreateInstance(ctx context.Context, in NewInstance) (Instance, b
 			Action: "create", State: "provisioning", Detail: map[string]any{"name": in.Name}}); err != nil {
 			return err
 		}
-		if err := appendAudit(ctx, tx, AuditEntry{OwnerID: in.OwnerID, InstanceID: &in.ID, Action: "provision", Success: true, Caller: in.Caller}); err != nil {
+		if err := appendAudit(ctx, tx, AuditEntry{OwnerID: in.OwnerID, InstanceID: &in.ID, Action: "provision", Success: true,
+			Caller: in.Caller, Generation: 1, Pending: true}); err != nil {
 			return err
 		}
 		return notifyNode(ctx, tx, nodeID)

@@ -21,8 +21,6 @@ type Mutation struct {
 	// Apply edits the instance in memory; the store writes every mutable
 	// column back. Returning an error aborts the mutation.
 	Apply func(in *Instance) error
-	// NoAudit skips the audit entry (e.g. when the agent writes it on completion).
-	NoAudit bool
 	// Resources, when set, are the instance's new memory/disk/vCPUs: the
 	// difference is claimed on (or released from) its node in the same transaction.
 	Resources *Resources
@@ -106,10 +104,10 @@ func (s *Store) UpdateInstance(ctx context.Context, ownerID, id string, m Mutati
 			Action: m.Action, State: in.State, Detail: m.Params}); err != nil {
 			return err
 		}
-		if !m.NoAudit {
-			if err := appendAudit(ctx, tx, AuditEntry{OwnerID: in.OwnerID, InstanceID: &in.ID, Action: m.Action, Success: true, Caller: m.Caller, Params: m.Params}); err != nil {
-				return err
-			}
+		// The job finishes when the node reports the new generation.
+		if err := appendAudit(ctx, tx, AuditEntry{OwnerID: in.OwnerID, InstanceID: &in.ID, Action: m.Action, Success: true,
+			Caller: m.Caller, Params: m.Params, Generation: in.Generation + 1, Pending: in.NodeID != nil}); err != nil {
+			return err
 		}
 		if in.NodeID != nil {
 			return notifyNode(ctx, tx, *in.NodeID)
@@ -165,9 +163,8 @@ func (s *Store) ReportStatus(ctx context.Context, nodeID, id string, r StatusRep
 				return finishDelete(ctx, tx, in)
 			}
 		}
-		if r.RebootCount > in.ObservedRebootCount && r.RebootCount <= in.RebootCount {
-			if err := appendAudit(ctx, tx, AuditEntry{OwnerID: in.OwnerID, InstanceID: &in.ID, Action: "reboot", Success: r.State == "running",
-				Caller: map[string]any{"type": "signature"}}); err != nil {
+		if r.ObservedGeneration > in.ObservedGeneration {
+			if err := finishAudit(ctx, tx, in.ID, r.ObservedGeneration, r.State != "failed"); err != nil {
 				return err
 			}
 		}
@@ -205,6 +202,9 @@ func finishDelete(ctx context.Context, tx pgx.Tx, in Instance) error {
 	}
 	if _, err := tx.Exec(ctx, `UPDATE instances SET state = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1`, in.ID); err != nil {
 		return translate(err)
+	}
+	if err := finishAudit(ctx, tx, in.ID, in.Generation, true); err != nil {
+		return err
 	}
 	return appendChange(ctx, tx, Change{Kind: "instance", ObjectID: in.ID, OwnerID: &in.OwnerID, NodeID: in.NodeID, Action: "delete", State: "deleted"})
 }

@@ -523,9 +523,13 @@ func tagBody(r *http.Request) (map[string]any, error) {
 	return tags, nil
 }
 
-func (s *Server) addTags(w http.ResponseWriter, r *http.Request) error { return s.writeTags(w, r, false) }
+func (s *Server) addTags(w http.ResponseWriter, r *http.Request) error {
+	return s.writeTags(w, r, false)
+}
 
-func (s *Server) replaceTags(w http.ResponseWriter, r *http.Request) error { return s.writeTags(w, r, true) }
+func (s *Server) replaceTags(w http.ResponseWriter, r *http.Request) error {
+	return s.writeTags(w, r, true)
+}
 
 func (s *Server) writeTags(w http.ResponseWriter, r *http.Request, replace bool) error {
 	if _, err := s.getOwned(r); err != nil {

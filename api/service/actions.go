@@ -20,10 +20,10 @@ func (s *Service) Stop(ctx context.Context, c Caller, id string) (store.Instance
 		Apply: func(in *store.Instance) error { in.DesiredState = "stopped"; return nil }})
 }
 
-// Reboot asks the agent to restart the instance; the audit entry is written
-// when the agent reports the reboot done.
+// Reboot asks the agent to restart the instance; like every action, its
+// audit entry finishes when the agent reports the new generation.
 func (s *Service) Reboot(ctx context.Context, c Caller, id string) (store.Instance, error) {
-	return s.Store.UpdateInstance(ctx, c.AccountID, id, store.Mutation{Action: "reboot", Caller: c.Audit(), NoAudit: true,
+	return s.Store.UpdateInstance(ctx, c.AccountID, id, store.Mutation{Action: "reboot", Caller: c.Audit(),
 		Apply: func(in *store.Instance) error {
 			in.RebootCount++
 			in.DesiredState = "running"

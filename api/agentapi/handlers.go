@@ -1,0 +1,198 @@
+package agentapi
+
+import (
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"flotilla/agent/driver"
+	"flotilla/api/agentapi/wire"
+	"flotilla/api/errdefs"
+	"flotilla/api/httpx"
+	"flotilla/api/service"
+	"flotilla/store"
+)
+
+const maxBody = 1 << 20
+
+func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
+	tok := bearer(r)
+	if tok == "" {
+		return errdefs.New(errdefs.Unauthorized, "registering needs a join token: send Authorization: Bearer <token> (see `flotilla admin node join-token`)")
+	}
+	ok, err := s.store.ValidJoinToken(r.Context(), HashToken(tok))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errdefs.New(errdefs.Unauthorized, "invalid or expired join token")
+	}
+	var req wire.RegisterRequest
+	if err := httpx.DecodeJSON(r, maxBody, false, &req); err != nil {
+		return err
+	}
+	if req.Name == "" {
+		return errdefs.InvalidArgument("name is required")
+	}
+	if req.MemoryMiB < 0 || req.DiskMiB < 0 || req.VCPUs < 0 {
+		return errdefs.InvalidArgument("capacity must not be negative")
+	}
+	cred := NewToken()
+	n, err := s.store.RegisterNode(r.Context(), store.NodeRegistration{Name: req.Name, Hostname: req.Hostname,
+		Driver: req.Driver, Brands: req.Brands, Traits: req.Traits, Address: req.Address, MemoryMiB: req.MemoryMiB,
+		DiskMiB: req.DiskMiB, VCPUsMilli: int64(req.VCPUs * 1000)}, HashToken(cred))
+	if err != nil {
+		return err
+	}
+	s.log.Info("node registered", "node", n.ID, "name", n.Name, "driver", n.Driver)
+	return httpx.WriteJSON(w, http.StatusOK, wire.RegisterResponse{NodeID: n.ID, Credential: cred})
+}
+
+func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
+	var hb wire.Heartbeat
+	if err := httpx.DecodeJSON(r, maxBody, false, &hb); err != nil {
+		return err
+	}
+	if _, err := s.store.Heartbeat(r.Context(), nodeOf(r), store.Heartbeat{MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
+		VCPUsMilli: int64(hb.VCPUs * 1000), Brands: hb.Brands, Traits: hb.Traits, Address: hb.Address}); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) assignments(w http.ResponseWriter, r *http.Request) error {
+	nodeID := nodeOf(r)
+	since, err := queryInt(r, "since", 0)
+	if err != nil {
+		return err
+	}
+	waitSec, err := queryInt(r, "wait", 30)
+	if err != nil {
+		return err
+	}
+	waitSec = min(waitSec, 60)
+	deadline := time.NewTimer(time.Duration(waitSec) * time.Second)
+	defer deadline.Stop()
+	for {
+		// Register interest before reading, so a change between the read and
+		// the wait still wakes us.
+		woken, cancel := s.wait(nodeID)
+		list, rev, err := s.store.Assignments(r.Context(), nodeID, since, 5000)
+		if err != nil {
+			cancel()
+			return err
+		}
+		if len(list) > 0 || since == 0 || waitSec == 0 {
+			cancel()
+			out := wire.Assignments{Revision: rev, Full: since == 0, Assignments: make([]wire.Assignment, 0, len(list))}
+			images := map[string]store.Image{}
+			for _, in := range list {
+				a, err := s.assignment(r, in, images)
+				if err != nil {
+					return err
+				}
+				out.Assignments = append(out.Assignments, a)
+			}
+			return httpx.WriteJSON(w, http.StatusOK, out)
+		}
+		select {
+		case <-woken:
+		case <-deadline.C:
+			cancel()
+			return httpx.WriteJSON(w, http.StatusOK, wire.Assignments{Revision: since, Assignments: []wire.Assignment{}})
+		case <-r.Context().Done():
+			cancel()
+			return nil
+		}
+	}
+}
+
+// assignment builds what the agent needs from an instance row.
+func (s *Server) assignment(r *http.Request, in store.Instance, images map[string]store.Image) (wire.Assignment, error) {
+	im, ok := images[in.ImageID]
+	if !ok {
+		var err error
+		im, err = s.store.ImageByID(r.Context(), in.ImageID)
+		if err != nil && !errdefs.Is(err, errdefs.NotFound) {
+			return wire.Assignment{}, err
+		}
+		images[in.ImageID] = im
+	}
+	proc := service.DecodeProcessSpec(in.Spec)
+	md := map[string]string{}
+	for k, v := range in.Metadata {
+		if str, ok := v.(string); ok {
+			md[k] = str
+		}
+	}
+	spec := driver.Spec{
+		ID: in.ID, OwnerID: in.OwnerID, Name: in.Name, Brand: in.Brand,
+		Image:     driver.Image{ID: im.ID, Digest: im.ManifestDigest, Type: im.Type, Ref: s.imageRef(im)},
+		MemoryMiB: in.MemoryMiB, DiskMiB: in.DiskMiB, VCPUs: float64(in.VCPUsMilli) / 1000,
+		Entrypoint: proc.Entrypoint, Cmd: proc.Cmd, Env: proc.Env, WorkingDir: proc.WorkingDir, User: proc.User,
+		Hostname: proc.Hostname, Tty: proc.Tty, OpenStdin: proc.OpenStdin, StdinOnce: proc.StdinOnce,
+		Labels: proc.Labels, Metadata: md, Restart: proc.Restart,
+	}
+	if spec.Hostname == "" {
+		spec.Hostname = in.Name
+		if len(spec.Hostname) > 63 {
+			spec.Hostname = in.ID[:12]
+		}
+	}
+	for _, n := range in.NICs {
+		prefix := 24
+		if p, err := netip.ParsePrefix(n.Subnet); err == nil {
+			prefix = p.Bits()
+		}
+		nic := driver.NIC{MAC: n.MAC, IP: n.IP, PrefixLen: prefix, NetworkID: n.NetworkID, Bridge: n.Bridge,
+			Subnet: n.Subnet, Primary: n.Primary, NAT: n.InternetNAT, Resolvers: n.Resolvers}
+		if n.Gateway != nil {
+			nic.Gateway = *n.Gateway
+		}
+		spec.NICs = append(spec.NICs, nic)
+	}
+	return wire.Assignment{ID: in.ID, Generation: in.Generation, DesiredState: in.DesiredState,
+		RebootCount: in.RebootCount, Spec: spec}, nil
+}
+
+func (s *Server) imageRef(im store.Image) string {
+	if im.ManifestDigest == "" || s.ImageRegistry == "" {
+		return ""
+	}
+	return s.ImageRegistry + "/images/" + im.ID + "@" + im.ManifestDigest
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
+	var st wire.InstanceStatus
+	if err := httpx.DecodeJSON(r, maxBody, false, &st); err != nil {
+		return err
+	}
+	switch st.State {
+	case driver.StateProvisioning, driver.StateRunning, driver.StateStopping, driver.StateStopped, driver.StateFailed, wire.StateDeleted:
+	default:
+		return errdefs.InvalidArgument("unknown state %q", st.State)
+	}
+	rep := store.StatusReport{ObservedGeneration: st.ObservedGeneration, RebootCount: st.RebootCount, State: st.State,
+		ExitCode: st.ExitCode, Error: truncate(st.Error, 4096), Restarts: st.Restarts}
+	if !st.StartedAt.IsZero() {
+		rep.StartedAt = &st.StartedAt
+	}
+	if !st.FinishedAt.IsZero() {
+		rep.FinishedAt = &st.FinishedAt
+	}
+	if err := s.store.ReportStatus(r.Context(), nodeOf(r), chi.URLParam(r, "id"), rep); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

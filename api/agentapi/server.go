@@ -1,0 +1,215 @@
+// Package agentapi serves the internal API that compute-node agents call:
+// registration with a join token, heartbeats, long-polled assignments and
+// status reports (the protocol is in api/agentapi/wire and openapi/agentapi.yaml).
+//
+// Imports: store, api/service (process specs), api/httpx, api/errdefs,
+// api/agentapi/wire, agent/driver (types only). Never agent.
+package agentapi
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"flotilla/api/errdefs"
+	"flotilla/api/httpx"
+	"flotilla/store"
+)
+
+// Server is the agent API.
+type Server struct {
+	store *store.Store
+	log   *slog.Logger
+	// ImageRegistry is the host:port agents pull images from (this server's
+	// address), used to build image references.
+	ImageRegistry string
+
+	mu      sync.Mutex
+	waiters map[string][]chan struct{}
+}
+
+// New returns an agent API server. Call Listen to wake long polls on changes.
+func New(st *store.Store, log *slog.Logger) *Server {
+	return &Server{store: st, log: log, waiters: map[string][]chan struct{}{}}
+}
+
+// HashToken is how join tokens and node credentials are stored.
+func HashToken(tok string) []byte {
+	sum := sha256.Sum256([]byte(tok))
+	return sum[:]
+}
+
+// NewToken returns a random token.
+func NewToken() string {
+	var b [24]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Handler returns the routes.
+func (s *Server) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(httpx.Middleware("agentapi", s.log, renderError))
+	r.NotFound(httpx.Handle(renderError, func(w http.ResponseWriter, r *http.Request) error {
+		return errdefs.NotFoundf("%s does not exist", r.URL.Path)
+	}))
+	r.Post("/agent/v1/nodes/register", httpx.Handle(renderError, s.register))
+	r.Group(func(r chi.Router) {
+		r.Use(s.nodeAuth)
+		r.Post("/agent/v1/nodes/{node}/heartbeat", httpx.Handle(renderError, s.heartbeat))
+		r.Get("/agent/v1/nodes/{node}/assignments", httpx.Handle(renderError, s.assignments))
+		r.Put("/agent/v1/instances/{id}/status", httpx.Handle(renderError, s.status))
+	})
+	return r
+}
+
+func renderError(w http.ResponseWriter, r *http.Request, err error) {
+	status := map[errdefs.Code]int{
+		errdefs.Invalid: 400, errdefs.NotFound: 404, errdefs.Conflict: 409, errdefs.Unauthorized: 401,
+		errdefs.Forbidden: 403, errdefs.Gone: 410, errdefs.Unavailable: 503, errdefs.InsufficientCapacity: 409,
+		errdefs.NotImplemented: 501, errdefs.TooManyRequests: 429, errdefs.Unprocessable: 422,
+	}[errdefs.CodeOf(err)]
+	if status == 0 {
+		status = 500
+	}
+	httpx.WriteJSON(w, status, map[string]string{"code": string(errdefs.CodeOf(err)), "message": errdefs.MessageOf(err)})
+}
+
+type ctxKey int
+
+const keyNode ctxKey = 0
+
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	return ""
+}
+
+// nodeAuth resolves the node credential; a node may only use its own routes.
+func (s *Server) nodeAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok := bearer(r)
+		if tok == "" {
+			renderError(w, r, errdefs.New(errdefs.Unauthorized, "missing node credential: send Authorization: Bearer <credential>"))
+			return
+		}
+		nodeID, err := s.store.NodeByCredential(r.Context(), HashToken(tok))
+		if err != nil {
+			if errdefs.Is(err, errdefs.NotFound) {
+				err = errdefs.New(errdefs.Unauthorized, "unknown node credential: register the node again with a join token")
+			}
+			renderError(w, r, err)
+			return
+		}
+		if p := chi.URLParam(r, "node"); p != "" && subtle.ConstantTimeCompare([]byte(p), []byte(nodeID)) != 1 {
+			renderError(w, r, errdefs.New(errdefs.Forbidden, "this credential belongs to another node"))
+			return
+		}
+		httpx.SetLogField(r.Context(), "node", nodeID)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyNode, nodeID)))
+	})
+}
+
+func nodeOf(r *http.Request) string { id, _ := r.Context().Value(keyNode).(string); return id }
+
+// Listen wakes long polls when the database announces a node's change. It
+// returns when ctx ends.
+func (s *Server) Listen(ctx context.Context) {
+	for ctx.Err() == nil {
+		if err := s.listenOnce(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("agent API change listener", "error", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+func (s *Server) listenOnce(ctx context.Context) error {
+	conn, err := s.store.Pool().Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN flotilla_node"); err != nil {
+		return err
+	}
+	defer conn.Exec(context.Background(), "UNLISTEN flotilla_node")
+	// Wake everyone once: something may have changed while we were not listening.
+	s.wakeAll()
+	for {
+		n, err := conn.Conn().WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		s.wake(n.Payload)
+	}
+}
+
+func (s *Server) wait(nodeID string) (<-chan struct{}, func()) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.waiters[nodeID] = append(s.waiters[nodeID], ch)
+	s.mu.Unlock()
+	return ch, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		list := s.waiters[nodeID]
+		for i, c := range list {
+			if c == ch {
+				s.waiters[nodeID] = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(s.waiters[nodeID]) == 0 {
+			delete(s.waiters, nodeID)
+		}
+	}
+}
+
+func (s *Server) wake(nodeID string) {
+	s.mu.Lock()
+	list := s.waiters[nodeID]
+	delete(s.waiters, nodeID)
+	s.mu.Unlock()
+	for _, ch := range list {
+		close(ch)
+	}
+}
+
+func (s *Server) wakeAll() {
+	s.mu.Lock()
+	all := s.waiters
+	s.waiters = map[string][]chan struct{}{}
+	s.mu.Unlock()
+	for _, list := range all {
+		for _, ch := range list {
+			close(ch)
+		}
+	}
+}
+
+func queryInt(r *http.Request, key string, def int64) (int64, error) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, errdefs.InvalidArgument("%s must be a non-negative integer", key)
+	}
+	return n, nil
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"flotilla/agent"
+	"flotilla/agent/driver"
+	"flotilla/agent/driver/sim"
+)
+
+// agentConfig is everything `flotilla agent` needs.
+type agentConfig struct {
+	Name      string
+	Driver    string
+	DataDir   string
+	MemoryMiB int64
+	DiskMiB   int64
+	VCPUs     float64
+	APIURL    string
+	JoinToken string
+	LogJSON   bool
+}
+
+func runAgent(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	var c agentConfig
+	host, _ := os.Hostname()
+	fs.StringVar(&c.Name, "name", host, "node name")
+	fs.StringVar(&c.Driver, "driver", "sim", "workload driver: sim, runc, qemu or runc,qemu")
+	fs.StringVar(&c.DataDir, "data", "/var/lib/flotilla/agent", "agent data directory")
+	fs.Int64Var(&c.MemoryMiB, "memory", 0, "memory to offer in MiB (0: detect; required for sim)")
+	fs.Int64Var(&c.DiskMiB, "disk", 0, "disk to offer in MiB (0: detect)")
+	fs.Float64Var(&c.VCPUs, "cpus", 0, "vCPUs to offer (0: detect)")
+	fs.BoolVar(&c.LogJSON, "log-json", false, "log as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c.APIURL = os.Getenv("FLOTILLA_AGENT_API")
+	c.JoinToken = os.Getenv("FLOTILLA_JOIN_TOKEN")
+	if c.APIURL == "" {
+		return usagef("set FLOTILLA_AGENT_API to the control plane's agent API URL (see env.sh from `flotilla dev`)")
+	}
+	log := newLogger(c.LogJSON, slog.LevelInfo)
+	drv, err := newDriver(c.Driver, c.DataDir, log)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("flotilla agent %s starting with driver %s\n", c.Name, c.Driver)
+	return agent.Run(ctx, agent.Config{Name: c.Name, DataDir: c.DataDir, APIURL: c.APIURL, JoinToken: c.JoinToken,
+		Driver: drv, MemoryMiB: c.MemoryMiB, DiskMiB: c.DiskMiB, VCPUs: c.VCPUs, Logger: log.With("node", c.Name)})
+}
+
+// newDriver builds the named driver with its state under dataDir.
+func newDriver(name, dataDir string, log *slog.Logger) (driver.Driver, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, err
+	}
+	switch strings.TrimSpace(name) {
+	case "sim":
+		return sim.New(sim.Config{StateFile: filepath.Join(dataDir, "sim-state.json")})
+	default:
+		return newRealDriver(name, dataDir, log)
+	}
+}

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"flotilla/api/agentapi"
+	"flotilla/api/cloudapi"
+	"flotilla/api/service"
+	"flotilla/scheduler"
+	"flotilla/store"
+)
+
+// serveConfig is everything `flotilla serve` needs.
+type serveConfig struct {
+	DB           string
+	CloudAPIAddr string
+	AgentAPIAddr string
+	DockerAddr   string
+	TLSCert      string
+	TLSKey       string
+	Datacenter   string
+	PublicURL    string
+	RateLimit    float64
+	OfflineGrace time.Duration
+	Policy       string
+	LogJSON      bool
+	Quiet        bool
+}
+
+func (c *serveConfig) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.CloudAPIAddr, "cloudapi-addr", "127.0.0.1:8080", "CloudAPI listen address")
+	fs.StringVar(&c.AgentAPIAddr, "agentapi-addr", "127.0.0.1:8081", "agent API listen address")
+	fs.StringVar(&c.DockerAddr, "docker-addr", "", "Docker API listen address (empty: off)")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate for CloudAPI (plain HTTP only on loopback without it)")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS key for CloudAPI")
+	fs.StringVar(&c.Datacenter, "datacenter", "flotilla-1", "datacenter name")
+	fs.StringVar(&c.PublicURL, "public-url", "", "CloudAPI URL as clients see it (default from --cloudapi-addr)")
+	fs.Float64Var(&c.RateLimit, "rate-limit", 0, "CloudAPI requests per second per account (0: unlimited)")
+	fs.DurationVar(&c.OfflineGrace, "offline-grace", 30*time.Second, "silence after which a node is offline")
+	fs.StringVar(&c.Policy, "policy", "pack", "placement policy: pack or spread")
+	fs.BoolVar(&c.LogJSON, "log-json", false, "log as JSON")
+	fs.BoolVar(&c.Quiet, "quiet", false, "log warnings only (no access log)")
+}
+
+func runServe(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var cfg serveConfig
+	db := dbFlag(fs)
+	cfg.flags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg.DB = *db
+	if cfg.DB == "" {
+		return usagef("--db (or $FLOTILLA_DB) is required")
+	}
+	cp, err := startControlPlane(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("flotilla serve ready: cloudapi %s, agent api %s\n", cp.CloudAPIURL, cp.AgentAPIURL)
+	<-ctx.Done()
+	return cp.Close()
+}
+
+// controlPlane is a running `serve`.
+type controlPlane struct {
+	Store       *store.Store
+	Service     *service.Service
+	CloudAPIURL string
+	AgentAPIURL string
+	servers     []*http.Server
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, error) {
+	level := slog.LevelInfo
+	if cfg.Quiet {
+		level = slog.LevelWarn
+	}
+	log := newLogger(cfg.LogJSON, level)
+	if err := store.Migrate(ctx, cfg.DB); err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, cfg.DB)
+	if err != nil {
+		return nil, err
+	}
+	policy := scheduler.PolicyPack
+	if cfg.Policy == "spread" {
+		policy = scheduler.PolicySpread
+	} else if cfg.Policy != "pack" {
+		st.Close()
+		return nil, usagef("--policy must be pack or spread")
+	}
+	svc, err := service.New(ctx, st, log, service.PlacerOptions{Policy: policy})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	useTLS := cfg.TLSCert != "" && cfg.TLSKey != ""
+	if !useTLS && !isLoopback(cfg.CloudAPIAddr) {
+		st.Close()
+		return nil, usagef("CloudAPI on %s needs --tls-cert and --tls-key (plain HTTP is only allowed on loopback)", cfg.CloudAPIAddr)
+	}
+	cl, err := net.Listen("tcp", cfg.CloudAPIAddr)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("CloudAPI listener: %w", err)
+	}
+	al, err := net.Listen("tcp", cfg.AgentAPIAddr)
+	if err != nil {
+		cl.Close()
+		st.Close()
+		return nil, fmt.Errorf("agent API listener: %w", err)
+	}
+	scheme := "http"
+	if useTLS {
+		scheme = "https"
+	}
+	cp := &controlPlane{Store: st, Service: svc,
+		CloudAPIURL: scheme + "://" + cl.Addr().String(), AgentAPIURL: "http://" + al.Addr().String()}
+	if cfg.PublicURL == "" {
+		cfg.PublicURL = cp.CloudAPIURL
+	}
+	ctx, cp.cancel = context.WithCancel(context.Background())
+	capi := cloudapi.New(svc, log, cloudapi.Config{Datacenter: cfg.Datacenter, URL: cfg.PublicURL, RateLimit: cfg.RateLimit})
+	aapi := agentapi.New(st, log)
+	aapi.ImageRegistry = al.Addr().String()
+	cs := &http.Server{Handler: capi.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	as := &http.Server{Handler: aapi.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	cp.servers = []*http.Server{cs, as}
+	cp.wg.Add(4)
+	go func() {
+		defer cp.wg.Done()
+		var err error
+		if useTLS {
+			cs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+			err = cs.ServeTLS(cl, cfg.TLSCert, cfg.TLSKey)
+		} else {
+			err = cs.Serve(cl)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("CloudAPI server", "error", err)
+		}
+	}()
+	go func() {
+		defer cp.wg.Done()
+		if err := as.Serve(al); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("agent API server", "error", err)
+		}
+	}()
+	go func() { defer cp.wg.Done(); aapi.Listen(ctx) }()
+	host, _ := os.Hostname()
+	go func() {
+		defer cp.wg.Done()
+		svc.RunNodeMonitor(ctx, service.MonitorOptions{Holder: host + "/" + strings.ReplaceAll(cl.Addr().String(), ":", "_"), Grace: cfg.OfflineGrace})
+	}()
+	return cp, nil
+}
+
+// Close stops the listeners (waiting briefly for requests in flight) and the loops.
+func (cp *controlPlane) Close() error {
+	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	cp.cancel()
+	for _, s := range cp.servers {
+		if err := s.Shutdown(sctx); err != nil {
+			s.Close()
+		}
+	}
+	cp.wg.Wait()
+	cp.Store.Close()
+	return nil
+}
