@@ -206,8 +206,7 @@ func (d *Driver) Exec(ctx context.Context, id string, cfg driver.ExecConfig) (*d
 			cleanup()
 			return nil, errdefs.Wrap(errdefs.Internal, err, "exec in %s", id)
 		}
-		closers = append(closers, master)
-		ep.Tty, ep.Stdout = true, master
+		ep.Tty, ep.Stdout = true, &ptyReader{f: master}
 		if cfg.AttachStdin {
 			ep.Stdin = master
 		}
@@ -267,6 +266,9 @@ func (d *Driver) Exec(ctx context.Context, id string, cfg driver.ExecConfig) (*d
 	}
 	ep.Done = done
 	ep.Close = func() error {
+		if r, ok := ep.Stdout.(*ptyReader); ok {
+			r.f.Close()
+		}
 		if cmd.Process != nil {
 			cmd.Process.Signal(unix.SIGKILL)
 		}
@@ -350,6 +352,19 @@ func (d *Driver) Stats(ctx context.Context, id string) (driver.Stats, error) {
 		return s, errdefs.New(errdefs.Unavailable, "no cgroup statistics for %s", id)
 	}
 	return s, nil
+}
+
+// ptyReader reads a pty master; the EIO that signals the other side has
+// closed becomes io.EOF, and the master is closed then.
+type ptyReader struct{ f *os.File }
+
+func (p *ptyReader) Read(b []byte) (int, error) {
+	n, err := p.f.Read(b)
+	if err != nil && (errors.Is(err, unix.EIO) || errors.Is(err, os.ErrClosed)) {
+		p.f.Close()
+		err = io.EOF
+	}
+	return n, err
 }
 
 var _ = fmt.Sprintf
