@@ -112,7 +112,7 @@ func runDev(ctx context.Context, args []string) error {
 		level = slog.LevelInfo
 	}
 	cp, err := startControlPlane(ctx, serveConfig{DB: dbURL, CloudAPIAddr: c.CloudAPIAddr, AgentAPIAddr: c.AgentAPIAddr,
-		DockerAddr: c.DockerAddr, Datacenter: "flotilla-dev", OfflineGrace: c.OfflineGrace, Policy: "pack", Quiet: !c.Verbose})
+		DockerAddr: c.DockerAddr, DataDir: data, Datacenter: "flotilla-dev", OfflineGrace: c.OfflineGrace, Policy: "pack", Quiet: !c.Verbose})
 	if err != nil {
 		return err
 	}
@@ -141,6 +141,9 @@ export FLOTILLA_DB=%s
 export FLOTILLA_AGENT_API=%s
 export FLOTILLA_JOIN_TOKEN=%s
 `, envFile, cp.CloudAPIURL, c.Login, key.MD5, dbURL, cp.AgentAPIURL, token)
+	if cp.Docker != nil {
+		env += fmt.Sprintf("export DOCKER_HOST=%s\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH=%s\n", cp.Docker.URL, cp.Docker.CertDir)
+	}
 	if err := os.WriteFile(envFile, []byte(env), 0o600); err != nil {
 		return err
 	}

@@ -34,6 +34,7 @@ type serveConfig struct {
 	RateLimit    float64
 	OfflineGrace time.Duration
 	Policy       string
+	DataDir      string
 	LogJSON      bool
 	Quiet        bool
 }
@@ -42,6 +43,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CloudAPIAddr, "cloudapi-addr", "127.0.0.1:8080", "CloudAPI listen address")
 	fs.StringVar(&c.AgentAPIAddr, "agentapi-addr", "127.0.0.1:8081", "agent API listen address")
 	fs.StringVar(&c.DockerAddr, "docker-addr", "", "Docker API listen address (empty: off)")
+	fs.StringVar(&c.DataDir, "data", "/var/lib/flotilla", "directory for image blobs and the Docker endpoint's certificates")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate for CloudAPI (plain HTTP only on loopback without it)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS key for CloudAPI")
 	fs.StringVar(&c.Datacenter, "datacenter", "flotilla-1", "datacenter name")
@@ -80,6 +82,7 @@ type controlPlane struct {
 	Service     *service.Service
 	CloudAPIURL string
 	AgentAPIURL string
+	Docker      *dockerEndpoint
 	servers     []*http.Server
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup
@@ -175,6 +178,10 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 		}
 	}()
 	go func() { defer cp.wg.Done(); aapi.Listen(ctx) }()
+	if cp.Docker, err = startDocker(ctx, cfg, svc, log); err != nil {
+		cp.Close()
+		return nil, err
+	}
 	host, _ := os.Hostname()
 	go func() {
 		defer cp.wg.Done()
@@ -188,6 +195,9 @@ func (cp *controlPlane) Close() error {
 	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	cp.cancel()
+	if cp.Docker != nil && cp.Docker.Close != nil {
+		cp.Docker.Close()
+	}
 	for _, s := range cp.servers {
 		if err := s.Shutdown(sctx); err != nil {
 			s.Close()
