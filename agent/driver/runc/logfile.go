@@ -129,7 +129,7 @@ func (w *logWriter) Close() error {
 // done or alive() reports the writer gone and the file is drained.
 func readLogs(ctx context.Context, path string, keep int, opts driver.LogOptions, alive func() bool, out chan<- driver.LogEntry) error {
 	want := func(r logRecord) bool {
-		if r.Stream == "stdout" && !opts.Stdout || r.Stream == "stderr" && !opts.Stderr {
+		if !(r.Stream == "stdout" && opts.Stdout || r.Stream == "stderr" && opts.Stderr) {
 			return false
 		}
 		if !opts.Since.IsZero() && r.Time.Before(opts.Since) {
