@@ -37,6 +37,7 @@ import (
 
 	gorunc "github.com/containerd/go-runc"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"flotilla/agent/driver"
@@ -587,6 +588,8 @@ func (d *Driver) cleanup(ctx context.Context, id, bundle string) error {
 		if err := unix.Rmdir(p); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
 			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", p, err))
 		}
+		// The shared parent goes when its last container does (EBUSY otherwise).
+		unix.Rmdir(filepath.Dir(p))
 	}
 	if len(errs) == 0 {
 		if err := os.RemoveAll(bundle); err != nil {
@@ -595,6 +598,37 @@ func (d *Driver) cleanup(ctx context.Context, id, bundle string) error {
 	}
 	if len(errs) > 0 {
 		return errdefs.Wrap(errdefs.Internal, errors.Join(errs...), "remove container %s", id)
+	}
+	return nil
+}
+
+var _ driver.Updater = (*Driver)(nil)
+
+// Update implements driver.Updater: it changes the memory, CPU and pids
+// limits of a container, live if it runs, and in its bundle so that later
+// starts keep them. Other fields of spec are ignored.
+func (d *Driver) Update(ctx context.Context, spec driver.Spec) error {
+	bundle, cur, err := d.loadSpec(spec.ID)
+	if err != nil {
+		return err
+	}
+	cur.MemoryMiB, cur.VCPUs, cur.CPUShares, cur.PIDsLimit = spec.MemoryMiB, spec.VCPUs, spec.CPUShares, spec.PIDsLimit
+	res := resources(cur)
+	if _, alive := shimAlive(bundle); alive {
+		if err := d.rc.Update(ctx, spec.ID, res); err != nil {
+			return errdefs.Wrap(errdefs.Conflict, err, "update limits of running container %s", spec.ID)
+		}
+	}
+	var s specs.Spec
+	if err := readJSON(filepath.Join(bundle, fileConfig), &s); err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "read runtime spec of %s", spec.ID)
+	}
+	s.Linux.Resources = res
+	if err := writeJSONAtomic(filepath.Join(bundle, fileConfig), &s); err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "write runtime spec of %s", spec.ID)
+	}
+	if err := writeJSONAtomic(filepath.Join(bundle, fileSpec), cur); err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "write spec of %s", spec.ID)
 	}
 	return nil
 }

@@ -194,8 +194,16 @@ func TestLifecycleLimitsLogsExec(t *testing.T) {
 	if out, code := execOut(t, d, id, "mount", "-t", "tmpfs", "x", "/mnt"); code == 0 {
 		t.Errorf("mount inside the container succeeded: %q", out)
 	}
+	upd := spec
+	upd.MemoryMiB, upd.PIDsLimit = 96, 70
+	if err := d.Update(ctx, upd); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	if out, _ := execOut(t, d, id, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max"); strings.Join(strings.Fields(out), " ") != "100663296 70" {
+		t.Errorf("limits after Update: %q, want 100663296 70", out)
+	}
 	s, err := d.Stats(ctx, id)
-	if err != nil || s.MemoryLimit != 64<<20 || s.PIDs == 0 {
+	if err != nil || s.MemoryLimit != 96<<20 || s.PIDs == 0 {
 		t.Errorf("Stats = %+v, %v", s, err)
 	}
 	titles, rows, err := d.Top(ctx, id, "")
@@ -235,6 +243,9 @@ func TestLifecycleLimitsLogsExec(t *testing.T) {
 	st2 := waitState(t, d, id, func(s driver.Status) bool { return s.State == driver.StateRunning && s.Pid > 0 }, 5*time.Second)
 	if st2.Pid == st.Pid {
 		t.Errorf("restarted container has the old pid %d", st.Pid)
+	}
+	if out, _ := execOut(t, d, id, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"); strings.TrimSpace(out) != "100663296" {
+		t.Errorf("updated memory limit lost across stop/start: %q", out)
 	}
 }
 
