@@ -32,6 +32,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -130,6 +131,9 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.Invalid, err, "runc driver root %q", cfg.Root)
 	}
+	if strings.ContainsAny(abs, ",:") {
+		return nil, errdefs.InvalidArgument("runc driver root %q must not contain ',' or ':' (overlayfs options)", abs)
+	}
 	cfg.Root = abs
 	for _, d := range []string{"runc", "layers", "containers"} {
 		if err := os.MkdirAll(filepath.Join(cfg.Root, d), 0o711); err != nil {
@@ -193,6 +197,12 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 	img, err := d.cfg.Images.Image(ctx, spec.Image)
 	if err != nil {
 		return err
+	}
+	if spec.Image.Digest != "" {
+		dg, err := img.Digest()
+		if err != nil || dg.String() != spec.Image.Digest {
+			return errdefs.New(errdefs.Invalid, "image %s has digest %s, not the expected %s", spec.Image.Ref, dg, spec.Image.Digest)
+		}
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {

@@ -431,3 +431,52 @@ func TestTty(t *testing.T) {
 		t.Errorf("exec tty: %q exit %d", out, code)
 	}
 }
+
+func TestErrors(t *testing.T) {
+	needRuntime(t)
+	ctx := context.Background()
+	d := newDriver(t, "")
+	id := testID("err")
+	bad := baseSpec(id)
+	bad.Image.Ref = "nosuchimage"
+	if err := d.Create(ctx, bad); errdefs.CodeOf(err) != errdefs.NotFound {
+		t.Errorf("Create with a missing image: %v, want not found", err)
+	}
+	wrong := baseSpec(id)
+	wrong.Image.Digest = "sha256:" + strings.Repeat("0", 64)
+	if err := d.Create(ctx, wrong); errdefs.CodeOf(err) != errdefs.Invalid {
+		t.Errorf("Create with a digest mismatch: %v, want invalid", err)
+	}
+	assertGone(t, d, id)
+	if err := d.Create(ctx, baseSpec("../escape")); errdefs.CodeOf(err) != errdefs.Invalid {
+		t.Errorf("Create with a path as id: %v, want invalid", err)
+	}
+	for name, err := range map[string]error{
+		"Start":  d.Start(ctx, id),
+		"Stop":   d.Stop(ctx, id, time.Second),
+		"Update": d.Update(ctx, baseSpec(id)),
+	} {
+		if errdefs.CodeOf(err) != errdefs.NotFound {
+			t.Errorf("%s of an unknown container: %v, want not found", name, err)
+		}
+	}
+	if _, err := d.Exec(ctx, id, driver.ExecConfig{Cmd: []string{"true"}}); errdefs.CodeOf(err) != errdefs.NotFound {
+		t.Errorf("Exec of an unknown container: %v", err)
+	}
+	if err := d.Delete(ctx, id); err != nil {
+		t.Errorf("Delete of an unknown container: %v", err)
+	}
+	if _, err := New(Config{Root: t.TempDir(), RuncBinary: "/nonexistent/runc"}); errdefs.CodeOf(err) != errdefs.Unavailable {
+		t.Errorf("New without runc: %v, want unavailable", err)
+	}
+	// A stopped container cannot be exec'd or attached to.
+	id2 := testID("stopped")
+	create(t, d, baseSpec(id2, "/bin/true"))
+	waitState(t, d, id2, stopped, 5*time.Second)
+	if _, err := d.Exec(ctx, id2, driver.ExecConfig{Cmd: []string{"true"}}); errdefs.CodeOf(err) != errdefs.Conflict {
+		t.Errorf("Exec of a stopped container: %v, want conflict", err)
+	}
+	if _, err := d.Attach(ctx, id2, driver.AttachOptions{Stdout: true}); errdefs.CodeOf(err) != errdefs.Conflict {
+		t.Errorf("Attach to a stopped container: %v, want conflict", err)
+	}
+}
