@@ -243,17 +243,25 @@ const sqlAssignments = `SELECT ` + instanceColumns + ` FROM instances i
 WHERE i.node_id = $1 AND i.assign_rev > $2 AND ($2 > 0 OR i.state <> 'deleted') ORDER BY i.assign_rev LIMIT $3`
 
 // Assignments returns the node's instances changed after rev (all live ones
-// when rev is 0), and the revision to ask from next.
+// when rev is 0), and the revision to ask from next. A full answer carries at
+// least the node's current revision, so the next poll waits for a change.
 func (s *Store) Assignments(ctx context.Context, nodeID string, since int64, limit int) ([]Instance, int64, error) {
 	if limit <= 0 {
 		limit = 5000
+	}
+	rev := since
+	if since == 0 {
+		nodeRev, err := s.NodeRev(ctx, nodeID)
+		if err != nil {
+			return nil, since, err
+		}
+		rev = nodeRev
 	}
 	rows, _ := s.pool.Query(ctx, sqlAssignments, nodeID, since, limit)
 	list, err := pgx.CollectRows(rows, scanInstance)
 	if err != nil {
 		return nil, since, translate(err)
 	}
-	rev := since
 	for _, in := range list {
 		rev = max(rev, in.AssignRev)
 	}

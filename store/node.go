@@ -64,9 +64,9 @@ type NodeRegistration struct {
 // Capacity never drops below what is already used: the CHECK constraints
 // would refuse it, and running workloads do not vanish because a node reports less.
 const sqlRegisterNode = `INSERT INTO nodes (id, name, hostname, driver, brands, traits, address, memory_mib, disk_mib,
-	vcpus_milli, max_instances, ratio_memory, ratio_disk, ratio_vcpu, credential_hash, state, last_heartbeat)
+	vcpus_milli, max_instances, ratio_memory, ratio_disk, ratio_vcpu, credential_hash, state, last_heartbeat, assign_rev)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE(NULLIF($11, 0), 1000), COALESCE(NULLIF($12, 0), 1.0),
-	COALESCE(NULLIF($13, 0), 1.0), COALESCE(NULLIF($14, 0), 4.0), $15, 'running', now())
+	COALESCE(NULLIF($13, 0), 1.0), COALESCE(NULLIF($14, 0), 4.0), $15, 'running', now(), 1)
 ON CONFLICT (name) DO UPDATE SET
 	hostname = EXCLUDED.hostname, driver = EXCLUDED.driver, brands = EXCLUDED.brands, traits = EXCLUDED.traits,
 	address = EXCLUDED.address,
@@ -77,7 +77,8 @@ ON CONFLICT (name) DO UPDATE SET
 	disk_mib = GREATEST(EXCLUDED.disk_mib, ceil(nodes.used_disk_mib / COALESCE(NULLIF($13, 0), nodes.ratio_disk))::bigint),
 	vcpus_milli = GREATEST(EXCLUDED.vcpus_milli, ceil(nodes.used_vcpus_milli / COALESCE(NULLIF($14, 0), nodes.ratio_vcpu))::bigint),
 	max_instances = GREATEST(COALESCE(NULLIF($11, 0), nodes.max_instances), nodes.instances),
-	credential_hash = EXCLUDED.credential_hash, state = 'running', last_heartbeat = now(), updated_at = now()
+	credential_hash = EXCLUDED.credential_hash, state = 'running', last_heartbeat = now(), updated_at = now(),
+	assign_rev = nodes.assign_rev + 1
 RETURNING ` + nodeColumns
 
 // RegisterNode creates or updates a node by name and sets its credential.

@@ -1,7 +1,34 @@
 package main
 
-import "context"
+import (
+	"context"
+	"flag"
+	"fmt"
+)
+
+const benchUsage = `Usage: flotilla bench e2e|place [flags] --json
+  e2e    create instances through CloudAPI on in-process nodes; report creates/s, latency and time to running
+  place  place instances through the scheduler and the database commit path; report decisions/s, commits/s
+`
 
 func runBench(ctx context.Context, args []string) error {
-	return usagef("bench: say which benchmark: e2e or place")
+	if len(args) == 0 {
+		return usagef("say which benchmark\n%s", benchUsage)
+	}
+	switch args[0] {
+	case "e2e":
+		return benchE2E(ctx, args[1:])
+	case "place":
+		return benchPlace(ctx, args[1:])
+	}
+	return usagef("unknown benchmark %q\n%s", args[0], benchUsage)
+}
+
+// benchPlace is filled in by bench_place.go.
+var benchPlace = func(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench place", flag.ContinueOnError)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return fmt.Errorf("bench place is not available in this build")
 }
