@@ -64,6 +64,7 @@ func (s *Server) Handler() http.Handler {
 		return errdefs.NotFoundf("%s does not exist", r.URL.Path)
 	}))
 	r.Post("/agent/v1/nodes/register", httpx.Handle(renderError, s.register))
+	s.registryRoutes(r)
 	r.Group(func(r chi.Router) {
 		r.Use(s.nodeAuth)
 		r.Post("/agent/v1/nodes/{node}/heartbeat", httpx.Handle(renderError, s.heartbeat))
