@@ -18,20 +18,22 @@ type Change struct {
 	State    string         `db:"state"`
 	Detail   map[string]any `db:"detail"`
 	At       time.Time      `db:"at"`
+	// WakeNode, when set with NodeID, wakes the node's agent long poll.
+	WakeNode bool `db:"-"`
 }
 
-const sqlAppendChange = `INSERT INTO changes (kind, object_id, owner_id, node_id, action, state, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7)`
+const sqlAppendChange = `WITH c AS (
+	INSERT INTO changes (kind, object_id, owner_id, node_id, action, state, detail)
+	VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING node_id
+) SELECT CASE WHEN $8 THEN pg_notify('flotilla_node', node_id::text) END FROM c`
 
+// appendChange records a change (and wakes the node's agent when asked) in
+// one round trip.
 func appendChange(ctx context.Context, q querier, c Change) error {
 	if c.Detail == nil {
 		c.Detail = map[string]any{}
 	}
-	_, err := q.Exec(ctx, sqlAppendChange, c.Kind, c.ObjectID, c.OwnerID, c.NodeID, c.Action, c.State, c.Detail)
-	if err != nil {
-		return translate(err)
-	}
-	_, err = q.Exec(ctx, `SELECT pg_notify('flotilla_changes', '')`)
+	_, err := q.Exec(ctx, sqlAppendChange, c.Kind, c.ObjectID, c.OwnerID, c.NodeID, c.Action, c.State, c.Detail, c.WakeNode && c.NodeID != nil)
 	return translate(err)
 }
 

@@ -126,12 +126,8 @@ func (s *Store) CreateInstance(ctx context.Context, in NewInstance) (Instance, b
 				return errReplay{id: prior}
 			}
 		}
-		nodeID, rev, err := claimNode(ctx, tx, &in)
-		if err != nil {
-			return err
-		}
-		in.NodeID = &nodeID
-		in.AssignRev = rev
+		// Everything that does not need the node comes first, so the node's
+		// row is locked only for the last statements of the transaction.
 		if err := insertInstance(ctx, tx, &in.Instance); err != nil {
 			return err
 		}
@@ -144,15 +140,19 @@ func (s *Store) CreateInstance(ctx context.Context, in NewInstance) (Instance, b
 				return err
 			}
 		}
-		if err := appendChange(ctx, tx, Change{Kind: "instance", ObjectID: in.ID, OwnerID: &in.OwnerID, NodeID: &nodeID,
-			Action: "create", State: "provisioning", Detail: map[string]any{"name": in.Name}}); err != nil {
-			return err
-		}
 		if err := appendAudit(ctx, tx, AuditEntry{OwnerID: in.OwnerID, InstanceID: &in.ID, Action: "provision", Success: true,
 			Caller: in.Caller, Generation: 1, Pending: true}); err != nil {
 			return err
 		}
-		return notifyNode(ctx, tx, nodeID)
+		nodeID, rev, err := claimNode(ctx, tx, &in)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE instances SET node_id = $2, assign_rev = $3 WHERE id = $1`, in.ID, nodeID, rev); err != nil {
+			return translate(err)
+		}
+		return appendChange(ctx, tx, Change{Kind: "instance", ObjectID: in.ID, OwnerID: &in.OwnerID, NodeID: &nodeID,
+			Action: "create", State: "provisioning", Detail: map[string]any{"name": in.Name}, WakeNode: true})
 	})
 	if r, ok := err.(errReplay); ok {
 		inst, err := s.GetInstance(ctx, in.OwnerID, r.id)
@@ -291,11 +291,6 @@ func randomMAC() string {
 	b[1] = 0xb8
 	b[2] = 0xd0
 	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5])
-}
-
-func notifyNode(ctx context.Context, q querier, nodeID string) error {
-	_, err := q.Exec(ctx, `SELECT pg_notify('flotilla_node', $1)`, nodeID)
-	return translate(err)
 }
 
 const sqlGetInstance = `SELECT ` + instanceColumns + ` FROM instances i WHERE i.owner_id = $1 AND i.id = $2`

@@ -101,16 +101,13 @@ func (s *Store) UpdateInstance(ctx context.Context, ownerID, id string, m Mutati
 			return translate(err)
 		}
 		if err := appendChange(ctx, tx, Change{Kind: "instance", ObjectID: in.ID, OwnerID: &in.OwnerID, NodeID: in.NodeID,
-			Action: m.Action, State: in.State, Detail: m.Params}); err != nil {
+			Action: m.Action, State: in.State, Detail: m.Params, WakeNode: true}); err != nil {
 			return err
 		}
 		// The job finishes when the node reports the new generation.
 		if err := appendAudit(ctx, tx, AuditEntry{OwnerID: in.OwnerID, InstanceID: &in.ID, Action: m.Action, Success: true,
 			Caller: m.Caller, Params: m.Params, Generation: in.Generation + 1, Pending: in.NodeID != nil}); err != nil {
 			return err
-		}
-		if in.NodeID != nil {
-			return notifyNode(ctx, tx, *in.NodeID)
 		}
 		return nil
 	})

@@ -166,15 +166,26 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 			rules := req.Rules
 			in.CheckNode = func(residents []store.Resident) error { return checkStrict(rules, residents) }
 		}
+		// Reserve in the snapshot before committing, so concurrent placements
+		// on this replica see the capacity as taken and look elsewhere.
+		res := scheduler.Resources{MemoryMiB: in.MemoryMiB, DiskMiB: in.DiskMiB, VCPUs: float64(in.VCPUsMilli) / 1000, Instances: 1}
+		neg := scheduler.Resources{MemoryMiB: -res.MemoryMiB, DiskMiB: -res.DiskMiB, VCPUs: -res.VCPUs, Instances: -1}
+		reserved := dec.NodeID
+		p.snap.UpdateUsage(reserved, res)
 		inst, replay, err := p.st.CreateInstance(ctx, in)
 		if err == nil {
+			if replay || inst.NodeID == nil || *inst.NodeID != reserved {
+				p.snap.UpdateUsage(reserved, neg)
+				if !replay && inst.NodeID != nil {
+					p.snap.UpdateUsage(*inst.NodeID, res)
+				}
+			}
 			if !replay && inst.NodeID != nil {
-				p.snap.UpdateUsage(*inst.NodeID, scheduler.Resources{MemoryMiB: inst.MemoryMiB, DiskMiB: inst.DiskMiB,
-					VCPUs: float64(inst.VCPUsMilli) / 1000, Instances: 1})
 				p.snap.AddResident(scheduler.Resident{ID: inst.ID, OwnerID: inst.OwnerID, Name: inst.Name, Tags: inst.Tags, NodeID: *inst.NodeID})
 			}
 			return inst, replay, nil
 		}
+		p.snap.UpdateUsage(reserved, neg)
 		if err != store.ErrNoCandidate {
 			return store.Instance{}, false, err
 		}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -54,8 +55,18 @@ func benchE2E(ctx context.Context, args []string) error {
 	conc := fs.Int("concurrency", 32, "concurrent create requests")
 	asJSON := fs.Bool("json", false, "print JSON")
 	drv := fs.String("driver", "sim", "driver (sim)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
 	}
 	if *drv != "sim" {
 		return benchE2ERunc(ctx, *drv, *instances, *asJSON)
@@ -133,6 +144,31 @@ func benchE2E(ctx context.Context, args []string) error {
 	var failed atomic.Int64
 	var firstErr atomic.Value
 	start := time.Now()
+	// Note when each instance is first seen running, while creates go on.
+	runningAt := map[string]time.Time{}
+	var createsDone atomic.Bool
+	pollDone := make(chan error, 1)
+	go func() {
+		deadline := time.Now().Add(2 * time.Minute)
+		for time.Now().Before(deadline) {
+			list, err := st.ListInstances(ctx, acct.ID, store.InstanceFilter{States: []string{"running"}, Limit: 100000})
+			if err != nil {
+				pollDone <- err
+				return
+			}
+			now := time.Now()
+			for _, in := range list {
+				if _, ok := runningAt[in.ID]; !ok {
+					runningAt[in.ID] = now
+				}
+			}
+			if createsDone.Load() && len(runningAt) >= *instances-int(failed.Load()) {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		pollDone <- nil
+	}()
 	var wg sync.WaitGroup
 	for w := 0; w < *conc; w++ {
 		wg.Add(1)
@@ -176,21 +212,9 @@ func benchE2E(ctx context.Context, args []string) error {
 	if v := firstErr.Load(); v != nil {
 		res.FirstError = v.(string)
 	}
-	// Wait until every created instance runs, noting when each got there.
-	runningAt := map[string]time.Time{}
-	deadline := time.Now().Add(2 * time.Minute)
-	for len(runningAt) < res.Created && time.Now().Before(deadline) {
-		list, err := st.ListInstances(ctx, acct.ID, store.InstanceFilter{States: []string{"running"}, Limit: 100000})
-		if err != nil {
-			return err
-		}
-		now := time.Now()
-		for _, in := range list {
-			if _, ok := runningAt[in.ID]; !ok {
-				runningAt[in.ID] = now
-			}
-		}
-		time.Sleep(5 * time.Millisecond)
+	createsDone.Store(true)
+	if err := <-pollDone; err != nil {
+		return err
 	}
 	allRunning := time.Since(start)
 	var toRunning []time.Duration

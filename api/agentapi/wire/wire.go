@@ -38,6 +38,9 @@ type RegisterRequest struct {
 	VCPUs     float64        `json:"vcpus"`             // capacity
 	Traits    map[string]any `json:"traits,omitempty"`  // e.g. {"accel":"tcg"}
 	Address   string         `json:"address,omitempty"` // where the agent serves streams, host:port
+	// StreamToken is the bearer token the control plane must send to the
+	// agent's stream API (see streams.go); the agent keeps it in its data dir.
+	StreamToken string `json:"stream_token,omitempty"`
 }
 
 // RegisterResponse carries the node's id and its credential, which the agent

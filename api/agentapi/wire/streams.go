@@ -1,0 +1,99 @@
+package wire
+
+import "time"
+
+// The stream API is the second, smaller HTTP API between the control plane
+// and an agent, in the other direction: the agent serves it on its node's
+// address (RegisterRequest.Address) and the control plane (api/nodeclient)
+// calls it to reach the processes of the node's instances. Every request
+// carries "Authorization: Bearer <RegisterRequest.StreamToken>"; errors are
+// {"code","message"} with the errdefs code.
+//
+//	GET  /streams/v1/instances/{id}/logs?stdout=1&stderr=1&follow=1&since=T&until=T&tail=N&timestamps=1&raw=1
+//	     -> 200, the selected lines as they are (see Framing); follow keeps
+//	     the body open until the main process has exited and its output is drained.
+//	     T is Unix seconds with an optional fraction, N is a count or "all".
+//	POST /streams/v1/instances/{id}/attach?stdin=1&stdout=1&stderr=1   Upgrade (see Upgrades)
+//	     Answers 101 at once, then waits for the process to run (a `docker
+//	     run` attaches before it starts) and joins its stdio. The stream ends
+//	     when the process exits and its output is drained.
+//	POST /streams/v1/instances/{id}/resize?h=ROWS&w=COLS              -> 204
+//	GET  /streams/v1/instances/{id}/wait?condition=next-exit|not-running -> 200 WaitResult
+//	     Blocks until the condition holds: not-running returns at once when
+//	     the main process is not running; next-exit waits for the end of
+//	     the current run, or of the next one when none is running.
+//	GET  /streams/v1/instances/{id}/top?ps_args=-ef                   -> 200 TopResult
+//	GET  /streams/v1/instances/{id}/stats?stream=1&interval=1s        -> 200 StatsSample per line
+//	POST /streams/v1/instances/{id}/exec    body ExecCreate           -> 201 ExecCreated
+//	POST /streams/v1/instances/{id}/exec/{exec}/start?h=&w=          Upgrade; or ?detach=1 -> 204
+//	POST /streams/v1/instances/{id}/exec/{exec}/resize?h=&w=         -> 204
+//	GET  /streams/v1/instances/{id}/exec/{exec}                      -> 200 ExecInfo
+//
+// Upgrades: the request has "Connection: Upgrade" and "Upgrade: tcp"; the
+// answer is "101 Switching Protocols" with header StreamTTYHeader ("1" for a
+// tty), after which the connection is a raw byte stream both ways: the
+// caller's bytes are the process's stdin, unframed; the caller's half-close
+// (TCP FIN) closes stdin; the agent closes the connection when the output is
+// over, and for an exec only once its exit code can be read with ExecInfo.
+//
+// Framing: output without a tty uses Docker's stdcopy frames, an 8-byte
+// header [stream, 0, 0, 0, big-endian uint32 length] then the payload, with
+// stream 1 stdout and 2 stderr; output of a tty is the raw bytes. Logs are
+// framed the same way unless raw=1 asks for bare lines. The control plane can
+// hence copy agent bytes to a Docker client without looking at them.
+const (
+	StreamPathPrefix = "/streams/v1"
+	StreamTTYHeader  = "Flotilla-Tty"
+)
+
+// WaitResult is the exit of an instance's main process.
+type WaitResult struct {
+	StatusCode int    `json:"StatusCode"`
+	Error      string `json:"Error,omitempty"`
+}
+
+// TopResult lists an instance's processes, ps-style.
+type TopResult struct {
+	Titles    []string   `json:"Titles"`
+	Processes [][]string `json:"Processes"`
+}
+
+// StatsSample is one resource usage sample of an instance, with the node's
+// CPU counters so that the caller can compute a CPU percentage.
+type StatsSample struct {
+	Time        time.Time `json:"time"`
+	CPUUsageNs  uint64    `json:"cpu_usage_ns"`
+	SystemCPUNs uint64    `json:"system_cpu_ns"` // the node's total CPU time, all CPUs
+	OnlineCPUs  int       `json:"online_cpus"`
+	MemoryBytes uint64    `json:"memory_bytes"`
+	MemoryLimit uint64    `json:"memory_limit"`
+	PIDs        uint64    `json:"pids"`
+}
+
+// ExecCreate describes a process to run in a running instance.
+type ExecCreate struct {
+	Cmd          []string `json:"cmd"`
+	Env          []string `json:"env,omitempty"`
+	User         string   `json:"user,omitempty"`
+	WorkingDir   string   `json:"working_dir,omitempty"`
+	Tty          bool     `json:"tty,omitempty"`
+	AttachStdin  bool     `json:"attach_stdin,omitempty"`
+	AttachStdout bool     `json:"attach_stdout,omitempty"`
+	AttachStderr bool     `json:"attach_stderr,omitempty"`
+}
+
+// ExecCreated names a created exec.
+type ExecCreated struct {
+	ID string `json:"id"`
+}
+
+// ExecInfo is the state of an exec.
+type ExecInfo struct {
+	ID         string     `json:"id"`
+	InstanceID string     `json:"instance_id"`
+	Config     ExecCreate `json:"config"`
+	Running    bool       `json:"running"`
+	Started    bool       `json:"started"`
+	ExitCode   *int       `json:"exit_code,omitempty"`
+	Pid        int        `json:"pid,omitempty"`
+}
