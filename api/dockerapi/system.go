@@ -9,7 +9,6 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/system"
 	"github.com/go-chi/chi/v5"
-
 )
 
 func (s *Server) systemRoutes(r chi.Router) {
@@ -84,4 +83,3 @@ func (s *Server) info(w http.ResponseWriter, r *http.Request) error {
 	}
 	return writeJSON(w, http.StatusOK, info)
 }
-

@@ -1,0 +1,273 @@
+package dockerapi
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/docker/docker/api/types/network"
+	"github.com/go-chi/chi/v5"
+
+	"flotilla/api/errdefs"
+	"flotilla/api/httpx"
+	"flotilla/api/service"
+	"flotilla/store"
+)
+
+func (s *Server) networkRoutes(r chi.Router) {
+	r.Get("/networks", s.handle(s.listNetworks))
+	r.Get("/networks/{id}", s.handle(s.inspectNetwork))
+	r.Post("/networks/create", s.handle(s.createNetwork))
+	r.Delete("/networks/{id}", s.handle(s.deleteNetwork))
+	r.Post("/networks/{id}/connect", s.handle(s.unsupported("connecting a running container to another network")))
+	r.Post("/networks/{id}/disconnect", s.handle(s.unsupported("disconnecting a container from a network")))
+}
+
+// NetworkID is a network's 64-hex Docker id: its uuid's hex digits twice
+// (as sdc-docker did), so that the uuid can be read back from it.
+func NetworkID(uuid string) string {
+	h := strings.ReplaceAll(uuid, "-", "")
+	return h + h
+}
+
+// resolveNetwork finds a network the caller may use by name, uuid, Docker
+// id or unique Docker id prefix. Errors: NotFound "network x not found".
+func (s *Server) resolveNetwork(ctx context.Context, c service.Caller, ref string) (store.Network, error) {
+	list, err := s.store.ListNetworks(ctx, c.AccountID)
+	if err != nil {
+		return store.Network{}, err
+	}
+	for _, n := range list {
+		if n.ID == ref || NetworkID(n.ID) == ref {
+			return n, nil
+		}
+	}
+	var byName []store.Network
+	for _, n := range list {
+		if n.Name == ref {
+			byName = append(byName, n)
+		}
+	}
+	if len(byName) > 0 {
+		// The account's own network wins over a shared one of the same name.
+		for _, n := range byName {
+			if n.OwnerID != nil {
+				return n, nil
+			}
+		}
+		return byName[0], nil
+	}
+	var found []store.Network
+	if isLowerHex(ref) {
+		for _, n := range list {
+			if strings.HasPrefix(NetworkID(n.ID), ref) {
+				found = append(found, n)
+			}
+		}
+	}
+	if len(found) == 1 {
+		return found[0], nil
+	}
+	if len(found) > 1 {
+		return store.Network{}, errdefs.InvalidArgument("network %s is ambiguous (%d matches)", ref, len(found))
+	}
+	return store.Network{}, errdefs.NotFoundf("network %s not found", ref)
+}
+
+// networkOf renders a network; containers (for inspect) are the caller's
+// containers with an address on it.
+func networkOf(n store.Network, containers []store.Instance) network.Inspect {
+	driver := "flotilla"
+	scope := "global"
+	opts := map[string]string{"flotilla.public": fmt.Sprint(n.Public), "flotilla.bridge": n.Bridge}
+	cfg := network.IPAMConfig{Subnet: n.Subnet, IPRange: ""}
+	if n.Gateway != nil {
+		cfg.Gateway = *n.Gateway
+	}
+	out := network.Inspect{
+		Name: n.Name, ID: NetworkID(n.ID), Created: n.CreatedAt, Scope: scope, Driver: driver,
+		IPAM:     network.IPAM{Driver: "default", Options: map[string]string{}, Config: []network.IPAMConfig{cfg}},
+		Internal: !n.InternetNAT, Attachable: true, Options: opts, Labels: map[string]string{},
+		Containers: map[string]network.EndpointResource{}, Peers: nil,
+	}
+	for _, in := range containers {
+		for _, nic := range in.NICs {
+			if nic.NetworkID != n.ID {
+				continue
+			}
+			ip := nic.IP
+			if p, err := netip.ParsePrefix(n.Subnet); err == nil {
+				ip = fmt.Sprintf("%s/%d", nic.IP, p.Bits())
+			}
+			out.Containers[ContainerID(in.ID)] = network.EndpointResource{Name: in.Name,
+				EndpointID: ContainerID(in.ID + "/" + nic.MAC), MacAddress: nic.MAC, IPv4Address: ip}
+		}
+	}
+	return out
+}
+
+func (s *Server) listNetworks(w http.ResponseWriter, r *http.Request) error {
+	c := Caller(r)
+	args, err := parseFilters(r.URL.Query().Get("filters"), "driver", "id", "label", "name", "scope", "type", "dangling")
+	if err != nil {
+		return err
+	}
+	list, err := s.store.ListNetworks(r.Context(), c.AccountID)
+	if err != nil {
+		return err
+	}
+	out := []network.Summary{}
+	for _, n := range list {
+		sum := networkOf(n, nil)
+		typ := "builtin"
+		if n.OwnerID != nil {
+			typ = "custom"
+		}
+		if !matchAny(args, "driver", func(v string) bool { return v == sum.Driver }) ||
+			!matchAny(args, "id", func(v string) bool { return strings.HasPrefix(sum.ID, v) || v == n.ID }) ||
+			!matchAny(args, "name", func(v string) bool { return strings.Contains(n.Name, v) }) ||
+			!matchAny(args, "scope", func(v string) bool { return v == sum.Scope }) ||
+			!matchAny(args, "type", func(v string) bool { return v == typ }) ||
+			!matchLabels(args, "label", sum.Labels) || args.Contains("dangling") {
+			continue
+		}
+		out = append(out, sum)
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) inspectNetwork(w http.ResponseWriter, r *http.Request) error {
+	c := Caller(r)
+	n, err := s.resolveNetwork(r.Context(), c, chi.URLParam(r, "id"))
+	if err != nil {
+		return err
+	}
+	containers, err := s.listContainers(r.Context(), c)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, networkOf(n, containers))
+}
+
+// createNetwork makes a private network of the caller's, with the subnet
+// asked for or a free 192.168.x.0/24 of its own.
+func (s *Server) createNetwork(w http.ResponseWriter, r *http.Request) error {
+	c := Caller(r)
+	var req network.CreateRequest
+	if err := httpx.DecodeJSON(r, maxBody, false, &req); err != nil {
+		return err
+	}
+	if req.Name == "" {
+		return errdefs.InvalidArgument("network name is required")
+	}
+	switch req.Driver {
+	case "", "bridge", "flotilla", "overlay":
+	default:
+		return errdefs.InvalidArgument("network driver %q is not supported: networks here are private overlay networks (driver flotilla)", req.Driver)
+	}
+	if req.EnableIPv6 != nil && *req.EnableIPv6 {
+		return errdefs.InvalidArgument("IPv6 networks are not supported yet")
+	}
+	list, err := s.store.ListNetworks(r.Context(), c.AccountID)
+	if err != nil {
+		return err
+	}
+	for _, n := range list {
+		if n.Name == req.Name && n.OwnerID != nil {
+			return errdefs.Conflictf("network with name %s already exists", req.Name)
+		}
+	}
+	n := store.Network{Name: req.Name, OwnerID: &c.AccountID, Fabric: true, InternetNAT: !req.Internal,
+		Description: "Docker network " + req.Name, Resolvers: []string{}, Routes: map[string]any{}}
+	if req.IPAM != nil && len(req.IPAM.Config) > 0 {
+		if len(req.IPAM.Config) > 1 {
+			return errdefs.InvalidArgument("only one IPAM subnet per network is supported")
+		}
+		cfg := req.IPAM.Config[0]
+		n.Subnet = cfg.Subnet
+		if cfg.Gateway != "" {
+			gw := cfg.Gateway
+			n.Gateway = &gw
+		}
+		if cfg.IPRange != "" {
+			p, err := netip.ParsePrefix(cfg.IPRange)
+			if err != nil {
+				return errdefs.InvalidArgument("invalid IP range %q: %v", cfg.IPRange, err)
+			}
+			n.ProvisionStart = p.Masked().Addr().Next().String()
+			n.ProvisionEnd = lastHost(p).String()
+		}
+	}
+	if n.Subnet == "" {
+		n.Subnet = freeSubnet(list)
+		if n.Subnet == "" {
+			return errdefs.New(errdefs.InsufficientCapacity, "no free 192.168.x.0/24 subnet is left for this account: give one with --subnet")
+		}
+	}
+	if _, err := netip.ParsePrefix(n.Subnet); err != nil {
+		return errdefs.InvalidArgument("invalid subnet %q: use CIDR notation such as 192.168.10.0/24", n.Subnet)
+	}
+	created, err := s.store.CreateNetwork(r.Context(), n)
+	if err != nil {
+		if errdefs.Is(err, errdefs.Conflict) {
+			return errdefs.Conflictf("network with name %s already exists", req.Name)
+		}
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, network.CreateResponse{ID: NetworkID(created.ID), Warning: ""})
+}
+
+func lastHost(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	bits := p.Bits()
+	for i := bits; i < 32; i++ {
+		a[i/8] |= 1 << (7 - i%8)
+	}
+	return netip.AddrFrom4(a).Prev()
+}
+
+// freeSubnet picks a 192.168.x.0/24 that overlaps none of list.
+func freeSubnet(list []store.Network) string {
+	var used []netip.Prefix
+	for _, n := range list {
+		if p, err := netip.ParsePrefix(n.Subnet); err == nil {
+			used = append(used, p)
+		}
+	}
+	for x := 0; x < 256; x++ {
+		cand := netip.MustParsePrefix(fmt.Sprintf("192.168.%d.0/24", x))
+		free := true
+		for _, u := range used {
+			if u.Overlaps(cand) {
+				free = false
+				break
+			}
+		}
+		if free {
+			return cand.String()
+		}
+	}
+	return ""
+}
+
+func (s *Server) deleteNetwork(w http.ResponseWriter, r *http.Request) error {
+	c := Caller(r)
+	ref := chi.URLParam(r, "id")
+	n, err := s.resolveNetwork(r.Context(), c, ref)
+	if err != nil {
+		return err
+	}
+	if n.OwnerID == nil {
+		return errdefs.New(errdefs.Forbidden, "%s is a pre-defined network and cannot be removed", n.Name)
+	}
+	if err := s.store.DeleteNetwork(r.Context(), c.AccountID, n.ID); err != nil {
+		if errdefs.Is(err, errdefs.Conflict) {
+			return errdefs.New(errdefs.Forbidden, "error while removing network: network %s id %s has active endpoints", n.Name, NetworkID(n.ID))
+		}
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
