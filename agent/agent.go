@@ -124,6 +124,9 @@ type Agent struct {
 
 	nodeID string
 
+	streamToken string // sent at registration when the agent serves streams
+	streamAddr  string
+
 	mu       sync.Mutex
 	desired  map[string]wire.Assignment
 	haveFull bool               // a full assignment set has been received
@@ -218,6 +221,13 @@ func (a *Agent) NodeID() string {
 // Run registers the node, adopts the driver's instances and reconciles
 // until ctx is cancelled. An Agent runs once.
 func (a *Agent) Run(ctx context.Context) error {
+	if a.cfg.Address != "" {
+		stop, err := a.serveStreams(ctx)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	nodeID, err := a.register(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -276,6 +286,8 @@ func (a *Agent) register(ctx context.Context) (string, error) {
 		VCPUs:     a.cfg.VCPUs,
 		Traits:    a.cfg.Traits,
 		Address:   a.cfg.Address,
+
+		StreamToken: a.streamToken,
 	}
 	req.Hostname, _ = os.Hostname()
 	for attempt := 0; ; attempt++ {
