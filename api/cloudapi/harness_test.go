@@ -12,7 +12,6 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -43,7 +42,13 @@ import (
 	"flotilla/store/storetest"
 )
 
-func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := storetest.Main(m)
+	if testing.Verbose() {
+		fmt.Printf("%d responses validated against the OpenAPI documents\n", validated.Load())
+	}
+	os.Exit(code)
+}
 
 // validated counts the responses checked against the OpenAPI documents, so a
 // run can show that the contract was exercised.
@@ -536,8 +541,3 @@ func (e *env) waitState(id, want string) map[string]any {
 	e.t.Fatalf("machine %s stayed %v, want %s", id, last["state"], want)
 	return nil
 }
-
-// isNotFound reports whether err is an HTTP 404 from the SDK.
-func isNotFound(err error) bool { return err != nil && strings.Contains(err.Error(), "404") }
-
-var _ = errors.New
