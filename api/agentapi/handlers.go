@@ -46,6 +46,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := s.store.SetNodeStreamToken(r.Context(), n.ID, req.StreamToken); err != nil {
+		return err
+	}
 	s.log.Info("node registered", "node", n.ID, "name", n.Name, "driver", n.Driver)
 	return httpx.WriteJSON(w, http.StatusOK, wire.RegisterResponse{NodeID: n.ID, Credential: cred})
 }
