@@ -69,3 +69,83 @@ WHERE owner_id = $1 AND at >= $2 AND at <= $3 ORDER BY seq LIMIT $4`, ownerID, s
 	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Change])
 	return out, translate(err)
 }
+
+// ChangeCursor reads the change feed in order without losing changes to
+// concurrent transactions: a sequence number is taken when a transaction
+// inserts its change but becomes visible only when it commits, so a reader
+// that jumped past a gap would never see the late one. The cursor keeps the
+// seqs it has seen above its floor and only moves the floor over gaps older
+// than GapTimeout (a rolled-back transaction leaves a gap for ever).
+type ChangeCursor struct {
+	OwnerID    string // "" for all owners
+	Kind       string // "" for every kind
+	GapTimeout time.Duration
+
+	floor    int64
+	seen     map[int64]bool
+	gapSince map[int64]time.Time
+}
+
+// NewChangeCursor starts after seq.
+func NewChangeCursor(seq int64, ownerID, kind string) *ChangeCursor {
+	return &ChangeCursor{OwnerID: ownerID, Kind: kind, GapTimeout: 10 * time.Second, floor: seq,
+		seen: map[int64]bool{}, gapSince: map[int64]time.Time{}}
+}
+
+// Next returns the changes not returned before, oldest first.
+func (c *ChangeCursor) Next(ctx context.Context, s *Store) ([]Change, error) {
+	var out []Change
+	for {
+		batch, err := s.ChangesSince(ctx, c.floor, c.OwnerID, c.Kind, 5000)
+		if err != nil {
+			return out, err
+		}
+		for _, ch := range batch {
+			if !c.seen[ch.Seq] {
+				c.seen[ch.Seq] = true
+				out = append(out, ch)
+			}
+		}
+		c.advance(ctx, s, batch)
+		if len(batch) < 5000 {
+			return out, nil
+		}
+	}
+}
+
+// advance moves the floor over seen seqs and over gaps that stayed open
+// longer than GapTimeout. Seqs of other owners or kinds are gaps to this
+// cursor's query too, so a gap is only waited for while it is young.
+func (c *ChangeCursor) advance(ctx context.Context, s *Store, batch []Change) {
+	now := time.Now()
+	maxSeen := c.floor
+	for _, ch := range batch {
+		maxSeen = max(maxSeen, ch.Seq)
+	}
+	for c.floor < maxSeen {
+		next := c.floor + 1
+		if c.seen[next] {
+			delete(c.seen, next)
+			delete(c.gapSince, next)
+			c.floor = next
+			continue
+		}
+		first, ok := c.gapSince[next]
+		if !ok {
+			c.gapSince[next] = now
+			first = now
+		}
+		if now.Sub(first) < c.GapTimeout && c.OwnerID == "" && c.Kind == "" {
+			break
+		}
+		if c.OwnerID != "" || c.Kind != "" {
+			// Filtered cursors cannot tell another owner's change from an
+			// uncommitted one; wait a short while for recent gaps only.
+			if now.Sub(first) < time.Second {
+				break
+			}
+		}
+		delete(c.gapSince, next)
+		c.floor = next
+	}
+}

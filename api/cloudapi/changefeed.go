@@ -8,6 +8,7 @@ import (
 
 	"flotilla/api/errdefs"
 	"flotilla/api/httpx"
+	"flotilla/store"
 )
 
 // changefeedSub is what a client sends after the upgrade.
@@ -64,16 +65,15 @@ func (s *Server) changefeed(w http.ResponseWriter, r *http.Request) error {
 	for _, id := range sub.VMs {
 		want[id] = true
 	}
-	seq := start
+	cur := store.NewChangeCursor(start, c.AccountID, "instance")
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		changes, err := s.store.ChangesSince(ctx, seq, c.AccountID, "instance", 500)
+		changes, err := cur.Next(ctx, s.store)
 		if err != nil {
 			return nil
 		}
 		for _, ch := range changes {
-			seq = ch.Seq
 			if len(want) > 0 && !want[ch.ObjectID] {
 				continue
 			}

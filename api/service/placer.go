@@ -30,9 +30,9 @@ type Placer struct {
 	opts PlacerOptions
 	snap *scheduler.Snapshot
 
-	mu      sync.Mutex
-	lastSeq int64
-	loaded  time.Time
+	mu     sync.Mutex
+	cursor *store.ChangeCursor
+	loaded time.Time
 }
 
 // NewPlacer loads the snapshot.
@@ -97,7 +97,7 @@ func (p *Placer) Reload(ctx context.Context) error {
 		for _, r := range residents {
 			p.snap.AddResident(scheduler.Resident{ID: r.ID, OwnerID: r.OwnerID, Name: r.Name, Tags: r.Tags, NodeID: r.NodeID})
 		}
-		p.lastSeq = seq
+		p.cursor = store.NewChangeCursor(seq, "", "instance")
 	} else if err := p.catchUp(ctx); err != nil {
 		return err
 	}
@@ -108,27 +108,22 @@ func (p *Placer) Reload(ctx context.Context) error {
 // catchUp applies instance creates and deletes from the change feed to the
 // residents index.
 func (p *Placer) catchUp(ctx context.Context) error {
-	for {
-		changes, err := p.st.ChangesSince(ctx, p.lastSeq, "", "instance", 5000)
-		if err != nil {
-			return err
-		}
-		for _, c := range changes {
-			p.lastSeq = c.Seq
-			switch c.Action {
-			case "create":
-				r, err := p.st.ResidentByID(ctx, c.ObjectID)
-				if err == nil {
-					p.snap.AddResident(scheduler.Resident{ID: r.ID, OwnerID: r.OwnerID, Name: r.Name, Tags: r.Tags, NodeID: r.NodeID})
-				}
-			case "delete":
-				p.snap.RemoveResident(c.ObjectID)
+	changes, err := p.cursor.Next(ctx, p.st)
+	if err != nil {
+		return err
+	}
+	for _, c := range changes {
+		switch c.Action {
+		case "create":
+			r, err := p.st.ResidentByID(ctx, c.ObjectID)
+			if err == nil {
+				p.snap.AddResident(scheduler.Resident{ID: r.ID, OwnerID: r.OwnerID, Name: r.Name, Tags: r.Tags, NodeID: r.NodeID})
 			}
-		}
-		if len(changes) < 5000 {
-			return nil
+		case "delete":
+			p.snap.RemoveResident(c.ObjectID)
 		}
 	}
+	return nil
 }
 
 // maybeReload reloads when the snapshot is older than the refresh interval.
