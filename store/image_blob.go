@@ -155,3 +155,12 @@ func (s *Store) ImagesByName(ctx context.Context, owner *string, name, version s
 	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Image])
 	return out, translate(err)
 }
+
+const sqlAllImages = `SELECT ` + imageColumns + ` FROM images ORDER BY type = 'docker', name, version, created_at`
+
+// AllImages returns every image of every owner, for operators.
+func (s *Store) AllImages(ctx context.Context) ([]Image, error) {
+	rows, _ := s.pool.Query(ctx, sqlAllImages)
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Image])
+	return out, translate(err)
+}
