@@ -344,8 +344,8 @@ func adminNodeList(ctx context.Context, st *store.Store, args []string) error {
 		for _, n := range nodes {
 			out = append(out, map[string]any{"id": n.ID, "hostname": n.Name, "state": n.State, "drained": n.Drained,
 				"driver": n.Driver, "brands": n.Brands,
-				"capacity": map[string]any{"memory_mib": n.MemoryMiB, "disk_mib": n.DiskMiB, "vcpus": float64(n.VCPUsMilli) / 1000, "instances": n.MaxInstances},
-				"usage":    map[string]any{"memory_mib": n.UsedMemoryMiB, "disk_mib": n.UsedDiskMiB, "vcpus": float64(n.UsedVCPUsMilli) / 1000, "instances": n.Instances},
+				"capacity":       map[string]any{"memory_mib": n.MemoryMiB, "disk_mib": n.DiskMiB, "vcpus": float64(n.VCPUsMilli) / 1000, "instances": n.MaxInstances},
+				"usage":          map[string]any{"memory_mib": n.UsedMemoryMiB, "disk_mib": n.UsedDiskMiB, "vcpus": float64(n.UsedVCPUsMilli) / 1000, "instances": n.Instances},
 				"last_heartbeat": n.LastHeartbeat.UTC().Format(time.RFC3339Nano)})
 		}
 		enc := json.NewEncoder(os.Stdout)

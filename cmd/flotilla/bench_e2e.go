@@ -31,21 +31,21 @@ import (
 
 // e2eResult is what `flotilla bench e2e --json` prints.
 type e2eResult struct {
-	Driver          string  `json:"driver"`
-	Nodes           int     `json:"nodes"`
-	Instances       int     `json:"instances"`
-	Concurrency     int     `json:"concurrency"`
-	Created         int     `json:"created"`
-	Failed          int     `json:"failed"`
-	CreatesPerSec   float64 `json:"creates_per_sec"`
-	CreateWallMs    float64 `json:"create_wall_ms"`
-	AllRunningMs    float64 `json:"all_running_ms"`
-	CreateP50Ms     float64 `json:"create_p50_ms"`
-	CreateP99Ms     float64 `json:"create_p99_ms"`
-	CreateMaxMs     float64 `json:"create_max_ms"`
-	RunningP50Ms    float64 `json:"create_to_running_p50_ms"`
-	RunningP99Ms    float64 `json:"create_to_running_p99_ms"`
-	FirstError      string  `json:"first_error,omitempty"`
+	Driver        string  `json:"driver"`
+	Nodes         int     `json:"nodes"`
+	Instances     int     `json:"instances"`
+	Concurrency   int     `json:"concurrency"`
+	Created       int     `json:"created"`
+	Failed        int     `json:"failed"`
+	CreatesPerSec float64 `json:"creates_per_sec"`
+	CreateWallMs  float64 `json:"create_wall_ms"`
+	AllRunningMs  float64 `json:"all_running_ms"`
+	CreateP50Ms   float64 `json:"create_p50_ms"`
+	CreateP99Ms   float64 `json:"create_p99_ms"`
+	CreateMaxMs   float64 `json:"create_max_ms"`
+	RunningP50Ms  float64 `json:"create_to_running_p50_ms"`
+	RunningP99Ms  float64 `json:"create_to_running_p99_ms"`
+	FirstError    string  `json:"first_error,omitempty"`
 }
 
 func benchE2E(ctx context.Context, args []string) error {
