@@ -116,6 +116,23 @@ func (e *restError) Error() string { return e.code + ": " + e.msg }
 
 func restErr(status int, code, msg string) error { return &restError{status, code, msg} }
 
+// Unwrap classifies the error for errdefs.CodeOf, so that httpx does not log
+// a client's mistake as an internal error.
+func (e *restError) Unwrap() error {
+	code := errdefs.Invalid
+	switch e.status {
+	case http.StatusUnauthorized:
+		code = errdefs.Unauthorized
+	case http.StatusForbidden:
+		code = errdefs.Forbidden
+	case http.StatusNotFound:
+		code = errdefs.NotFound
+	case http.StatusTooManyRequests:
+		code = errdefs.TooManyRequests
+	}
+	return errdefs.New(code, "%s", e.msg)
+}
+
 // statusOf maps an error to CloudAPI's status and restCode: classify once,
 // render here.
 func statusOf(err error) (int, string, string) {
@@ -244,7 +261,7 @@ func (s *Server) headers(next http.Handler) http.Handler {
 		h.Set("Api-Version", v)
 		if r.Method == http.MethodOptions {
 			h.Set("Content-Length", "0")
-			w.WriteHeader(http.StatusOK)
+			(&timingWriter{ResponseWriter: w, start: start}).WriteHeader(http.StatusOK)
 			return
 		}
 		ctx := context.WithValue(r.Context(), keyVersion, v)
