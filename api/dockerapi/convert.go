@@ -235,7 +235,8 @@ func endpoints(in store.Instance) map[string]*network.EndpointSettings {
 	out := map[string]*network.EndpointSettings{}
 	for _, n := range in.NICs {
 		es := &network.EndpointSettings{
-			NetworkID: NetworkID(n.NetworkID), EndpointID: ContainerID(in.ID + "/" + n.MAC), IPAddress: n.IP,
+			NetworkID: NetworkID(n.NetworkID), EndpointID: endpointID(in.ID, n.MAC), IPAddress: n.IP,
+			Aliases: []string{}, Links: []string{},
 			MacAddress: n.MAC, DNSNames: []string{in.Name, ContainerID(in.ID)[:12]},
 		}
 		if n.Gateway != nil {
@@ -341,6 +342,12 @@ func (s *Server) inspectOf(ctx context.Context, in store.Instance) container.Ins
 		hc.RestartPolicy.Name = container.RestartPolicyDisabled
 	}
 	hc.NetworkMode = container.NetworkMode(networkMode(x))
+	if hc.CgroupnsMode == "" {
+		hc.CgroupnsMode = container.CgroupnsModePrivate
+	}
+	if hc.MemorySwappiness != nil && *hc.MemorySwappiness < 0 {
+		hc.MemorySwappiness = nil
+	}
 	if hc.LogConfig.Type == "" {
 		hc.LogConfig.Type = "json-file"
 	}
@@ -385,4 +392,10 @@ func notFoundContainer(ref string) error {
 
 func storageDriver() storage.DriverData {
 	return storage.DriverData{Name: "flotilla", Data: map[string]string{}}
+}
+
+// endpointID is the 64-hex id of a container's interface on a network.
+func endpointID(instanceID, mac string) string {
+	sum := sha256.Sum256([]byte(instanceID + "/" + mac))
+	return hex.EncodeToString(sum[:])
 }

@@ -102,7 +102,7 @@ func networkOf(n store.Network, containers []store.Instance) network.Inspect {
 				ip = fmt.Sprintf("%s/%d", nic.IP, p.Bits())
 			}
 			out.Containers[ContainerID(in.ID)] = network.EndpointResource{Name: in.Name,
-				EndpointID: ContainerID(in.ID + "/" + nic.MAC), MacAddress: nic.MAC, IPv4Address: ip}
+				EndpointID: endpointID(in.ID, nic.MAC), MacAddress: nic.MAC, IPv4Address: ip}
 		}
 	}
 	return out
