@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"io"
 	"log"
 	"log/slog"
@@ -379,6 +382,40 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 			t.Errorf("loaded %+v", loaded)
 		}
 	})
+	t.Run("LoadUncompressedDockerSave", func(t *testing.T) {
+		// What `docker save` writes: layer.tar files without compression.
+		layerData := layerTar(map[string]string{"etc/motd": "uncompressed\n"})
+		diffID := sha256.Sum256(layerData)
+		cfg, _ := json.Marshal(v1.ConfigFile{OS: "linux", Architecture: "amd64",
+			RootFS: v1.RootFS{Type: "layers", DiffIDs: []v1.Hash{{Algorithm: "sha256", Hex: hex.EncodeToString(diffID[:])}}}})
+		cfgSum := sha256.Sum256(cfg)
+		manifest, _ := json.Marshal([]map[string]any{{"Config": hex.EncodeToString(cfgSum[:]) + ".json",
+			"RepoTags": []string{"saved:1"}, "Layers": []string{"abc/layer.tar"}}})
+		var archive bytes.Buffer
+		tw := tar.NewWriter(&archive)
+		for _, f := range []struct {
+			name string
+			data []byte
+		}{{hex.EncodeToString(cfgSum[:]) + ".json", cfg}, {"abc/layer.tar", layerData}, {"manifest.json", manifest}} {
+			tw.WriteHeader(&tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(f.data))})
+			tw.Write(f.data)
+		}
+		tw.Close()
+		loaded, err := e.svc.LoadArchiveReader(ctx, &e.owner, &archive)
+		if err != nil {
+			t.Fatalf("load: %v", err)
+		}
+		if len(loaded) != 1 || len(loaded[0].RepoTags) != 1 || loaded[0].RepoTags[0] != "saved:1" {
+			t.Fatalf("loaded %+v", loaded)
+		}
+		img, err := e.svc.OCIImage(ctx, loaded[0].Image.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := readFile(t, img, "etc/motd"); s != "uncompressed\n" {
+			t.Errorf("motd %q", s)
+		}
+	})
 	t.Run("ErrLoadGarbage", func(t *testing.T) {
 		_, err := e.svc.LoadArchiveReader(ctx, &e.owner, strings.NewReader(string(layerTar(map[string]string{"hello": "x"}))))
 		if !errdefs.Is(err, errdefs.Invalid) {
@@ -403,7 +440,7 @@ func TestTagUntagResolve(t *testing.T) {
 	}
 	tests := []struct {
 		name, owner, ref, want string
-		code               errdefs.Code
+		code                   errdefs.Code
 	}{
 		{"OK/UUID", e.owner, im.ID, im.ID, ""},
 		{"OK/Prefix", e.owner, im.ID[:6], im.ID, ""},
