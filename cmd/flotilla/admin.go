@@ -25,7 +25,7 @@ const adminUsage = `Usage: flotilla admin [--db URL] TOPIC ACTION ...
   package list
   network create --name N --subnet CIDR [--gateway IP] [--public] [--owner LOGIN] [--no-nat]
   network list [--owner LOGIN]
-  image import|load|pull ...     (see 'flotilla admin image -h')
+  image import|load|pull|list ... (see 'flotilla admin image -h')
   node list [--json] | drain NAME | undrain NAME | join-token [--ttl DURATION]
   placement INSTANCE
 `
@@ -109,7 +109,7 @@ func runAdmin(ctx context.Context, args []string) error {
 		return nil
 	case "node join-token":
 		return adminJoinToken(ctx, st, rest)
-	case "image import", "image load", "image pull":
+	case "image import", "image load", "image pull", "image list":
 		return adminImage(ctx, st, action, rest)
 	}
 	if topic == "placement" && action != "" {

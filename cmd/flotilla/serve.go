@@ -125,6 +125,12 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 		st.Close()
 		return nil, err
 	}
+	blobs, err := imageBlobs(cfg.DataDir)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	svc.SetBlobs(blobs)
 	useTLS := cfg.TLSCert != "" && cfg.TLSKey != ""
 	if !useTLS && !isLoopback(cfg.CloudAPIAddr) {
 		st.Close()
@@ -154,6 +160,7 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 	capi := cloudapi.New(svc, log, cloudapi.Config{Datacenter: cfg.Datacenter, URL: cfg.PublicURL, RateLimit: cfg.RateLimit})
 	aapi := agentapi.New(st, log)
 	aapi.ImageRegistry = al.Addr().String()
+	aapi.SetBlobs(blobs)
 	cs := &http.Server{Handler: capi.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	as := &http.Server{Handler: aapi.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	cp.servers = []*http.Server{cs, as}
