@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -264,6 +265,60 @@ func TestAgentImageSource(t *testing.T) {
 		bad, _ := agent.NewImageSource(agent.ImageSourceConfig{CacheDir: t.TempDir(), Credential: func() string { return "nope" }})
 		if _, err := bad.Image(ctx, di); !errdefs.Is(err, errdefs.Unauthorized) {
 			t.Errorf("err = %v, want Unauthorized", err)
+		}
+	})
+}
+
+// BenchmarkAgentImagePull pulls a 16 MiB single-layer image through the
+// agent API registry into a cold agent cache, then from the warm cache.
+func BenchmarkAgentImagePull(b *testing.B) {
+	ctx := context.Background()
+	st := storetest.New(b)
+	blobs, _ := oci.NewDirStore(b.TempDir())
+	log := slog.New(slog.DiscardHandler)
+	svc := &service.Service{Store: st, Log: log}
+	svc.SetBlobs(blobs)
+	data := make([]byte, 16<<20)
+	rand.Read(data)
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	tw.WriteHeader(&tar.Header{Name: "blob", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(data))})
+	tw.Write(data)
+	tw.Close()
+	img, err := oci.ImageFromLayerTars(v1.Config{}, layer.Bytes())
+	if err != nil {
+		b.Fatal(err)
+	}
+	im, err := svc.ImportImage(ctx, nil, img, service.ImageMeta{Name: "big", Version: "1"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cred := agentapi.NewToken()
+	st.RegisterNode(ctx, store.NodeRegistration{Name: "n1", Driver: "sim", MemoryMiB: 1024, DiskMiB: 1024, VCPUsMilli: 1000}, agentapi.HashToken(cred))
+	s := agentapi.New(st, log)
+	s.SetBlobs(blobs)
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	di := driver.Image{ID: im.ID, Ref: host + "/images/" + im.ID + "@" + im.ManifestDigest, Digest: im.ManifestDigest}
+	warm, _ := agent.NewImageSource(agent.ImageSourceConfig{CacheDir: b.TempDir(), Credential: func() string { return cred }})
+	if _, err := warm.Image(ctx, di); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("Cold", func(b *testing.B) {
+		b.SetBytes(im.SizeBytes)
+		for b.Loop() {
+			src, _ := agent.NewImageSource(agent.ImageSourceConfig{CacheDir: b.TempDir(), Credential: func() string { return cred }})
+			if _, err := src.Image(ctx, di); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Cached", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := warm.Image(ctx, di); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }

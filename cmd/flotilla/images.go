@@ -114,6 +114,7 @@ func devImageContent(ctx context.Context, im store.Image, data string) (v1.Image
 		if cache == "" {
 			cache = filepath.Join(data, "vm-cache")
 		}
+		slog.Info("building the tiny VM image (the first run fetches the kernel with apt)", "cache", cache)
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
 		tiny, err := qemu.BuildTinyImage(ctx, cache)
