@@ -1,0 +1,395 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"flotilla/api/errdefs"
+)
+
+// PlacementResult is the outcome of one create in CommitPlacements: the
+// instance as stored, or the error that create alone would have returned.
+// Err is ErrNoCandidate when concurrent placements took every candidate the
+// batch could lock; Fresh then holds those candidates' rows as read under
+// the lock, so the caller can correct its snapshot before re-planning.
+type PlacementResult struct {
+	Instance Instance
+	Err      error
+	Fresh    []Node
+}
+
+// GroupCommittable reports whether CommitPlacements can take in: creates
+// with an Idempotency-Key, a strict-affinity check or networks must go
+// through CreateInstance, which locks per (owner, node) and allocates
+// addresses.
+func GroupCommittable(in NewInstance) bool {
+	return in.IdempotencyKey == "" && in.CheckNode == nil && len(in.Networks) == 0
+}
+
+// batchLockCandidates is how many of each create's candidates a batch locks;
+// a create whose locked candidates are all full is reported as
+// ErrNoCandidate and re-planned by the caller.
+const batchLockCandidates = 3
+
+// sqlLockNodes locks the batch's candidate nodes in id order, so that
+// batches never deadlock with each other; CreateInstance holds at most one
+// node lock at a time, so it cannot complete a cycle either.
+const sqlLockNodes = `SELECT ` + nodeColumns + ` FROM nodes WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE`
+
+// sqlCommitPlacements inserts the creates that fit, with their audit and
+// change rows, and adds their usage to their nodes, in one statement. A
+// create whose name is taken is left out of ins (ON CONFLICT DO NOTHING) and
+// so claims nothing. The node UPDATE repeats sqlClaimNode's predicate for the
+// batch's sums; the caller checks every node it expected was updated.
+const sqlCommitPlacements = `WITH v AS (
+	SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::text[],
+		$8::bigint[], $9::bigint[], $10::bigint[], $11::uuid[], $12::text[], $13::bigint[], $14::bool[],
+		$15::jsonb[], $16::jsonb[], $17::jsonb[], $18::jsonb[], $19::jsonb[], $20::bool[], $21::bool[], $22::jsonb[])
+	AS v(id, owner_id, name, brand, image_id, package_id, package_name, memory_mib, disk_mib, vcpus_milli, node_id,
+		desired_state, assign_rev, docker, spec, metadata, tags, affinity, placement, firewall_enabled,
+		deletion_protection, caller)
+), ins AS (
+	INSERT INTO instances AS i (id, owner_id, name, brand, image_id, package_id, package_name, memory_mib, disk_mib,
+		vcpus_milli, node_id, desired_state, assign_rev, docker, spec, metadata, tags, affinity, placement,
+		firewall_enabled, deletion_protection)
+	SELECT id, owner_id, name, brand, image_id, package_id, package_name, memory_mib, disk_mib, vcpus_milli, node_id,
+		desired_state, assign_rev, docker, spec, metadata, tags, affinity, placement, firewall_enabled, deletion_protection
+	FROM v ORDER BY assign_rev
+	ON CONFLICT DO NOTHING
+	RETURNING i.*
+), aud AS (
+	INSERT INTO audit (owner_id, instance_id, action, success, caller, params, generation, pending)
+	SELECT ins.owner_id, ins.id, 'provision', true, v.caller, '{}', 1, true FROM ins JOIN v ON v.id = ins.id
+), chg AS (
+	INSERT INTO changes (kind, object_id, owner_id, node_id, action, state, detail)
+	SELECT 'instance', id, owner_id, node_id, 'create', 'provisioning', jsonb_build_object('name', name)
+	FROM ins ORDER BY assign_rev
+	RETURNING node_id
+), sums AS (
+	SELECT node_id, sum(memory_mib) AS mem, sum(disk_mib) AS disk, sum(vcpus_milli) AS cpu, count(*) AS n,
+		max(assign_rev) AS rev
+	FROM ins GROUP BY node_id
+), upd AS (
+	UPDATE nodes SET
+		used_memory_mib = used_memory_mib + sums.mem, used_disk_mib = used_disk_mib + sums.disk,
+		used_vcpus_milli = used_vcpus_milli + sums.cpu, instances = instances + sums.n,
+		assign_rev = GREATEST(assign_rev, sums.rev), updated_at = now()
+	FROM sums
+	WHERE nodes.id = sums.node_id AND state = 'running' AND NOT drained AND NOT reserved
+		AND used_memory_mib + sums.mem <= floor(memory_mib * ratio_memory)
+		AND used_disk_mib + sums.disk <= floor(disk_mib * ratio_disk)
+		AND used_vcpus_milli + sums.cpu <= floor(vcpus_milli * ratio_vcpu)
+		AND instances + sums.n <= max_instances
+	RETURNING nodes.id
+)
+SELECT ` + instanceColumns + `,
+	(SELECT count(*) FROM upd) AS nodes_updated,
+	(SELECT count(*) FROM sums) AS nodes_claimed,
+	(SELECT count(pg_notify('flotilla_node', d.node_id::text)) FROM (SELECT DISTINCT node_id FROM chg) d) AS notified
+FROM ins i`
+
+// committedRow is an inserted instance with the batch's node tallies.
+type committedRow struct {
+	Instance
+	NodesUpdated int64 `db:"nodes_updated"`
+	NodesClaimed int64 `db:"nodes_claimed"`
+	Notified     int64 `db:"notified"`
+}
+
+// errBatchDiverged means the node UPDATE refused a node the batch had
+// checked under its lock: the Go predicate and SQL disagree.
+var errBatchDiverged = errdefs.New(errdefs.Internal, "group commit: a node refused a claim its locked row allowed")
+
+// CommitPlacements commits a batch of placed creates in one transaction: it
+// locks the creates' first candidate nodes in id order, gives each create
+// the first locked candidate that still fits (nodeClaimable, the predicate
+// of sqlClaimNode and scheduler.Fits, applied to the locked rows plus the
+// batch's earlier claims), then inserts the instances with their audit and
+// change rows and adds the usage to the nodes in one statement. The node
+// UPDATE repeats the capacity predicate and the schema's CHECK constraints
+// back it, so a batch can never overbook a node.
+//
+// Every create keeps its own outcome: a taken name fails only that create
+// (errdefs.Conflict, as CreateInstance), a create whose locked candidates
+// are full gets ErrNoCandidate, and creates GroupCommittable refuses go
+// through CreateInstance one by one. Results are in the order of ins. An
+// error that would abort the whole transaction (it should not happen) makes
+// every create fall back to CreateInstance, so one bad create cannot fail the
+// others.
+func (s *Store) CommitPlacements(ctx context.Context, ins []NewInstance) []PlacementResult {
+	out := make([]PlacementResult, len(ins))
+	batch := make([]int, 0, len(ins))
+	for i := range ins {
+		if GroupCommittable(ins[i]) {
+			batch = append(batch, i)
+			continue
+		}
+		inst, _, err := s.CreateInstance(ctx, ins[i])
+		out[i] = PlacementResult{Instance: inst, Err: err}
+	}
+	if len(batch) == 0 {
+		return out
+	}
+	if err := s.commitBatch(ctx, ins, batch, out); err != nil {
+		for _, i := range batch {
+			inst, _, err := s.CreateInstance(ctx, ins[i])
+			out[i] = PlacementResult{Instance: inst, Err: err}
+		}
+	}
+	return out
+}
+
+func (s *Store) commitBatch(ctx context.Context, ins []NewInstance, batch []int, out []PlacementResult) error {
+	var lockIDs []string
+	for _, i := range batch {
+		c := ins[i].Candidates
+		lockIDs = append(lockIDs, c[:min(len(c), batchLockCandidates)]...)
+	}
+	slices.Sort(lockIDs)
+	lockIDs = slices.Compact(lockIDs)
+
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		rows, _ := tx.Query(ctx, sqlLockNodes, lockIDs)
+		locked, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Node])
+		if err != nil {
+			return translate(err)
+		}
+		nodes := make(map[string]*Node, len(locked))
+		for k := range locked {
+			nodes[locked[k].ID] = &locked[k]
+		}
+		var a batchArgs
+		placed := make(map[string]int, len(batch)) // instance id -> index in ins
+		for _, i := range batch {
+			in := &ins[i]
+			var n *Node
+			for _, id := range in.Candidates[:min(len(in.Candidates), batchLockCandidates)] {
+				if c := nodes[id]; c != nil && nodeClaimable(c, in) {
+					n = c
+					break
+				}
+			}
+			if n == nil {
+				out[i] = PlacementResult{Err: ErrNoCandidate, Fresh: freshRows(nodes, in.Candidates)}
+				continue
+			}
+			n.UsedMemoryMiB += in.MemoryMiB
+			n.UsedDiskMiB += in.DiskMiB
+			n.UsedVCPUsMilli += in.VCPUsMilli
+			n.Instances++
+			n.AssignRev++
+			a.add(in, n.ID, n.AssignRev)
+			placed[in.ID] = i
+		}
+		if len(placed) == 0 {
+			return nil
+		}
+		rows, _ = tx.Query(ctx, sqlCommitPlacements, a.values()...)
+		got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[committedRow])
+		if err != nil {
+			return translate(err)
+		}
+		if len(got) > 0 && got[0].NodesUpdated != got[0].NodesClaimed {
+			return errBatchDiverged
+		}
+		for _, r := range got {
+			i := placed[r.ID]
+			out[i] = PlacementResult{Instance: r.Instance}
+			delete(placed, r.ID)
+		}
+		for _, i := range placed {
+			out[i] = PlacementResult{Err: errdefs.Conflictf("an instance named %q already exists", ins[i].Name)}
+		}
+		return nil
+	})
+}
+
+// freshRows returns the locked rows of a create's candidates.
+func freshRows(nodes map[string]*Node, candidates []string) []Node {
+	var out []Node
+	for _, id := range candidates {
+		if n := nodes[id]; n != nil {
+			out = append(out, *n)
+		}
+	}
+	return out
+}
+
+// nodeClaimable is sqlClaimNode's WHERE clause in Go, with the same
+// arithmetic (floor of the float64 product, as PostgreSQL computes
+// floor(bigint * double precision)).
+func nodeClaimable(n *Node, in *NewInstance) bool {
+	return n.State == "running" && !n.Drained && !n.Reserved && slices.Contains(n.Brands, in.Brand) &&
+		n.UsedMemoryMiB+in.MemoryMiB <= int64(math.Floor(float64(n.MemoryMiB)*n.RatioMemory)) &&
+		n.UsedDiskMiB+in.DiskMiB <= int64(math.Floor(float64(n.DiskMiB)*n.RatioDisk)) &&
+		n.UsedVCPUsMilli+in.VCPUsMilli <= int64(math.Floor(float64(n.VCPUsMilli)*n.RatioVCPU)) &&
+		n.Instances+1 <= n.MaxInstances
+}
+
+// batchArgs are sqlCommitPlacements' column arrays.
+type batchArgs struct {
+	id, owner, name, brand, image, pkgName, node, desired []string
+	pkg                                                   []*string
+	mem, disk, cpu, rev                                   []int64
+	docker, firewall, protect                             []bool
+	spec, metadata, tags, affinity, caller                []string
+	placement                                             []*string
+}
+
+func (a *batchArgs) add(in *NewInstance, nodeID string, rev int64) {
+	desired := in.DesiredState
+	if desired == "" {
+		desired = "running"
+	}
+	a.id = append(a.id, in.ID)
+	a.owner = append(a.owner, in.OwnerID)
+	a.name = append(a.name, in.Name)
+	a.brand = append(a.brand, in.Brand)
+	a.image = append(a.image, in.ImageID)
+	a.pkg = append(a.pkg, in.PackageID)
+	a.pkgName = append(a.pkgName, in.PackageName)
+	a.mem = append(a.mem, in.MemoryMiB)
+	a.disk = append(a.disk, in.DiskMiB)
+	a.cpu = append(a.cpu, in.VCPUsMilli)
+	a.node = append(a.node, nodeID)
+	a.desired = append(a.desired, desired)
+	a.rev = append(a.rev, rev)
+	a.docker = append(a.docker, in.Docker)
+	spec := "{}"
+	if len(in.Spec) > 0 {
+		spec = string(in.Spec)
+	}
+	a.spec = append(a.spec, spec)
+	a.metadata = append(a.metadata, jsonText(in.Metadata, "{}"))
+	a.tags = append(a.tags, jsonText(in.Tags, "{}"))
+	a.affinity = append(a.affinity, jsonText(in.Affinity, "[]"))
+	var placement *string
+	if len(in.Placement) > 0 {
+		p := string(in.Placement)
+		placement = &p
+	}
+	a.placement = append(a.placement, placement)
+	a.firewall = append(a.firewall, in.FirewallEnabled)
+	a.protect = append(a.protect, in.DeletionProtection)
+	a.caller = append(a.caller, jsonText(in.Caller, "{}"))
+}
+
+func (a *batchArgs) values() []any {
+	return []any{a.id, a.owner, a.name, a.brand, a.image, a.pkg, a.pkgName, a.mem, a.disk, a.cpu, a.node,
+		a.desired, a.rev, a.docker, a.spec, a.metadata, a.tags, a.affinity, a.placement, a.firewall, a.protect,
+		a.caller}
+}
+
+// jsonText is v as JSON text, or def when v is nil or empty.
+func jsonText[T any](v T, def string) string {
+	b, err := json.Marshal(v)
+	if err != nil || string(b) == "null" {
+		return def
+	}
+	return string(b)
+}
+
+// BulkNode is a node for BulkInsertNodes.
+type BulkNode struct {
+	Name                              string
+	Brands                            []string
+	MemoryMiB, DiskMiB, VCPUsMilli    int64
+	MaxInstances                      int     // 0 = 1000
+	RatioMemory, RatioDisk, RatioVCPU float64 // 0 = 1, 1, 4
+	Traits                            map[string]any
+}
+
+// BulkInsertNodes adds running nodes with COPY, for benchmarks and
+// simulations of large clusters: no credentials and no change rows (snapshots
+// load nodes with ListNodes). It returns the new ids in order and
+// errdefs.Conflict if a name is taken.
+func (s *Store) BulkInsertNodes(ctx context.Context, nodes []BulkNode) ([]string, error) {
+	ids := make([]string, len(nodes))
+	now := time.Now()
+	rows := make([][]any, len(nodes))
+	for i, n := range nodes {
+		ids[i] = uuid.NewString()
+		brands := n.Brands
+		if brands == nil {
+			brands = []string{}
+		}
+		traits := n.Traits
+		if traits == nil {
+			traits = map[string]any{}
+		}
+		maxInst := n.MaxInstances
+		if maxInst == 0 {
+			maxInst = 1000
+		}
+		rows[i] = []any{ids[i], n.Name, n.Name, "running", brands, traits, n.MemoryMiB, n.DiskMiB, n.VCPUsMilli,
+			maxInst, orOne(n.RatioMemory, 1), orOne(n.RatioDisk, 1), orOne(n.RatioVCPU, 4), int64(1), now}
+	}
+	_, err := s.pool.CopyFrom(ctx, pgx.Identifier{"nodes"},
+		[]string{"id", "name", "hostname", "state", "brands", "traits", "memory_mib", "disk_mib", "vcpus_milli",
+			"max_instances", "ratio_memory", "ratio_disk", "ratio_vcpu", "assign_rev", "last_heartbeat"},
+		pgx.CopyFromRows(rows))
+	if err != nil {
+		return nil, translate(err)
+	}
+	return ids, nil
+}
+
+func orOne(v, def float64) float64 {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+// PlacementAudit is what CheckPlacements finds.
+type PlacementAudit struct {
+	Nodes int `json:"nodes"`
+	// Overcommitted counts nodes whose usage exceeds floor(capacity * ratio)
+	// for some resource, or whose instance count exceeds its maximum.
+	Overcommitted int `json:"overcommitted_nodes"`
+	// Mismatched counts nodes whose usage columns differ from the sums over
+	// their live instances.
+	Mismatched    int   `json:"mismatched_nodes"`
+	LiveInstances int64 `json:"live_instances"`
+	UsedMemoryMiB int64 `json:"used_memory_mib"`
+}
+
+const sqlCheckPlacements = `WITH live AS (
+	SELECT node_id, sum(memory_mib) AS mem, sum(disk_mib) AS disk, sum(vcpus_milli) AS cpu, count(*) AS n
+	FROM instances WHERE node_id IS NOT NULL AND state <> 'deleted' GROUP BY node_id
+)
+SELECT count(*),
+	count(*) FILTER (WHERE used_memory_mib > floor(memory_mib * ratio_memory)
+		OR used_disk_mib > floor(disk_mib * ratio_disk)
+		OR used_vcpus_milli > floor(vcpus_milli * ratio_vcpu)
+		OR instances > max_instances
+		OR COALESCE(live.mem, 0) > floor(memory_mib * ratio_memory)),
+	count(*) FILTER (WHERE used_memory_mib <> COALESCE(live.mem, 0) OR used_disk_mib <> COALESCE(live.disk, 0)
+		OR used_vcpus_milli <> COALESCE(live.cpu, 0) OR instances <> COALESCE(live.n, 0)),
+	COALESCE(sum(live.n), 0)::bigint, COALESCE(sum(used_memory_mib), 0)::bigint
+FROM nodes LEFT JOIN live ON live.node_id = nodes.id`
+
+// CheckPlacements verifies the capacity invariants over every node by SQL:
+// no node is overcommitted and each node's usage equals the sums over its
+// live instances.
+func (s *Store) CheckPlacements(ctx context.Context) (PlacementAudit, error) {
+	var a PlacementAudit
+	err := s.pool.QueryRow(ctx, sqlCheckPlacements).Scan(&a.Nodes, &a.Overcommitted, &a.Mismatched, &a.LiveInstances, &a.UsedMemoryMiB)
+	if err != nil {
+		return a, translate(err)
+	}
+	return a, nil
+}
+
+// String summarises the audit.
+func (a PlacementAudit) String() string {
+	return fmt.Sprintf("%d nodes, %d overcommitted, %d with usage unequal to their instances' sums, %d live instances",
+		a.Nodes, a.Overcommitted, a.Mismatched, a.LiveInstances)
+}
