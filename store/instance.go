@@ -434,12 +434,10 @@ func (s *Store) LiveResidents(ctx context.Context) ([]PlacedInstance, error) {
 	return out, translate(err)
 }
 
-// ResidentByID returns one placed instance.
-func (s *Store) ResidentByID(ctx context.Context, id string) (PlacedInstance, error) {
-	rows, _ := s.pool.Query(ctx, `SELECT id::text, owner_id::text, name, tags, node_id::text FROM instances WHERE id = $1 AND node_id IS NOT NULL`, id)
-	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[PlacedInstance])
-	if err != nil {
-		return PlacedInstance{}, notFound(err, "instance "+id+" not found")
-	}
-	return out, nil
+// ResidentsByID returns the placed, live instances among ids.
+func (s *Store) ResidentsByID(ctx context.Context, ids []string) ([]PlacedInstance, error) {
+	rows, _ := s.pool.Query(ctx, `SELECT id::text, owner_id::text, name, tags, node_id::text FROM instances
+WHERE id = ANY($1::uuid[]) AND node_id IS NOT NULL AND state <> 'deleted'`, ids)
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[PlacedInstance])
+	return out, translate(err)
 }

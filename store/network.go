@@ -205,35 +205,60 @@ func (s *Store) ListNetworkIPs(ctx context.Context, ownerID, networkID string, l
 	return out, translate(err)
 }
 
-// allocateIP takes a free address of the network for the instance. It starts
-// at a random point of the provision range so concurrent creates rarely meet.
-const sqlAllocateIP = `WITH n AS (
-	SELECT provision_start AS s, (provision_end - provision_start) AS span, gateway FROM networks WHERE id = $1
-), c AS (
-	SELECT n.s + (($4::bigint + g) % (n.span + 1)) AS ip, n.gateway FROM n, generate_series(0, n.span) g
-)
-INSERT INTO network_ips (network_id, ip, instance_id, owner_id)
-SELECT $1, c.ip, $2, $3 FROM c
-WHERE c.ip IS DISTINCT FROM c.gateway
-  AND NOT EXISTS (SELECT 1 FROM network_ips x WHERE x.network_id = $1 AND x.ip = c.ip)
-LIMIT 1
+// sqlAllocateRandomIP tries one pseudo-random address of the provision
+// range: in a sparse network it succeeds at once, in one round trip.
+const sqlAllocateRandomIP = `INSERT INTO network_ips (network_id, ip, instance_id, owner_id)
+SELECT id, provision_start + ($4::bigint % (provision_end - provision_start + 1)), $2, $3 FROM networks
+WHERE id = $1 AND provision_start + ($4::bigint % (provision_end - provision_start + 1)) IS DISTINCT FROM gateway
 ON CONFLICT DO NOTHING
 RETURNING host(ip)`
 
+// sqlAllocateFirstFreeIP takes the lowest free address: the range start or
+// the address after an allocated one. It is the fallback for dense networks.
+const sqlAllocateFirstFreeIP = `WITH n AS (
+	SELECT provision_start AS s, provision_end AS e, gateway AS g FROM networks WHERE id = $1
+), used AS (
+	SELECT ip FROM network_ips WHERE network_id = $1
+	UNION SELECT g FROM n WHERE g IS NOT NULL
+), cand AS (
+	SELECT n.s AS ip FROM n WHERE NOT EXISTS (SELECT 1 FROM used WHERE used.ip = n.s)
+	UNION ALL
+	SELECT u.ip + 1 FROM used u, n WHERE u.ip >= n.s AND u.ip < n.e
+		AND NOT EXISTS (SELECT 1 FROM used u2 WHERE u2.ip = u.ip + 1)
+)
+INSERT INTO network_ips (network_id, ip, instance_id, owner_id)
+SELECT $1, min(ip), $2, $3 FROM cand HAVING min(ip) IS NOT NULL
+ON CONFLICT DO NOTHING
+RETURNING host(ip)`
+
+// allocateIP takes a free address of the network for the instance: a few
+// random tries (cheap while the network is sparse, and concurrent creates
+// rarely meet), then the first free address.
 func allocateIP(ctx context.Context, q querier, networkID, instanceID, ownerID string) (string, error) {
-	for attempt := 0; attempt < 8; attempt++ {
-		var ip string
-		err := q.QueryRow(ctx, sqlAllocateIP, networkID, instanceID, ownerID, rand.Int64N(1<<30)).Scan(&ip)
+	var ip string
+	for attempt := 0; attempt < 4; attempt++ {
+		err := q.QueryRow(ctx, sqlAllocateRandomIP, networkID, instanceID, ownerID, rand.Int64N(1<<40)).Scan(&ip)
 		if err == nil {
 			return ip, nil
 		}
 		if err != pgx.ErrNoRows {
 			return "", translate(err)
 		}
-		// Either the range is full or a concurrent create took the address.
+	}
+	for attempt := 0; attempt < 4; attempt++ {
+		err := q.QueryRow(ctx, sqlAllocateFirstFreeIP, networkID, instanceID, ownerID).Scan(&ip)
+		if err == nil {
+			return ip, nil
+		}
+		if err != pgx.ErrNoRows {
+			return "", translate(err)
+		}
+		// Either the range is full or a concurrent create took that address.
 		var free bool
-		if err := q.QueryRow(ctx, `SELECT (provision_end - provision_start + 1) > (SELECT count(*) FROM network_ips WHERE network_id = $1)
-			FROM networks WHERE id = $1`, networkID).Scan(&free); err != nil {
+		if err := q.QueryRow(ctx, `SELECT (provision_end - provision_start + 1) >
+	(SELECT count(*) FROM network_ips WHERE network_id = $1 AND ip BETWEEN provision_start AND provision_end)
+	+ (CASE WHEN gateway BETWEEN provision_start AND provision_end THEN 1 ELSE 0 END)
+FROM networks WHERE id = $1`, networkID).Scan(&free); err != nil {
 			return "", notFound(err, "network "+networkID+" not found")
 		}
 		if !free {

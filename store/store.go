@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,8 +42,10 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.Invalid, err, "invalid database URL")
 	}
-	if cfg.MaxConns < 16 {
-		cfg.MaxConns = 16
+	// Unless the URL says otherwise (pool_max_conns), allow enough
+	// connections for concurrent creates and agent reports.
+	if !strings.Contains(url, "pool_max_conns") {
+		cfg.MaxConns = 48
 	}
 	cfg.MaxConnIdleTime = 5 * time.Minute
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

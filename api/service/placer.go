@@ -112,40 +112,67 @@ func (p *Placer) catchUp(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var created []string
 	for _, c := range changes {
 		switch c.Action {
 		case "create":
-			r, err := p.st.ResidentByID(ctx, c.ObjectID)
-			if err == nil {
-				p.snap.AddResident(scheduler.Resident{ID: r.ID, OwnerID: r.OwnerID, Name: r.Name, Tags: r.Tags, NodeID: r.NodeID})
-			}
+			created = append(created, c.ObjectID)
 		case "delete":
 			p.snap.RemoveResident(c.ObjectID)
 		}
 	}
+	if len(created) == 0 {
+		return nil
+	}
+	residents, err := p.st.ResidentsByID(ctx, created)
+	if err != nil {
+		return err
+	}
+	for _, r := range residents {
+		p.snap.AddResident(scheduler.Resident{ID: r.ID, OwnerID: r.OwnerID, Name: r.Name, Tags: r.Tags, NodeID: r.NodeID})
+	}
 	return nil
 }
 
-// maybeReload reloads when the snapshot is older than the refresh interval.
-func (p *Placer) maybeReload(ctx context.Context) {
-	p.mu.Lock()
-	stale := time.Since(p.loaded) > p.opts.Refresh
-	p.mu.Unlock()
-	if stale {
-		if err := p.Reload(ctx); err != nil {
-			p.log.Warn("reloading the scheduler snapshot", "error", err)
+// Run reloads the snapshot every refresh interval until ctx ends, off the
+// request path.
+func (p *Placer) Run(ctx context.Context) {
+	t := time.NewTicker(p.opts.Refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := p.Reload(ctx); err != nil && ctx.Err() == nil {
+				p.log.Warn("reloading the scheduler snapshot", "error", err)
+			}
 		}
 	}
+}
+
+// stale reports whether the snapshot is older than the refresh interval.
+func (p *Placer) stale() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return time.Since(p.loaded) > p.opts.Refresh
 }
 
 // Place decides and commits: it asks the scheduler for ranked candidates,
 // then lets the store claim the first that still fits. A lost race refreshes
 // the snapshot and re-plans, a few times.
 func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewInstance) (store.Instance, bool, error) {
-	p.maybeReload(ctx)
 	var lastErr error
 	for attempt := 0; attempt < 4; attempt++ {
 		dec, err := scheduler.Place(p.snap, req, scheduler.Options{Policy: p.opts.Policy, Candidates: p.opts.Candidates})
+		if err != nil && attempt == 0 && p.stale() {
+			// Nothing fits in an old view: look again at a fresh one
+			// (a node may have joined since) before saying no.
+			if rerr := p.Reload(ctx); rerr != nil {
+				return store.Instance{}, false, rerr
+			}
+			dec, err = scheduler.Place(p.snap, req, scheduler.Options{Policy: p.opts.Policy, Candidates: p.opts.Candidates})
+		}
 		if err != nil {
 			return store.Instance{}, false, err
 		}

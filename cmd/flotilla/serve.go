@@ -185,6 +185,8 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 		}
 	}()
 	go func() { defer cp.wg.Done(); aapi.Listen(ctx) }()
+	cp.wg.Add(1)
+	go func() { defer cp.wg.Done(); svc.Placer.Run(ctx) }()
 	if cp.Docker, err = startDocker(ctx, cfg, svc, log); err != nil {
 		cp.Close()
 		return nil, err
