@@ -264,7 +264,7 @@ func authorizedKey(t testing.TB, k crypto.Signer, comment string) string {
 // env is a CloudAPI server on a fresh database with three accounts: alice
 // (keys id_ed25519, id_rsa, id_ecdsa), bob (one key) and ops (an operator).
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	ctx    context.Context
 	st     *store.Store
 	svc    *service.Service
@@ -282,7 +282,7 @@ type envOptions struct {
 	Burst     int
 }
 
-func newEnv(t *testing.T, opts ...envOptions) *env {
+func newEnv(t testing.TB, opts ...envOptions) *env {
 	t.Helper()
 	var o envOptions
 	if len(opts) > 0 {
