@@ -16,7 +16,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -30,17 +29,12 @@ import (
 
 // registryBlobs holds each Server's blob store until Server has a field for
 // it (see SetBlobs).
-var registryBlobs sync.Map // *Server -> oci.BlobStore
 
 // SetBlobs sets the blob store the registry routes serve from. Without one
 // they answer 503.
-func (s *Server) SetBlobs(b oci.BlobStore) { registryBlobs.Store(s, b) }
+func (s *Server) SetBlobs(b oci.BlobStore) { s.blobStore = b }
 
-func (s *Server) blobs() oci.BlobStore {
-	b, _ := registryBlobs.Load(s)
-	bs, _ := b.(oci.BlobStore)
-	return bs
-}
+func (s *Server) blobs() oci.BlobStore { return s.blobStore }
 
 // registryRoutes mounts /v2/ (the OCI distribution API, read only).
 func (s *Server) registryRoutes(r chi.Router) {

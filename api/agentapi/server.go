@@ -23,6 +23,7 @@ import (
 
 	"flotilla/api/errdefs"
 	"flotilla/api/httpx"
+	"flotilla/oci"
 	"flotilla/store"
 )
 
@@ -33,6 +34,7 @@ type Server struct {
 	// ImageRegistry is the host:port agents pull images from (this server's
 	// address), used to build image references.
 	ImageRegistry string
+	blobStore     oci.BlobStore // image content served to agents; see SetBlobs
 
 	mu      sync.Mutex
 	waiters map[string][]chan struct{}

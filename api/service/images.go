@@ -26,7 +26,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -55,15 +54,13 @@ const (
 
 // blobStores holds each Service's blob store until Service has a field for
 // it (see SetBlobs).
-var blobStores sync.Map // *Service -> oci.BlobStore
-
 // SetBlobs sets the blob store image content is written to and read from.
-func (s *Service) SetBlobs(b oci.BlobStore) { blobStores.Store(s, b) }
+func (s *Service) SetBlobs(b oci.BlobStore) { s.blobs = b }
 
 // Blobs returns the blob store; Unavailable when none was configured.
 func (s *Service) Blobs() (oci.BlobStore, error) {
-	if b, ok := blobStores.Load(s); ok && b != nil {
-		return b.(oci.BlobStore), nil
+	if s.blobs != nil {
+		return s.blobs, nil
 	}
 	return nil, errdefs.New(errdefs.Unavailable, "this control plane has no image blob store configured (serve --data)")
 }

@@ -3,14 +3,16 @@
 // placing instances with the scheduler. CloudAPI and the Docker endpoint call
 // it; neither imports the other.
 //
-// Imports: store, scheduler, api/errdefs, agent/driver (brand names). Never
-// api/cloudapi, api/dockerapi or net/http.
+// Imports: store, scheduler, oci, go-containerregistry, api/errdefs,
+// agent/driver (brand names and types). Never api/cloudapi, api/dockerapi or
+// net/http servers.
 package service
 
 import (
 	"context"
 	"log/slog"
 
+	"flotilla/oci"
 	"flotilla/store"
 )
 
@@ -19,6 +21,8 @@ type Service struct {
 	Store  *store.Store
 	Placer *Placer
 	Log    *slog.Logger
+
+	blobs oci.BlobStore // image content; see SetBlobs
 }
 
 // New returns a Service whose placer loads its snapshot from st.

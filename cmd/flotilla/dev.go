@@ -138,9 +138,10 @@ export TRITON_KEY_ID=%s
 export TRITON_TLS_INSECURE=1
 export SDC_URL=$TRITON_URL SDC_ACCOUNT=$TRITON_ACCOUNT SDC_KEY_ID=$TRITON_KEY_ID
 export FLOTILLA_DB=%s
+export FLOTILLA_DATA=%s
 export FLOTILLA_AGENT_API=%s
 export FLOTILLA_JOIN_TOKEN=%s
-`, envFile, cp.CloudAPIURL, c.Login, key.MD5, dbURL, cp.AgentAPIURL, token)
+`, envFile, cp.CloudAPIURL, c.Login, key.MD5, dbURL, data, cp.AgentAPIURL, token)
 	if cp.Docker != nil {
 		env += fmt.Sprintf("export DOCKER_HOST=%s\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH=%s\n", cp.Docker.URL, cp.Docker.CertDir)
 	}
