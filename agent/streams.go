@@ -475,13 +475,15 @@ func headerHas(h http.Header, name, token string) bool {
 
 // clientInput reads the caller's side of an upgraded connection. With
 // stdin its bytes go to the returned pipe and its half-close closes the
-// pipe; without, any end of the input means the caller is gone and cancel
-// is called.
+// pipe. A half-close is normal even without stdin (the docker CLI always
+// sends one), so only a read error means the caller is gone and calls
+// cancel; a caller that closed entirely is noticed when output to it fails.
 func clientInput(br io.Reader, stdin bool, cancel func()) *io.PipeReader {
 	if !stdin {
 		go func() {
-			io.Copy(io.Discard, br)
-			cancel()
+			if _, err := io.Copy(io.Discard, br); err != nil {
+				cancel()
+			}
 		}()
 		return nil
 	}
@@ -582,7 +584,11 @@ func (s *StreamServer) waitAttach(ctx context.Context, str driver.Streamer, id s
 		if c := errdefs.CodeOf(err); c != errdefs.NotFound && c != errdefs.Conflict {
 			return nil, false, err
 		}
-		if cur, err := s.drv.Inspect(ctx, id); err == nil && cur.State != driver.StateRunning &&
+		cur, err := s.drv.Inspect(ctx, id)
+		if errdefs.Is(err, errdefs.NotFound) && err0 == nil {
+			return nil, false, errdefs.NotFoundf("instance %s was removed", id)
+		}
+		if err == nil && cur.State != driver.StateRunning &&
 			!cur.StartedAt.IsZero() && (err0 != nil || !cur.StartedAt.Equal(st0.StartedAt) || st0.State == driver.StateRunning) {
 			return nil, true, nil
 		}

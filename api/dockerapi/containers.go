@@ -575,7 +575,9 @@ func (s *Server) startContainer(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	in, err = s.converge(r.Context(), c, in.ID, s.cfg.ConvergeTimeout, func(in store.Instance) bool {
-		return observed(in) && in.State == "running"
+		// A short-lived command may be done before the node reports it
+		// running: "stopped" once the start was applied means it ran.
+		return observed(in) && (in.State == "running" || in.State == "stopped" && in.StartedAt != nil)
 	})
 	if err != nil {
 		return err

@@ -85,7 +85,7 @@ func newTestEnv(t *testing.T) *testEnv {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		agent.Run(ctx, agent.Config{Name: "sim-1", DataDir: t.TempDir(), APIURL: "http://" + al.Addr().String(), JoinToken: tok,
+		agent.Run(ctx, agent.Config{Name: "sim-1", DataDir: t.TempDir(), APIURL: "http://" + al.Addr().String(), JoinToken: tok, Address: "127.0.0.1:0",
 			Driver: drv, MemoryMiB: 65536, DiskMiB: 1 << 20, VCPUs: 32, HeartbeatInterval: time.Second,
 			WatchInterval: 200 * time.Millisecond, PollWait: 5 * time.Second, Logger: log})
 	}()
