@@ -1,17 +1,25 @@
 package dockerapi
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/creack/pty"
+
+	"flotilla/api/nodeclient"
 )
 
 // TestDockerStreams drives the process streams with the docker CLI against
@@ -145,3 +153,68 @@ func (e *testEnv) cmd(login string, args ...string) *exec.Cmd {
 	return c
 }
 
+
+// TestAttachLatency measures what the proxy adds to an interactive stream:
+// the round trip of one keystroke echoed by a tty (the sim echoes stdin),
+// through the Docker endpoint (TLS, proxy, agent) and straight to the agent
+// (node client). It logs the medians; it asserts only that echoes arrive.
+func TestAttachLatency(t *testing.T) {
+	e := newTestEnv(t)
+	id := strings.TrimSpace(e.ok("alice", "run", "-d", "-i", "-t", "--name", "echo", "busybox:1.36", "sh"))
+	ctx := context.Background()
+	in, err := e.st.GetInstance(ctx, mustAccount(t, e, "alice"), id[:8]+"-"+id[8:12]+"-"+id[12:16]+"-"+id[16:20]+"-"+id[20:32])
+	must(t, err)
+	node, err := (&Server{store: e.st}).nodeOf(ctx, in)
+	must(t, err)
+
+	const rounds = 300
+	measure := func(rw io.ReadWriter) time.Duration {
+		buf := make([]byte, 1)
+		ds := make([]time.Duration, 0, rounds)
+		for i := 0; i < rounds; i++ {
+			start := time.Now()
+			if _, err := rw.Write([]byte{'x'}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(rw, buf); err != nil || buf[0] != 'x' {
+				t.Fatalf("echo %q: %v", buf, err)
+			}
+			ds = append(ds, time.Since(start))
+		}
+		slices.Sort(ds)
+		return ds[len(ds)/2]
+	}
+
+	direct, err := nodes.Attach(ctx, node, in.ID, nodeclient.AttachOptions{Stdin: true, Stdout: true})
+	must(t, err)
+	defer direct.Close()
+	dMedian := measure(direct)
+
+	pool := x509.NewCertPool()
+	b, _ := os.ReadFile(e.caFile)
+	pool.AppendCertsFromPEM(b)
+	pair, err := tls.LoadX509KeyPair(filepath.Join(e.certDir["alice"], "cert.pem"), filepath.Join(e.certDir["alice"], "key.pem"))
+	must(t, err)
+	conn, err := tls.Dial("tcp", e.srv.Listener.Addr().String(), &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}})
+	must(t, err)
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1.50/containers/%s/attach?stdin=1&stdout=1&stream=1 HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: text/plain\r\n\r\n", id)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	must(t, err)
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Content-Type") != "application/vnd.docker.raw-stream" {
+		t.Fatalf("attach answered %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	pMedian := measure(struct {
+		io.Reader
+		io.Writer
+	}{br, conn})
+	t.Logf("keystroke echo round trip, median of %d: straight to the agent %v, through the Docker endpoint (TLS + proxy) %v; the proxy adds %v",
+		rounds, dMedian, pMedian, pMedian-dMedian)
+}
+
+func mustAccount(t *testing.T, e *testEnv, login string) string {
+	a, err := e.st.AccountByLogin(context.Background(), login)
+	must(t, err)
+	return a.ID
+}
