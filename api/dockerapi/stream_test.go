@@ -153,7 +153,6 @@ func (e *testEnv) cmd(login string, args ...string) *exec.Cmd {
 	return c
 }
 
-
 // TestAttachLatency measures what the proxy adds to an interactive stream:
 // the round trip of one keystroke echoed by a tty (the sim echoes stdin),
 // through the Docker endpoint (TLS, proxy, agent) and straight to the agent
