@@ -25,6 +25,7 @@ type agentConfig struct {
 	APIURL    string
 	JoinToken string
 	LogJSON   bool
+	Address   string // where instance streams are served
 }
 
 func runAgent(ctx context.Context, args []string) error {
@@ -38,6 +39,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.Int64Var(&c.DiskMiB, "disk", 0, "disk to offer in MiB (0: detect)")
 	fs.Float64Var(&c.VCPUs, "cpus", 0, "vCPUs to offer (0: detect)")
 	fs.BoolVar(&c.LogJSON, "log-json", false, "log as JSON")
+	fs.StringVar(&c.Address, "stream-address", "", "host:port to serve instance streams (logs, attach, exec) to the control plane on")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -53,7 +55,7 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("flotilla agent %s starting with driver %s\n", c.Name, c.Driver)
 	return agent.Run(ctx, agent.Config{Name: c.Name, DataDir: c.DataDir, APIURL: c.APIURL, JoinToken: c.JoinToken,
-		Driver: drv, MemoryMiB: c.MemoryMiB, DiskMiB: c.DiskMiB, VCPUs: c.VCPUs, Logger: log.With("node", c.Name)})
+		Driver: drv, Address: c.Address, MemoryMiB: c.MemoryMiB, DiskMiB: c.DiskMiB, VCPUs: c.VCPUs, Logger: log.With("node", c.Name)})
 }
 
 // newDriver builds the named driver with its state under dataDir.

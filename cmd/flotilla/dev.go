@@ -234,7 +234,7 @@ func startAgents(ctx context.Context, c devConfig, data, apiURL, token string, l
 			return nil, err
 		}
 		cfg := agent.Config{Name: fmt.Sprintf("dev-%s-%d", strings.ReplaceAll(c.Driver, ",", "-"), i), DataDir: dir, APIURL: apiURL,
-			JoinToken: token, Driver: drv, Logger: log.With("node", i)}
+			JoinToken: token, Driver: drv, Address: "127.0.0.1:0", Logger: log.With("node", i)}
 		if c.Driver == "sim" {
 			cfg.MemoryMiB, cfg.DiskMiB, cfg.VCPUs = c.NodeMemory, c.NodeDisk, c.NodeCPUs
 		}
