@@ -2,10 +2,14 @@ package cloudapi_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -19,6 +23,7 @@ import (
 	tgerrors "github.com/joyent/triton-go/errors"
 	"github.com/joyent/triton-go/identity"
 	"github.com/joyent/triton-go/network"
+	"golang.org/x/crypto/ssh/agent"
 )
 
 // tritonConfig is what a triton-go user configures: alice's RSA key, signed
@@ -409,4 +414,64 @@ func (e *env) waitAudit(id, action string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	e.t.Fatalf("no successful %s in machine %s's audit", action, id)
+}
+
+// TestTritonGoSSHAgentSigner signs with triton-go's SSHAgentSigner, as users
+// with keys in ssh-agent do: ECDSA (ecdsa-sha256) and RSA (rsa-sha1) keys
+// held by an in-process agent on a unix socket.
+func TestTritonGoSSHAgentSigner(t *testing.T) {
+	e := newEnv(t)
+	dir, err := os.MkdirTemp("", "agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatalf("unix socket for the ssh agent: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	keyring := agent.NewKeyring()
+	for _, k := range []crypto.Signer{e.keys.ecdsa, e.keys.rsa} {
+		if err := keyring.Add(agent.AddedKey{PrivateKey: k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); agent.ServeAgent(keyring, c) }()
+		}
+	}()
+	t.Setenv("SSH_AUTH_SOCK", sock)
+
+	for _, k := range []struct {
+		name string
+		key  crypto.Signer
+	}{{"ecdsa", e.keys.ecdsa}, {"rsa", e.keys.rsa}} {
+		t.Run(k.name, func(t *testing.T) {
+			s, err := authentication.NewSSHAgentSigner(authentication.SSHAgentSignerInput{
+				KeyID: fingerprint(t, k.key), AccountName: "alice"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			acc, err := account.NewClient(&triton.ClientConfig{TritonURL: e.srv.URL, AccountName: "alice",
+				Signers: []authentication.Signer{s}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.useValidatingClient(acc.Client)
+			a, err := acc.Get(context.Background(), &account.GetInput{})
+			if err != nil {
+				t.Fatalf("GetAccount signed by the agent's %s key: %v", k.name, err)
+			}
+			if a.Login != "alice" || a.ID != e.alice.ID {
+				t.Errorf("account %+v", a)
+			}
+		})
+	}
 }
