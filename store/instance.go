@@ -372,7 +372,7 @@ const sqlListInstances = `SELECT ` + instanceColumns + ` FROM instances i WHERE 
 	AND ($2 = '' OR i.name = $2) AND ($3 = '' OR i.brand = $3) AND ($4 = '' OR i.image_id::text = $4)
 	AND (cardinality($5::text[]) > 0 AND i.state = ANY($5) OR cardinality($5::text[]) = 0 AND ($6 OR i.state NOT IN ('deleted', 'failed')))
 	AND ($7 = 0 OR i.memory_mib = $7) AND ($8::bool IS NULL OR i.docker = $8)
-	AND (SELECT bool_and(i.tags ->> k = v) FROM jsonb_each_text($9::jsonb) AS t(k, v)) IS NOT FALSE
+	AND (SELECT bool_and(COALESCE(i.tags ->> k = v, false)) FROM jsonb_each_text($9::jsonb) AS t(k, v)) IS NOT FALSE
 	AND (NOT $10 OR i.tags <> '{}'::jsonb)
 	AND ($11 = '' OR i.node_id::text = $11)
 ORDER BY i.created_at, i.id LIMIT $12 OFFSET $13`
