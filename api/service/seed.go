@@ -18,10 +18,11 @@ var DefaultPackages = []store.Package{
 	{Name: "g1-2xlarge-16G", MemoryMiB: 16384, DiskMiB: 409600, VCPUs: 8, Group: "g1", Description: "2XLarge: 16 GiB, 8 vCPUs"},
 }
 
-// DefaultNetworks are a public and a private network.
+// DefaultNetworks are a public and a private network. Their ids are fixed so
+// that their bridges keep the same names on every node and every dev cloud.
 var DefaultNetworks = []store.Network{
-	{Name: "public", Public: true, Description: "Public network", Subnet: "10.198.0.0/20", InternetNAT: true},
-	{Name: "private", Public: false, Description: "Private network shared by all accounts", Subnet: "10.199.0.0/20", InternetNAT: true},
+	{ID: "f1e7a000-0000-4000-8000-0000000000a1", Name: "public", Public: true, Description: "Public network", Subnet: "10.198.0.0/20", InternetNAT: true},
+	{ID: "f1e7a000-0000-4000-8000-0000000000a2", Name: "private", Public: false, Description: "Private network shared by all accounts", Subnet: "10.199.0.0/20", InternetNAT: true},
 }
 
 // EnsurePackages creates the default packages that do not exist yet.

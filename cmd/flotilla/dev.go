@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"flotilla/agent"
+	"flotilla/agent/driver"
 	"flotilla/api/agentapi"
 	"flotilla/api/auth"
 	"flotilla/api/errdefs"
@@ -209,10 +210,14 @@ func seedDev(ctx context.Context, st *store.Store, data, login string, key *auth
 }
 
 type agentGroup struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	drivers []driver.Driver // real drivers whose workloads dev stops on exit
 }
 
+// stop ends the agents and then the containers and VMs they run, so that
+// `flotilla dev` leaves nothing running; the next start brings back what
+// is desired running.
 func (g *agentGroup) stop() {
 	g.cancel()
 	done := make(chan struct{})
@@ -221,6 +226,23 @@ func (g *agentGroup) stop() {
 	case <-done:
 	case <-time.After(5 * time.Second):
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, d := range g.drivers {
+		list, err := d.List(ctx)
+		if err != nil {
+			continue
+		}
+		for _, st := range list {
+			if st.State != driver.StateRunning {
+				continue
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); d.Stop(ctx, st.ID, 5*time.Second) }()
+		}
+	}
+	wg.Wait()
 }
 
 func startAgents(ctx context.Context, c devConfig, data, apiURL, token string, log *slog.Logger) (*agentGroup, error) {
@@ -232,6 +254,9 @@ func startAgents(ctx context.Context, c devConfig, data, apiURL, token string, l
 		if err != nil {
 			cancel()
 			return nil, err
+		}
+		if c.Driver != "sim" {
+			g.drivers = append(g.drivers, drv)
 		}
 		cfg := agent.Config{Name: fmt.Sprintf("dev-%s-%d", strings.ReplaceAll(c.Driver, ",", "-"), i), DataDir: dir, APIURL: apiURL,
 			JoinToken: token, Driver: drv, Address: "127.0.0.1:0", Logger: log.With("node", i)}
