@@ -133,6 +133,7 @@ type Agent struct {
 	observed map[string]string  // last state seen in the driver, by id
 	reported map[string]report  // last successful report, by id
 	failed   map[string]failure // instances given up on, by id
+	booted   map[string]bool    // instances whose autoboot was considered since this agent started
 }
 
 type report struct {
@@ -208,6 +209,7 @@ func New(cfg Config) (*Agent, error) {
 		observed: map[string]string{},
 		reported: map[string]report{},
 		failed:   map[string]failure{},
+		booted:   map[string]bool{},
 	}, nil
 }
 

@@ -106,6 +106,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 	var requeue time.Duration
 
 	if !exists {
+		a.firstLook(id) // created by this agent: no autoboot to consider
 		if err := a.drv.Create(ctx, want.Spec); err != nil {
 			return &workloadError{want.Generation, err}
 		}
@@ -132,6 +133,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 			ap.Resources = res
 		}
 		running := st.State == driver.StateRunning
+		first := a.firstLook(id)
 		switch want.DesiredState {
 		case wire.DesiredRunning:
 			switch {
@@ -148,6 +150,14 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 				ap.StartedGeneration = want.Generation
 				log.Info("instance rebooted", "reboot_count", want.RebootCount)
 			case running:
+			case want.Spec.Autoboot && first:
+				// Found stopped when this agent started: the node went down
+				// under it. Boot it again, as Triton's autoboot does.
+				if err := a.drv.Start(ctx, id); err != nil {
+					return &workloadError{want.Generation, err}
+				}
+				ap.StartedGeneration = want.Generation
+				log.Info("instance booted again after the node restarted")
 			case ap.StartedGeneration < want.Generation || st.State == driver.StateProvisioning:
 				if err := a.drv.Start(ctx, id); err != nil {
 					return &workloadError{want.Generation, err}
@@ -279,4 +289,16 @@ func sameStatus(x, y wire.InstanceStatus) bool {
 		x.FinishedAt.Equal(y.FinishedAt) &&
 		x.Error == y.Error &&
 		x.Restarts == y.Restarts
+}
+
+// firstLook reports whether this is the first time since the agent started
+// that an instance is looked at for autoboot.
+func (a *Agent) firstLook(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.booted[id] {
+		return false
+	}
+	a.booted[id] = true
+	return true
 }

@@ -96,6 +96,10 @@ type Spec struct {
 
 	NICs    []NIC
 	Restart RestartPolicy
+	// Autoboot starts the instance again when its node's agent starts and
+	// finds it stopped while it is desired running (a node reboot), as
+	// Triton's autoboot does. Docker containers use Restart instead.
+	Autoboot bool
 }
 
 // Status is what a driver observes about one instance.

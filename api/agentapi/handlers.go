@@ -137,7 +137,7 @@ func (s *Server) assignment(r *http.Request, in store.Instance, images map[strin
 		MemoryMiB: in.MemoryMiB, DiskMiB: in.DiskMiB, VCPUs: float64(in.VCPUsMilli) / 1000,
 		Entrypoint: proc.Entrypoint, Cmd: proc.Cmd, Env: proc.Env, WorkingDir: proc.WorkingDir, User: proc.User,
 		Hostname: proc.Hostname, Tty: proc.Tty, OpenStdin: proc.OpenStdin, StdinOnce: proc.StdinOnce,
-		Labels: proc.Labels, Metadata: md, Restart: proc.Restart,
+		Labels: proc.Labels, Metadata: md, Restart: proc.Restart, Autoboot: !in.Docker,
 	}
 	if spec.Hostname == "" {
 		spec.Hostname = in.Name
