@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
-	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -33,35 +31,48 @@ func GroupCommittable(in NewInstance) bool {
 	return in.IdempotencyKey == "" && in.CheckNode == nil && len(in.Networks) == 0
 }
 
-// batchLockCandidates is how many of each create's candidates a batch locks;
-// a create whose locked candidates are all full is reported as
-// ErrNoCandidate and re-planned by the caller.
-const batchLockCandidates = 3
-
-// sqlLockNodes locks the batch's candidate nodes in id order, so that
-// batches never deadlock with each other; CreateInstance holds at most one
-// node lock at a time, so it cannot complete a cycle either.
-const sqlLockNodes = `SELECT ` + nodeColumns + ` FROM nodes WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE`
-
-// sqlCommitPlacements inserts the creates that fit, with their audit and
-// change rows, and adds their usage to their nodes, in one statement. A
-// create whose name is taken is left out of ins (ON CONFLICT DO NOTHING) and
-// so claims nothing. The node UPDATE repeats sqlClaimNode's predicate for the
-// batch's sums; the caller checks every node it expected was updated.
+// sqlCommitPlacements commits a batch in one statement. Each create goes to
+// its first candidate (v.node_id). locked takes the batch's nodes in id
+// order, so batches never deadlock with each other (CreateInstance holds at
+// most one node lock at a time, so it cannot complete a cycle either), and
+// reads their latest usage under the lock. ok keeps the nodes that can take
+// the whole of their share of the batch: sqlClaimNode's predicate applied to
+// the share's sums. The creates on those nodes are inserted with their audit
+// and change rows (a create whose name is taken is skipped by ON CONFLICT
+// and so claims nothing), and the nodes' usage grows by the inserted
+// creates' sums under the same predicate, backed by the CHECK constraints.
+// Each create on a node gets its own assign_rev (the node's revision plus
+// its position in the share), so agents paging by revision never split one.
 const sqlCommitPlacements = `WITH v AS (
 	SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::text[],
 		$8::bigint[], $9::bigint[], $10::bigint[], $11::uuid[], $12::text[], $13::bigint[], $14::bool[],
 		$15::jsonb[], $16::jsonb[], $17::jsonb[], $18::jsonb[], $19::jsonb[], $20::bool[], $21::bool[], $22::jsonb[])
 	AS v(id, owner_id, name, brand, image_id, package_id, package_name, memory_mib, disk_mib, vcpus_milli, node_id,
-		desired_state, assign_rev, docker, spec, metadata, tags, affinity, placement, firewall_enabled,
+		desired_state, rev_offset, docker, spec, metadata, tags, affinity, placement, firewall_enabled,
 		deletion_protection, caller)
+), share AS (
+	SELECT node_id, sum(memory_mib) AS mem, sum(disk_mib) AS disk, sum(vcpus_milli) AS cpu, count(*) AS n,
+		array_agg(DISTINCT brand) AS brands
+	FROM v GROUP BY node_id
+), locked AS MATERIALIZED (
+	SELECT id, state, drained, reserved, brands, memory_mib, disk_mib, vcpus_milli, max_instances, ratio_memory,
+		ratio_disk, ratio_vcpu, used_memory_mib, used_disk_mib, used_vcpus_milli, instances, assign_rev
+	FROM nodes WHERE id IN (SELECT node_id FROM share) ORDER BY id FOR NO KEY UPDATE
+), ok AS MATERIALIZED (
+	SELECT l.id, l.assign_rev FROM locked l JOIN share s ON s.node_id = l.id
+	WHERE l.state = 'running' AND NOT l.drained AND NOT l.reserved AND s.brands <@ l.brands
+		AND l.used_memory_mib + s.mem <= floor(l.memory_mib * l.ratio_memory)
+		AND l.used_disk_mib + s.disk <= floor(l.disk_mib * l.ratio_disk)
+		AND l.used_vcpus_milli + s.cpu <= floor(l.vcpus_milli * l.ratio_vcpu)
+		AND l.instances + s.n <= l.max_instances
 ), ins AS (
 	INSERT INTO instances AS i (id, owner_id, name, brand, image_id, package_id, package_name, memory_mib, disk_mib,
 		vcpus_milli, node_id, desired_state, assign_rev, docker, spec, metadata, tags, affinity, placement,
 		firewall_enabled, deletion_protection)
-	SELECT id, owner_id, name, brand, image_id, package_id, package_name, memory_mib, disk_mib, vcpus_milli, node_id,
-		desired_state, assign_rev, docker, spec, metadata, tags, affinity, placement, firewall_enabled, deletion_protection
-	FROM v ORDER BY assign_rev
+	SELECT v.id, owner_id, name, brand, image_id, package_id, package_name, memory_mib, disk_mib, vcpus_milli,
+		node_id, desired_state, ok.assign_rev + v.rev_offset, docker, spec, metadata, tags, affinity, placement,
+		firewall_enabled, deletion_protection
+	FROM v JOIN ok ON ok.id = v.node_id ORDER BY node_id, rev_offset
 	ON CONFLICT DO NOTHING
 	RETURNING i.*
 ), aud AS (
@@ -70,12 +81,12 @@ const sqlCommitPlacements = `WITH v AS (
 ), chg AS (
 	INSERT INTO changes (kind, object_id, owner_id, node_id, action, state, detail)
 	SELECT 'instance', id, owner_id, node_id, 'create', 'provisioning', jsonb_build_object('name', name)
-	FROM ins ORDER BY assign_rev
+	FROM ins ORDER BY node_id, assign_rev
 	RETURNING node_id
 ), sums AS (
-	SELECT node_id, sum(memory_mib) AS mem, sum(disk_mib) AS disk, sum(vcpus_milli) AS cpu, count(*) AS n,
-		max(assign_rev) AS rev
-	FROM ins GROUP BY node_id
+	SELECT ins.node_id, sum(ins.memory_mib) AS mem, sum(ins.disk_mib) AS disk, sum(ins.vcpus_milli) AS cpu,
+		count(*) AS n, max(ins.assign_rev) AS rev
+	FROM ins GROUP BY ins.node_id
 ), upd AS (
 	UPDATE nodes SET
 		used_memory_mib = used_memory_mib + sums.mem, used_disk_mib = used_disk_mib + sums.disk,
@@ -95,6 +106,10 @@ SELECT ` + instanceColumns + `,
 	(SELECT count(pg_notify('flotilla_node', d.node_id::text)) FROM (SELECT DISTINCT node_id FROM chg) d) AS notified
 FROM ins i`
 
+// sqlBatchNodes reads the batch's nodes after its claims, in the same
+// transaction, for creates that lost their node.
+const sqlBatchNodes = `SELECT ` + nodeColumns + ` FROM nodes WHERE id = ANY($1::uuid[])`
+
 // committedRow is an inserted instance with the batch's node tallies.
 type committedRow struct {
 	Instance
@@ -104,30 +119,29 @@ type committedRow struct {
 }
 
 // errBatchDiverged means the node UPDATE refused a node the batch had
-// checked under its lock: the Go predicate and SQL disagree.
+// checked under its lock, which the predicates' equality rules out.
 var errBatchDiverged = errdefs.New(errdefs.Internal, "group commit: a node refused a claim its locked row allowed")
 
-// CommitPlacements commits a batch of placed creates in one transaction: it
-// locks the creates' first candidate nodes in id order, gives each create
-// the first locked candidate that still fits (nodeClaimable, the predicate
-// of sqlClaimNode and scheduler.Fits, applied to the locked rows plus the
-// batch's earlier claims), then inserts the instances with their audit and
-// change rows and adds the usage to the nodes in one statement. The node
-// UPDATE repeats the capacity predicate and the schema's CHECK constraints
-// back it, so a batch can never overbook a node.
+// CommitPlacements commits a batch of placed creates in one transaction and
+// one round trip (sqlCommitPlacements, then a read of the batch's nodes).
+// Each create is claimed on its first candidate: a node whose latest usage
+// cannot take all of the batch's creates for it refuses them all with
+// ErrNoCandidate (their PlacementResult.Fresh holds the node's row, so the
+// caller's snapshot catches up before it re-plans). A batch can never
+// overbook a node: the claim applies sqlClaimNode's predicate to the sums
+// under the node's row lock, and the schema's CHECK constraints back it.
 //
 // Every create keeps its own outcome: a taken name fails only that create
-// (errdefs.Conflict, as CreateInstance), a create whose locked candidates
-// are full gets ErrNoCandidate, and creates GroupCommittable refuses go
-// through CreateInstance one by one. Results are in the order of ins. An
-// error that would abort the whole transaction (it should not happen) makes
-// every create fall back to CreateInstance, so one bad create cannot fail the
-// others.
+// (errdefs.Conflict, as CreateInstance), and creates GroupCommittable
+// refuses go through CreateInstance one by one. Results are in the order of
+// ins. An error that would abort the whole transaction (it should not
+// happen) makes every create fall back to CreateInstance, so one bad create
+// cannot fail the others.
 func (s *Store) CommitPlacements(ctx context.Context, ins []NewInstance) []PlacementResult {
 	out := make([]PlacementResult, len(ins))
 	batch := make([]int, 0, len(ins))
 	for i := range ins {
-		if GroupCommittable(ins[i]) {
+		if GroupCommittable(ins[i]) && len(ins[i].Candidates) > 0 {
 			batch = append(batch, i)
 			continue
 		}
@@ -147,90 +161,108 @@ func (s *Store) CommitPlacements(ctx context.Context, ins []NewInstance) []Place
 }
 
 func (s *Store) commitBatch(ctx context.Context, ins []NewInstance, batch []int, out []PlacementResult) error {
-	var lockIDs []string
+	var a batchArgs
+	offsets := map[string]int64{}
+	var nodeIDs []string
 	for _, i := range batch {
-		c := ins[i].Candidates
-		lockIDs = append(lockIDs, c[:min(len(c), batchLockCandidates)]...)
+		in := &ins[i]
+		node := in.Candidates[0]
+		if offsets[node] == 0 {
+			nodeIDs = append(nodeIDs, node)
+		}
+		offsets[node]++
+		a.add(in, node, offsets[node])
 	}
-	slices.Sort(lockIDs)
-	lockIDs = slices.Compact(lockIDs)
-
-	return s.inTx(ctx, func(tx pgx.Tx) error {
-		rows, _ := tx.Query(ctx, sqlLockNodes, lockIDs)
-		locked, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Node])
-		if err != nil {
-			return translate(err)
-		}
-		nodes := make(map[string]*Node, len(locked))
-		for k := range locked {
-			nodes[locked[k].ID] = &locked[k]
-		}
-		var a batchArgs
-		placed := make(map[string]int, len(batch)) // instance id -> index in ins
-		for _, i := range batch {
-			in := &ins[i]
-			var n *Node
-			for _, id := range in.Candidates[:min(len(in.Candidates), batchLockCandidates)] {
-				if c := nodes[id]; c != nil && nodeClaimable(c, in) {
-					n = c
-					break
-				}
-			}
-			if n == nil {
-				out[i] = PlacementResult{Err: ErrNoCandidate, Fresh: freshRows(nodes, in.Candidates)}
-				continue
-			}
-			n.UsedMemoryMiB += in.MemoryMiB
-			n.UsedDiskMiB += in.DiskMiB
-			n.UsedVCPUsMilli += in.VCPUsMilli
-			n.Instances++
-			n.AssignRev++
-			a.add(in, n.ID, n.AssignRev)
-			placed[in.ID] = i
-		}
-		if len(placed) == 0 {
-			return nil
-		}
-		rows, _ = tx.Query(ctx, sqlCommitPlacements, a.values()...)
-		got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[committedRow])
-		if err != nil {
-			return translate(err)
-		}
-		if len(got) > 0 && got[0].NodesUpdated != got[0].NodesClaimed {
-			return errBatchDiverged
-		}
-		for _, r := range got {
-			i := placed[r.ID]
-			out[i] = PlacementResult{Instance: r.Instance}
-			delete(placed, r.ID)
-		}
-		for _, i := range placed {
-			out[i] = PlacementResult{Err: errdefs.Conflictf("an instance named %q already exists", ins[i].Name)}
-		}
-		return nil
-	})
-}
-
-// freshRows returns the locked rows of a create's candidates.
-func freshRows(nodes map[string]*Node, candidates []string) []Node {
-	var out []Node
-	for _, id := range candidates {
-		if n := nodes[id]; n != nil {
-			out = append(out, *n)
+	var b pgx.Batch
+	b.Queue(sqlCommitPlacements, a.values()...)
+	b.Queue(sqlBatchNodes, nodeIDs)
+	br := s.pool.SendBatch(ctx, &b)
+	defer br.Close()
+	rows, _ := br.Query()
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[committedRow])
+	if err != nil {
+		return translate(err)
+	}
+	if len(got) > 0 && got[0].NodesUpdated != got[0].NodesClaimed {
+		return errBatchDiverged
+	}
+	rows, _ = br.Query()
+	after, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Node])
+	if err != nil {
+		return translate(err)
+	}
+	if err := br.Close(); err != nil {
+		return translate(err)
+	}
+	nodes := make(map[string]Node, len(after))
+	for _, n := range after {
+		nodes[n.ID] = n
+	}
+	placed := make(map[string]bool, len(got))
+	claimed := make(map[string]bool, len(got))
+	byID := make(map[string]Instance, len(got))
+	for _, r := range got {
+		placed[r.ID] = true
+		claimed[*r.NodeID] = true
+		byID[r.ID] = r.Instance
+	}
+	// A create left out on a node that took others lost only its name; one
+	// on a node that took none lost its node or its name, which a lookup
+	// tells apart.
+	var unsure []int
+	for _, i := range batch {
+		if in := &ins[i]; !placed[in.ID] && !claimed[in.Candidates[0]] {
+			unsure = append(unsure, i)
 		}
 	}
-	return out
+	taken, err := s.namesTaken(ctx, ins, unsure)
+	if err != nil {
+		return err
+	}
+	for _, i := range batch {
+		in := &ins[i]
+		switch node := in.Candidates[0]; {
+		case placed[in.ID]:
+			out[i] = PlacementResult{Instance: byID[in.ID]}
+		case claimed[node] || taken[in.ID]:
+			out[i] = PlacementResult{Err: errdefs.Conflictf("an instance named %q already exists", in.Name)}
+		default:
+			res := PlacementResult{Err: ErrNoCandidate}
+			if n, ok := nodes[node]; ok {
+				res.Fresh = []Node{n}
+			}
+			out[i] = res
+		}
+	}
+	return nil
 }
 
-// nodeClaimable is sqlClaimNode's WHERE clause in Go, with the same
-// arithmetic (floor of the float64 product, as PostgreSQL computes
-// floor(bigint * double precision)).
-func nodeClaimable(n *Node, in *NewInstance) bool {
-	return n.State == "running" && !n.Drained && !n.Reserved && slices.Contains(n.Brands, in.Brand) &&
-		n.UsedMemoryMiB+in.MemoryMiB <= int64(math.Floor(float64(n.MemoryMiB)*n.RatioMemory)) &&
-		n.UsedDiskMiB+in.DiskMiB <= int64(math.Floor(float64(n.DiskMiB)*n.RatioDisk)) &&
-		n.UsedVCPUsMilli+in.VCPUsMilli <= int64(math.Floor(float64(n.VCPUsMilli)*n.RatioVCPU)) &&
-		n.Instances+1 <= n.MaxInstances
+const sqlNamesTaken = `SELECT v.id::text FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS v(id, owner_id, name)
+WHERE EXISTS (SELECT 1 FROM instances i WHERE i.owner_id = v.owner_id AND i.name = v.name
+	AND i.desired_state <> 'deleted' AND i.id <> v.id)`
+
+// namesTaken returns which of the creates at idx have a name a live
+// instance of their owner already holds.
+func (s *Store) namesTaken(ctx context.Context, ins []NewInstance, idx []int) (map[string]bool, error) {
+	taken := map[string]bool{}
+	if len(idx) == 0 {
+		return taken, nil
+	}
+	var ids, owners, names []string
+	for _, i := range idx {
+		ids = append(ids, ins[i].ID)
+		owners = append(owners, ins[i].OwnerID)
+		names = append(names, ins[i].Name)
+	}
+	rows, _ := s.pool.Query(ctx, sqlNamesTaken, ids, owners, names)
+	list, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, translate(err)
+	}
+	for _, id := range list {
+		taken[id] = true
+	}
+	return taken, nil
 }
 
 // batchArgs are sqlCommitPlacements' column arrays.

@@ -55,7 +55,7 @@ func TestCommitPlacements(t *testing.T) {
 		batch := []store.NewInstance{
 			f.newInstance("a", 1024, ids[0], ids[1]),
 			f.newInstance("b", 1024, ids[0], ids[1]),
-			f.newInstance("c", 1024, ids[0], ids[1]), // ids[0] is full after a and b
+			f.newInstance("c", 1024, ids[1], ids[0]),
 			f.newInstance("d", 512, ids[1]),
 		}
 		batch[0].Placement = []byte(`{"node_id":"x"}`)
@@ -132,18 +132,37 @@ func TestCommitPlacements(t *testing.T) {
 	})
 	t.Run("ErrNoCandidate", func(t *testing.T) {
 		f := newFixture(t, 4096, "10.63.0.0/24")
-		ids := f.bulkNodes(t, 1, 1024)
-		res := f.st.CommitPlacements(ctx, []store.NewInstance{
-			f.newInstance("a", 768, ids[0]),
-			f.newInstance("b", 512, ids[0]),
-		})
-		if res[0].Err != nil || res[1].Err != store.ErrNoCandidate {
-			t.Fatalf("got %v, %v", res[0].Err, res[1].Err)
+		ids := f.bulkNodes(t, 2, 1024)
+		if res := f.st.CommitPlacements(ctx, []store.NewInstance{f.newInstance("a", 768, ids[0])}); res[0].Err != nil {
+			t.Fatal(res[0].Err)
 		}
-		if len(res[1].Fresh) != 1 || res[1].Fresh[0].UsedMemoryMiB != 768 {
-			t.Fatalf("fresh rows %+v", res[1].Fresh)
+		// The node cannot take its whole share of the batch: every create
+		// planned on it is refused, with its fresh row; other nodes commit.
+		res := f.st.CommitPlacements(ctx, []store.NewInstance{
+			f.newInstance("b", 128, ids[0]),
+			f.newInstance("c", 256, ids[0]),
+			f.newInstance("d", 512, ids[1]),
+		})
+		for i, want := range []error{store.ErrNoCandidate, store.ErrNoCandidate, nil} {
+			if res[i].Err != want {
+				t.Fatalf("create %d: %v, want %v", i, res[i].Err, want)
+			}
+		}
+		if len(res[0].Fresh) != 1 || res[0].Fresh[0].UsedMemoryMiB != 768 {
+			t.Fatalf("fresh rows %+v", res[0].Fresh)
 		}
 		f.checkInvariants(t)
+	})
+	t.Run("ErrNameTakenOnRefusedNode", func(t *testing.T) {
+		f := newFixture(t, 4096, "10.66.0.0/24")
+		ids := f.bulkNodes(t, 1, 1024)
+		if res := f.st.CommitPlacements(ctx, []store.NewInstance{f.newInstance("a", 1024, ids[0])}); res[0].Err != nil {
+			t.Fatal(res[0].Err)
+		}
+		res := f.st.CommitPlacements(ctx, []store.NewInstance{f.newInstance("a", 1, ids[0]), f.newInstance("b", 1, ids[0])})
+		if !errdefs.Is(res[0].Err, errdefs.Conflict) || res[1].Err != store.ErrNoCandidate {
+			t.Fatalf("got %v, %v; want a name conflict and ErrNoCandidate", res[0].Err, res[1].Err)
+		}
 	})
 	t.Run("DrainedNodeRefused", func(t *testing.T) {
 		f := newFixture(t, 4096, "10.64.0.0/24")
@@ -151,14 +170,23 @@ func TestCommitPlacements(t *testing.T) {
 		if _, err := f.st.SetNodeDrained(ctx, ids[0], true); err != nil {
 			t.Fatal(err)
 		}
-		res := f.st.CommitPlacements(ctx, []store.NewInstance{f.newInstance("a", 512, ids[0], ids[1])})
-		if res[0].Err != nil || *res[0].Instance.NodeID != ids[1] {
-			t.Fatalf("got %+v, %v; want node %s", res[0].Instance.NodeID, res[0].Err, ids[1])
+		res := f.st.CommitPlacements(ctx, []store.NewInstance{
+			f.newInstance("a", 512, ids[0], ids[1]),
+			f.newInstance("b", 512, ids[1]),
+		})
+		if res[0].Err != store.ErrNoCandidate || len(res[0].Fresh) != 1 || !res[0].Fresh[0].Drained {
+			t.Fatalf("drained node: %v, fresh %+v", res[0].Err, res[0].Fresh)
 		}
-		in := f.newInstance("b", 512, ids[0])
+		if res[1].Err != nil || *res[1].Instance.NodeID != ids[1] {
+			t.Fatalf("got %v, want node %s", res[1].Err, ids[1])
+		}
+		in := f.newInstance("c", 512, ids[0])
 		in.Networks = []string{f.network.ID} // through CreateInstance's claimNode
 		if res := f.st.CommitPlacements(ctx, []store.NewInstance{in}); res[0].Err != store.ErrNoCandidate {
 			t.Fatalf("drained node took a create: %v", res[0].Err)
+		}
+		if n, _ := f.st.GetNode(ctx, ids[0]); n.Instances != 0 {
+			t.Fatalf("drained node holds %d instances", n.Instances)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"flotilla/api/errdefs"
@@ -19,6 +20,15 @@ type PlacerOptions struct {
 	Candidates int
 	// Refresh is how often the snapshot is reloaded from the database in full.
 	Refresh time.Duration
+	// GroupCommit is the most creates one transaction commits together
+	// (store.CommitPlacements): concurrent creates that need no addresses,
+	// strict affinity check or Idempotency-Key share a transaction, each
+	// keeping its own outcome. Zero means 64; negative turns it off, so
+	// every create commits alone with store.CreateInstance.
+	GroupCommit int
+	// CommitConcurrency is how many group transactions may run at once.
+	// Zero means 2.
+	CommitConcurrency int
 }
 
 // Placer keeps this replica's scheduler snapshot and commits placements
@@ -29,6 +39,9 @@ type Placer struct {
 	log  *slog.Logger
 	opts PlacerOptions
 	snap *scheduler.Snapshot
+
+	group     *groupCommit // nil when group commit is off
+	conflicts atomic.Int64
 
 	mu     sync.Mutex
 	cursor *store.ChangeCursor
@@ -43,12 +56,25 @@ func NewPlacer(ctx context.Context, st *store.Store, log *slog.Logger, opts Plac
 	if opts.Refresh <= 0 {
 		opts.Refresh = 2 * time.Second
 	}
+	if opts.GroupCommit == 0 {
+		opts.GroupCommit = 64
+	}
+	if opts.CommitConcurrency <= 0 {
+		opts.CommitConcurrency = 2
+	}
 	p := &Placer{st: st, log: log, opts: opts, snap: scheduler.NewSnapshot()}
+	if opts.GroupCommit > 1 {
+		p.group = &groupCommit{st: st, max: opts.GroupCommit, concurrency: opts.CommitConcurrency}
+	}
 	if err := p.Reload(ctx); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
+
+// Conflicts counts commits that lost a race: every candidate tried was
+// taken by concurrent placements, so the create was planned again.
+func (p *Placer) Conflicts() int64 { return p.conflicts.Load() }
 
 // Snapshot exposes the snapshot (benchmarks, admin).
 func (p *Placer) Snapshot() *scheduler.Snapshot { return p.snap }
@@ -194,7 +220,7 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 		neg := scheduler.Resources{MemoryMiB: -res.MemoryMiB, DiskMiB: -res.DiskMiB, VCPUs: -res.VCPUs, Instances: -1}
 		reserved := dec.NodeID
 		p.snap.UpdateUsage(reserved, res)
-		inst, replay, err := p.st.CreateInstance(ctx, in)
+		inst, replay, fresh, err := p.commit(ctx, in)
 		if err == nil {
 			if replay || inst.NodeID == nil || *inst.NodeID != reserved {
 				p.snap.UpdateUsage(reserved, neg)
@@ -212,11 +238,19 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 			return store.Instance{}, false, err
 		}
 		lastErr = err
+		p.conflicts.Add(1)
 		// Our view of those nodes was stale: refresh them and exclude none, so
-		// the scheduler sees their true usage.
-		for _, id := range in.Candidates {
-			if n, err := p.st.GetNode(ctx, id); err == nil {
-				p.snap.Upsert(SchedulerNode(n))
+		// the scheduler sees their true usage. A group commit tried only the
+		// candidates it locked and read those rows; a lone commit tried them
+		// all, so read them all.
+		for _, n := range fresh {
+			p.snap.Upsert(SchedulerNode(n))
+		}
+		if len(fresh) == 0 {
+			for _, id := range in.Candidates {
+				if n, err := p.st.GetNode(ctx, id); err == nil {
+					p.snap.Upsert(SchedulerNode(n))
+				}
 			}
 		}
 		if attempt == 1 {
@@ -226,6 +260,79 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 		}
 	}
 	return store.Instance{}, false, errdefs.Wrap(errdefs.InsufficientCapacity, lastErr, "no node could take the instance: concurrent placements took every candidate, try again")
+}
+
+// commit records a placed create: in a shared transaction when group commit
+// is on and the create allows it, else alone. fresh holds candidate rows a
+// group commit read under its lock when it returns store.ErrNoCandidate.
+func (p *Placer) commit(ctx context.Context, in store.NewInstance) (inst store.Instance, replay bool, fresh []store.Node, err error) {
+	if p.group == nil || !store.GroupCommittable(in) {
+		inst, replay, err = p.st.CreateInstance(ctx, in)
+		return inst, replay, nil, err
+	}
+	r := p.group.commit(in)
+	return r.Instance, false, r.Fresh, r.Err
+}
+
+// groupCommit coalesces concurrent creates into shared transactions, as
+// PostgreSQL's own group commit does for WAL flushes: a create joins the
+// queue, and up to concurrency committers drain it, max creates per
+// transaction. Committers exist only while the queue is non-empty.
+type groupCommit struct {
+	st          *store.Store
+	max         int
+	concurrency int
+
+	mu      sync.Mutex
+	queue   []*pendingCreate
+	running int
+}
+
+type pendingCreate struct {
+	in   store.NewInstance
+	res  store.PlacementResult
+	done chan struct{}
+}
+
+// commit queues in and waits for its transaction. The transaction does not
+// follow the caller's context: once queued, a create is committed or
+// refused, so a cancelled caller cannot leave its batch half-done.
+func (g *groupCommit) commit(in store.NewInstance) store.PlacementResult {
+	pc := &pendingCreate{in: in, done: make(chan struct{})}
+	g.mu.Lock()
+	g.queue = append(g.queue, pc)
+	if g.running < g.concurrency {
+		g.running++
+		go g.run()
+	}
+	g.mu.Unlock()
+	<-pc.done
+	return pc.res
+}
+
+func (g *groupCommit) run() {
+	g.mu.Lock()
+	for len(g.queue) > 0 {
+		n := min(len(g.queue), g.max)
+		batch := make([]*pendingCreate, n)
+		copy(batch, g.queue)
+		g.queue = append(g.queue[:0], g.queue[n:]...)
+		g.mu.Unlock()
+		ins := make([]store.NewInstance, n)
+		for i, pc := range batch {
+			ins[i] = pc.in
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res := g.st.CommitPlacements(ctx, ins)
+		cancel()
+		for i, pc := range batch {
+			pc.res = res[i]
+			close(pc.done)
+		}
+		g.mu.Lock()
+	}
+	g.running--
+	g.mu.Unlock()
 }
 
 // Released tells the snapshot an instance's resources went back to its node.
