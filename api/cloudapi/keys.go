@@ -87,5 +87,6 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) error {
 	if err := s.store.DeleteKey(r.Context(), caller(r).AccountID, pathParam(r, "name")); err != nil {
 		return err
 	}
+	s.keys.forget(caller(r).AccountID)
 	return noContent(w, http.StatusNoContent)
 }

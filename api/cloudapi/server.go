@@ -8,7 +8,6 @@ package cloudapi
 
 import (
 	"context"
-	"crypto"
 	"crypto/md5"
 	"encoding/base64"
 	"errors"
@@ -20,7 +19,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"golang.org/x/crypto/ssh"
 
 	"flotilla/api/auth"
 	"flotilla/api/errdefs"
@@ -49,6 +47,7 @@ type Server struct {
 	log     *slog.Logger
 	cfg     Config
 	limiter *auth.Limiter
+	keys    keyCache
 	now     func() time.Time
 }
 
@@ -345,22 +344,11 @@ func (s *Server) verify(r *http.Request) (service.Caller, error) {
 	if sig.SubUser != "" {
 		return service.Caller{}, authError(auth.ErrInvalidCredentials(errors.New("sub-user keys are not supported")))
 	}
-	key, err := s.store.KeyForLogin(r.Context(), sig.Login, sig.KeyRef)
+	key, pub, err := s.keys.lookup(r.Context(), s.store, sig.Login, sig.KeyRef, s.now())
 	if err != nil {
-		if errdefs.Is(err, errdefs.NotFound) {
-			return service.Caller{}, authError(auth.ErrInvalidCredentials(err))
-		}
 		return service.Caller{}, err
 	}
-	pk, err := auth.ParsePublicKey(key.KeyText)
-	if err != nil {
-		return service.Caller{}, authError(auth.ErrInvalidCredentials(err))
-	}
-	cpk, ok := pk.PublicKey.(ssh.CryptoPublicKey)
-	if !ok {
-		return service.Caller{}, authError(auth.ErrInvalidCredentials(errors.New("unsupported key type")))
-	}
-	if err := auth.Verify(sig, r, crypto.PublicKey(cpk.CryptoPublicKey()), s.now()); err != nil {
+	if err := auth.Verify(sig, r, pub, s.now()); err != nil {
 		return service.Caller{}, authError(err)
 	}
 	if key.Disabled {

@@ -21,8 +21,8 @@ var DefaultPackages = []store.Package{
 // DefaultNetworks are a public and a private network. Their ids are fixed so
 // that their bridges keep the same names on every node and every dev cloud.
 var DefaultNetworks = []store.Network{
-	{ID: "f1e7a000-0000-4000-8000-0000000000a1", Name: "public", Public: true, Description: "Public network", Subnet: "10.198.0.0/20", InternetNAT: true},
-	{ID: "f1e7a000-0000-4000-8000-0000000000a2", Name: "private", Public: false, Description: "Private network shared by all accounts", Subnet: "10.199.0.0/20", InternetNAT: true},
+	{ID: "0a1c0de0-0000-4000-8000-0000000000a1", Name: "public", Public: true, Description: "Public network", Subnet: "10.198.0.0/20", InternetNAT: true},
+	{ID: "0a2c0de0-0000-4000-8000-0000000000a2", Name: "private", Public: false, Description: "Private network shared by all accounts", Subnet: "10.199.0.0/20", InternetNAT: true},
 }
 
 // EnsurePackages creates the default packages that do not exist yet.
