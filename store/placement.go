@@ -35,12 +35,13 @@ func GroupCommittable(in NewInstance) bool {
 // its first candidate (v.node_id). locked takes the batch's nodes in id
 // order, so batches never deadlock with each other (CreateInstance holds at
 // most one node lock at a time, so it cannot complete a cycle either), and
-// reads their latest usage under the lock. ok keeps the nodes that can take
-// the whole of their share of the batch: sqlClaimNode's predicate applied to
-// the share's sums. The creates on those nodes are inserted with their audit
-// and change rows (a create whose name is taken is skipped by ON CONFLICT
-// and so claims nothing), and the nodes' usage grows by the inserted
-// creates' sums under the same predicate, backed by the CHECK constraints.
+// reads their latest usage under the lock. ok keeps, on each node, the
+// creates in batch order while the running sums still fit: sqlClaimNode's
+// predicate applied to the usage plus the sums so far. Those creates are
+// inserted with their audit and change rows (a create whose name is taken
+// is skipped by ON CONFLICT and so claims nothing), and the nodes' usage
+// grows by the inserted creates' sums under the same predicate, backed by
+// the CHECK constraints.
 // Each create on a node gets its own assign_rev (the node's revision plus
 // its position in the share), so agents paging by revision never split one.
 const sqlCommitPlacements = `WITH v AS (
@@ -50,29 +51,30 @@ const sqlCommitPlacements = `WITH v AS (
 	AS v(id, owner_id, name, brand, image_id, package_id, package_name, memory_mib, disk_mib, vcpus_milli, node_id,
 		desired_state, rev_offset, docker, spec, metadata, tags, affinity, placement, firewall_enabled,
 		deletion_protection, caller)
-), share AS (
-	SELECT node_id, sum(memory_mib) AS mem, sum(disk_mib) AS disk, sum(vcpus_milli) AS cpu, count(*) AS n,
-		array_agg(DISTINCT brand) AS brands
-	FROM v GROUP BY node_id
+), want AS (
+	SELECT v.*,
+		sum(memory_mib) OVER w AS cum_mem, sum(disk_mib) OVER w AS cum_disk, sum(vcpus_milli) OVER w AS cum_cpu,
+		count(*) OVER w AS cum_n
+	FROM v WINDOW w AS (PARTITION BY node_id ORDER BY rev_offset)
 ), locked AS MATERIALIZED (
 	SELECT id, state, drained, reserved, brands, memory_mib, disk_mib, vcpus_milli, max_instances, ratio_memory,
 		ratio_disk, ratio_vcpu, used_memory_mib, used_disk_mib, used_vcpus_milli, instances, assign_rev
-	FROM nodes WHERE id IN (SELECT node_id FROM share) ORDER BY id FOR NO KEY UPDATE
+	FROM nodes WHERE id IN (SELECT node_id FROM v) ORDER BY id FOR NO KEY UPDATE
 ), ok AS MATERIALIZED (
-	SELECT l.id, l.assign_rev FROM locked l JOIN share s ON s.node_id = l.id
-	WHERE l.state = 'running' AND NOT l.drained AND NOT l.reserved AND s.brands <@ l.brands
-		AND l.used_memory_mib + s.mem <= floor(l.memory_mib * l.ratio_memory)
-		AND l.used_disk_mib + s.disk <= floor(l.disk_mib * l.ratio_disk)
-		AND l.used_vcpus_milli + s.cpu <= floor(l.vcpus_milli * l.ratio_vcpu)
-		AND l.instances + s.n <= l.max_instances
+	SELECT w.id, l.assign_rev + w.rev_offset AS assign_rev FROM want w JOIN locked l ON l.id = w.node_id
+	WHERE l.state = 'running' AND NOT l.drained AND NOT l.reserved AND w.brand = ANY(l.brands)
+		AND l.used_memory_mib + w.cum_mem <= floor(l.memory_mib * l.ratio_memory)
+		AND l.used_disk_mib + w.cum_disk <= floor(l.disk_mib * l.ratio_disk)
+		AND l.used_vcpus_milli + w.cum_cpu <= floor(l.vcpus_milli * l.ratio_vcpu)
+		AND l.instances + w.cum_n <= l.max_instances
 ), ins AS (
 	INSERT INTO instances AS i (id, owner_id, name, brand, image_id, package_id, package_name, memory_mib, disk_mib,
 		vcpus_milli, node_id, desired_state, assign_rev, docker, spec, metadata, tags, affinity, placement,
 		firewall_enabled, deletion_protection)
 	SELECT v.id, owner_id, name, brand, image_id, package_id, package_name, memory_mib, disk_mib, vcpus_milli,
-		node_id, desired_state, ok.assign_rev + v.rev_offset, docker, spec, metadata, tags, affinity, placement,
+		node_id, desired_state, ok.assign_rev, docker, spec, metadata, tags, affinity, placement,
 		firewall_enabled, deletion_protection
-	FROM v JOIN ok ON ok.id = v.node_id ORDER BY node_id, rev_offset
+	FROM v JOIN ok ON ok.id = v.id ORDER BY node_id, rev_offset
 	ON CONFLICT DO NOTHING
 	RETURNING i.*
 ), aud AS (
@@ -103,6 +105,7 @@ const sqlCommitPlacements = `WITH v AS (
 SELECT ` + instanceColumns + `,
 	(SELECT count(*) FROM upd) AS nodes_updated,
 	(SELECT count(*) FROM sums) AS nodes_claimed,
+	(SELECT array_agg(id::text) FROM ok) AS fitting,
 	(SELECT count(pg_notify('flotilla_node', d.node_id::text)) FROM (SELECT DISTINCT node_id FROM chg) d) AS notified
 FROM ins i`
 
@@ -113,9 +116,10 @@ const sqlBatchNodes = `SELECT ` + nodeColumns + ` FROM nodes WHERE id = ANY($1::
 // committedRow is an inserted instance with the batch's node tallies.
 type committedRow struct {
 	Instance
-	NodesUpdated int64 `db:"nodes_updated"`
-	NodesClaimed int64 `db:"nodes_claimed"`
-	Notified     int64 `db:"notified"`
+	NodesUpdated int64    `db:"nodes_updated"`
+	NodesClaimed int64    `db:"nodes_claimed"`
+	Fitting      []string `db:"fitting"`
+	Notified     int64    `db:"notified"`
 }
 
 // errBatchDiverged means the node UPDATE refused a node the batch had
@@ -199,21 +203,22 @@ func (s *Store) commitBatch(ctx context.Context, ins []NewInstance, batch []int,
 		nodes[n.ID] = n
 	}
 	placed := make(map[string]bool, len(got))
-	claimed := make(map[string]bool, len(got))
 	byID := make(map[string]Instance, len(got))
 	for _, r := range got {
 		placed[r.ID] = true
-		claimed[*r.NodeID] = true
 		byID[r.ID] = r.Instance
 	}
-	// A create left out on a node that took others lost only its name; one
-	// on a node that took none lost its node or its name, which a lookup
-	// tells apart.
+	// A create that fitted but was not inserted lost only its name. When
+	// nothing was inserted the statement returned no rows to say which
+	// fitted, and a lookup tells a taken name from a full node.
+	fitted := map[string]bool{}
 	var unsure []int
-	for _, i := range batch {
-		if in := &ins[i]; !placed[in.ID] && !claimed[in.Candidates[0]] {
-			unsure = append(unsure, i)
+	if len(got) > 0 {
+		for _, id := range got[0].Fitting {
+			fitted[id] = true
 		}
+	} else {
+		unsure = batch
 	}
 	taken, err := s.namesTaken(ctx, ins, unsure)
 	if err != nil {
@@ -224,7 +229,7 @@ func (s *Store) commitBatch(ctx context.Context, ins []NewInstance, batch []int,
 		switch node := in.Candidates[0]; {
 		case placed[in.ID]:
 			out[i] = PlacementResult{Instance: byID[in.ID]}
-		case claimed[node] || taken[in.ID]:
+		case fitted[in.ID] || taken[in.ID]:
 			out[i] = PlacementResult{Err: errdefs.Conflictf("an instance named %q already exists", in.Name)}
 		default:
 			res := PlacementResult{Err: ErrNoCandidate}

@@ -136,20 +136,20 @@ func TestCommitPlacements(t *testing.T) {
 		if res := f.st.CommitPlacements(ctx, []store.NewInstance{f.newInstance("a", 768, ids[0])}); res[0].Err != nil {
 			t.Fatal(res[0].Err)
 		}
-		// The node cannot take its whole share of the batch: every create
-		// planned on it is refused, with its fresh row; other nodes commit.
+		// Creates on a node commit in batch order while they fit; the rest
+		// are refused with the node's fresh row; other nodes commit.
 		res := f.st.CommitPlacements(ctx, []store.NewInstance{
 			f.newInstance("b", 128, ids[0]),
 			f.newInstance("c", 256, ids[0]),
 			f.newInstance("d", 512, ids[1]),
 		})
-		for i, want := range []error{store.ErrNoCandidate, store.ErrNoCandidate, nil} {
+		for i, want := range []error{nil, store.ErrNoCandidate, nil} {
 			if res[i].Err != want {
 				t.Fatalf("create %d: %v, want %v", i, res[i].Err, want)
 			}
 		}
-		if len(res[0].Fresh) != 1 || res[0].Fresh[0].UsedMemoryMiB != 768 {
-			t.Fatalf("fresh rows %+v", res[0].Fresh)
+		if len(res[1].Fresh) != 1 || res[1].Fresh[0].UsedMemoryMiB != 768+128 {
+			t.Fatalf("fresh rows %+v", res[1].Fresh)
 		}
 		f.checkInvariants(t)
 	})
