@@ -5,8 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -572,8 +572,10 @@ func (s *Server) listMetadata(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	md := in.Metadata
+	md := make(map[string]any, len(in.Metadata)+1)
+	maps.Copy(md, in.Metadata)
 	if r.URL.Query().Get("credentials") == "true" {
+		// Passwords (*_pw) are never stored, so there are no credentials to show.
 		md["credentials"] = map[string]any{}
 	}
 	return writeJSON(w, r, http.StatusOK, md)
@@ -671,14 +673,4 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, r, http.StatusOK, []any{})
-}
-
-// sortedKeys is used for stable output in tests and logs.
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
