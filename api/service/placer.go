@@ -43,6 +43,15 @@ type Placer struct {
 	group     *groupCommit // nil when group commit is off
 	conflicts atomic.Int64
 
+	// inflight is what this replica's placements reserved in the snapshot
+	// and have not committed yet, by node. Node rows read from the database
+	// get it added back, so a refresh does not hand the same capacity to a
+	// second placement while the first is still committing.
+	resMu    sync.Mutex
+	inflight map[string]scheduler.Resources
+	// decideMu makes a decision and its reservation one step.
+	decideMu sync.Mutex
+
 	mu     sync.Mutex
 	cursor *store.ChangeCursor
 	loaded time.Time
@@ -62,7 +71,7 @@ func NewPlacer(ctx context.Context, st *store.Store, log *slog.Logger, opts Plac
 	if opts.CommitConcurrency <= 0 {
 		opts.CommitConcurrency = 2
 	}
-	p := &Placer{st: st, log: log, opts: opts, snap: scheduler.NewSnapshot()}
+	p := &Placer{st: st, log: log, opts: opts, snap: scheduler.NewSnapshot(), inflight: map[string]scheduler.Resources{}}
 	if opts.GroupCommit > 1 {
 		p.group = &groupCommit{st: st, max: opts.GroupCommit, concurrency: opts.CommitConcurrency}
 	}
@@ -106,7 +115,7 @@ func (p *Placer) Reload(ctx context.Context) error {
 	seen := make(map[string]bool, len(nodes))
 	for _, n := range nodes {
 		seen[n.ID] = true
-		if err := p.snap.Upsert(SchedulerNode(n)); err != nil {
+		if err := p.upsertNode(n); err != nil {
 			return err
 		}
 	}
@@ -189,15 +198,16 @@ func (p *Placer) stale() bool {
 // the snapshot and re-plans, a few times.
 func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewInstance) (store.Instance, bool, error) {
 	var lastErr error
+	res := scheduler.Resources{MemoryMiB: in.MemoryMiB, DiskMiB: in.DiskMiB, VCPUs: float64(in.VCPUsMilli) / 1000, Instances: 1}
 	for attempt := 0; attempt < 4; attempt++ {
-		dec, err := scheduler.Place(p.snap, req, scheduler.Options{Policy: p.opts.Policy, Candidates: p.opts.Candidates})
+		dec, err := p.decide(req, res)
 		if err != nil && attempt == 0 && p.stale() {
 			// Nothing fits in an old view: look again at a fresh one
 			// (a node may have joined since) before saying no.
 			if rerr := p.Reload(ctx); rerr != nil {
 				return store.Instance{}, false, rerr
 			}
-			dec, err = scheduler.Place(p.snap, req, scheduler.Options{Policy: p.opts.Policy, Candidates: p.opts.Candidates})
+			dec, err = p.decide(req, res)
 		}
 		if err != nil {
 			return store.Instance{}, false, err
@@ -214,26 +224,20 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 			rules := req.Rules
 			in.CheckNode = func(residents []store.Resident) error { return checkStrict(rules, residents) }
 		}
-		// Reserve in the snapshot before committing, so concurrent placements
-		// on this replica see the capacity as taken and look elsewhere.
-		res := scheduler.Resources{MemoryMiB: in.MemoryMiB, DiskMiB: in.DiskMiB, VCPUs: float64(in.VCPUsMilli) / 1000, Instances: 1}
-		neg := scheduler.Resources{MemoryMiB: -res.MemoryMiB, DiskMiB: -res.DiskMiB, VCPUs: -res.VCPUs, Instances: -1}
 		reserved := dec.NodeID
-		p.snap.UpdateUsage(reserved, res)
 		inst, replay, fresh, err := p.commit(ctx, in)
 		if err == nil {
-			if replay || inst.NodeID == nil || *inst.NodeID != reserved {
-				p.snap.UpdateUsage(reserved, neg)
-				if !replay && inst.NodeID != nil {
+			landed := !replay && inst.NodeID != nil && *inst.NodeID == reserved
+			p.unreserve(reserved, res, landed)
+			if !replay && inst.NodeID != nil {
+				if !landed {
 					p.snap.UpdateUsage(*inst.NodeID, res)
 				}
-			}
-			if !replay && inst.NodeID != nil {
 				p.snap.AddResident(scheduler.Resident{ID: inst.ID, OwnerID: inst.OwnerID, Name: inst.Name, Tags: inst.Tags, NodeID: *inst.NodeID})
 			}
 			return inst, replay, nil
 		}
-		p.snap.UpdateUsage(reserved, neg)
+		p.unreserve(reserved, res, false)
 		if err != store.ErrNoCandidate {
 			return store.Instance{}, false, err
 		}
@@ -241,25 +245,79 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 		p.conflicts.Add(1)
 		// Our view of those nodes was stale: refresh them and exclude none, so
 		// the scheduler sees their true usage. A group commit tried only the
-		// candidates it locked and read those rows; a lone commit tried them
-		// all, so read them all.
+		// first candidate and read its row; a lone commit tried them all, so
+		// read them all, and on a second loss reload everything.
 		for _, n := range fresh {
-			p.snap.Upsert(SchedulerNode(n))
+			p.upsertNode(n)
 		}
 		if len(fresh) == 0 {
 			for _, id := range in.Candidates {
 				if n, err := p.st.GetNode(ctx, id); err == nil {
-					p.snap.Upsert(SchedulerNode(n))
+					p.upsertNode(n)
 				}
 			}
-		}
-		if attempt == 1 {
-			if err := p.Reload(ctx); err != nil {
-				return store.Instance{}, false, err
+			if attempt == 1 {
+				if err := p.Reload(ctx); err != nil {
+					return store.Instance{}, false, err
+				}
 			}
 		}
 	}
 	return store.Instance{}, false, errdefs.Wrap(errdefs.InsufficientCapacity, lastErr, "no node could take the instance: concurrent placements took every candidate, try again")
+}
+
+// decide asks the scheduler for ranked candidates and reserves res on the
+// winner in the snapshot, as one step: concurrent placements on this
+// replica then see the capacity as taken and look elsewhere, rather than
+// two of them choosing the last room on a node.
+func (p *Placer) decide(req scheduler.Request, res scheduler.Resources) (scheduler.Decision, error) {
+	p.decideMu.Lock()
+	defer p.decideMu.Unlock()
+	dec, err := scheduler.Place(p.snap, req, scheduler.Options{Policy: p.opts.Policy, Candidates: p.opts.Candidates})
+	if err == nil {
+		p.reserve(dec.NodeID, res)
+	}
+	return dec, err
+}
+
+// reserve takes res on a node in the snapshot until the placement commits
+// or fails.
+func (p *Placer) reserve(nodeID string, res scheduler.Resources) {
+	p.resMu.Lock()
+	defer p.resMu.Unlock()
+	p.inflight[nodeID] = addResources(p.inflight[nodeID], res, 1)
+	p.snap.UpdateUsage(nodeID, res)
+}
+
+// unreserve ends a reservation. committed keeps the usage in the snapshot:
+// the database now counts it.
+func (p *Placer) unreserve(nodeID string, res scheduler.Resources, committed bool) {
+	p.resMu.Lock()
+	defer p.resMu.Unlock()
+	left := addResources(p.inflight[nodeID], res, -1)
+	if left.Instances <= 0 {
+		delete(p.inflight, nodeID)
+	} else {
+		p.inflight[nodeID] = left
+	}
+	if !committed {
+		p.snap.UpdateUsage(nodeID, addResources(scheduler.Resources{}, res, -1))
+	}
+}
+
+// upsertNode puts a node row into the snapshot with this replica's
+// uncommitted reservations on it.
+func (p *Placer) upsertNode(n store.Node) error {
+	p.resMu.Lock()
+	defer p.resMu.Unlock()
+	sn := SchedulerNode(n)
+	sn.Used = addResources(sn.Used, p.inflight[n.ID], 1)
+	return p.snap.Upsert(sn)
+}
+
+func addResources(a, b scheduler.Resources, sign int) scheduler.Resources {
+	return scheduler.Resources{MemoryMiB: a.MemoryMiB + int64(sign)*b.MemoryMiB, DiskMiB: a.DiskMiB + int64(sign)*b.DiskMiB,
+		VCPUs: a.VCPUs + float64(sign)*b.VCPUs, Instances: a.Instances + sign*b.Instances}
 }
 
 // commit records a placed create: in a shared transaction when group commit
