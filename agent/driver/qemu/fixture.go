@@ -83,10 +83,11 @@ fi
 for e in /sys/class/input/event*; do
   case "$(cat $e/device/name 2>/dev/null)" in
   *"Power Button"*)
-    # devtmpfs may create the node a little after sysfs shows the device:
-    # wait for it, and power off only after a real read of an event.
-    (n=/dev/input/${e##*/}; while [ ! -c $n ]; do sleep 0.1; done
-     dd if=$n bs=1 count=1 >/dev/null 2>&1 && { echo "FLOTILLA-TINY: power button"; poweroff -f; }) &
+    # evdev refuses reads shorter than one event (24 bytes), and devtmpfs
+    # may create the node a little after sysfs shows the device: wait for
+    # it, and power off only after a real event was read.
+    (n=/dev/input/${e##*/}; while [ ! -c $n ]; do sleep 1; done
+     dd if=$n bs=64 count=1 >/dev/null 2>&1 && { echo "FLOTILLA-TINY: power button"; poweroff -f; }) &
     ;;
   esac
 done

@@ -205,6 +205,11 @@ func TestVMLifecycle(t *testing.T) {
 		t.Errorf("Update while running: %v, want conflict", err)
 	}
 
+	// Nothing pressed the button yet: the guest must still be up.
+	if b, _ := os.ReadFile(console); bytes.Contains(b, []byte(TinyPowerButton)) {
+		t.Fatalf("the guest powered off before anyone pressed its power button:\n%s", b)
+	}
+
 	// Stop goes through the guest's ACPI power button.
 	t0 := time.Now()
 	if err := d2.Stop(ctx, id, 20*time.Second); err != nil {
