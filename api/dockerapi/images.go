@@ -3,15 +3,21 @@ package dockerapi
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/image"
+	units "github.com/docker/go-units"
 	"github.com/go-chi/chi/v5"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	dockerspec "github.com/moby/docker-image-spec/specs-go/v1"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -22,22 +28,37 @@ import (
 
 func (s *Server) imageRoutes(r chi.Router) {
 	r.Get("/images/json", s.handle(s.listImagesHandler))
+	r.Get("/images/get", s.handle(s.saveImages))
 	r.Get("/images/{name}/json", s.handle(s.inspectImage))
 	r.Get("/images/{name}/history", s.handle(s.imageHistory))
+	r.Get("/images/{name}/get", s.handle(s.saveImage))
+	r.Post("/images/create", s.handle(s.createImage))
+	r.Post("/images/load", s.handle(s.loadImages))
+	r.Post("/images/{name}/tag", s.handle(s.tagImage))
+	r.Delete("/images/{name}", s.handle(s.removeImage))
 	// Image references contain slashes ("quay.io/org/app"): match the rest.
 	r.Get("/images/*", s.handle(s.imagePath))
-	r.Post("/images/create", s.handle(s.unsupported("pulling and importing images through the Docker endpoint")))
-	r.Post("/images/load", s.handle(s.unsupported("loading images through the Docker endpoint")))
+	r.Post("/images/*", s.handle(s.imagePath))
+	r.Delete("/images/*", s.handle(s.imagePath))
 }
 
-// imagePath serves GET /images/<ref with slashes>/json|history.
+// imagePath serves the image routes whose reference has slashes:
+// GET /images/<ref>/json|history|get, POST /images/<ref>/tag and
+// DELETE /images/<ref>.
 func (s *Server) imagePath(w http.ResponseWriter, r *http.Request) error {
 	rest := chi.URLParam(r, "*")
 	switch {
+	case r.Method == http.MethodDelete:
+		return s.deleteImage(w, r, rest)
+	case r.Method == http.MethodPost && strings.HasSuffix(rest, "/tag"):
+		return s.writeTag(w, r, strings.TrimSuffix(rest, "/tag"))
+	case r.Method != http.MethodGet:
 	case strings.HasSuffix(rest, "/json"):
 		return s.writeImageInspect(w, r, strings.TrimSuffix(rest, "/json"))
 	case strings.HasSuffix(rest, "/history"):
 		return s.writeImageHistory(w, r, strings.TrimSuffix(rest, "/history"))
+	case strings.HasSuffix(rest, "/get"):
+		return s.writeSave(w, r, []string{strings.TrimSuffix(rest, "/get")})
 	}
 	return errdefs.NotFoundf("page not found")
 }
@@ -60,6 +81,102 @@ func (s *Server) listImages(ctx context.Context, c service.Caller) ([]store.Imag
 	return out, nil
 }
 
+// imageSet is what one caller sees of the images: those it may use and its
+// Docker repo:tags. The caller's own Docker images are named by its tags
+// alone (an untagged one is dangling); shared images (operators', public
+// ones) by name:version, their newest version also as name:latest unless
+// the caller has a tag of that name.
+type imageSet struct {
+	owner  string
+	list   []store.Image
+	tags   map[string][]string // image uuid -> the caller's repo:tags
+	byTag  map[string]string   // the caller's repo:tag -> image uuid
+	latest map[string]string
+}
+
+// images loads the caller's image set.
+func (s *Server) images(ctx context.Context, c service.Caller) (*imageSet, error) {
+	list, err := s.listImages(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	tags, err := s.store.ListImageTags(ctx, c.AccountID, "")
+	if err != nil {
+		return nil, err
+	}
+	set := &imageSet{owner: c.AccountID, list: list, tags: map[string][]string{}, byTag: map[string]string{}}
+	for _, t := range tags {
+		rt := t.Repo + ":" + t.Tag
+		set.tags[t.ImageID] = append(set.tags[t.ImageID], rt)
+		set.byTag[rt] = t.ImageID
+	}
+	var shared []store.Image
+	for _, img := range list {
+		if !set.ownDocker(img) {
+			shared = append(shared, img)
+		}
+	}
+	set.latest = latestByName(shared)
+	return set, nil
+}
+
+// ownDocker reports whether img is one of the caller's Docker images, which
+// only its tags name.
+func (set *imageSet) ownDocker(img store.Image) bool {
+	return img.Type == service.ImageTypeDocker && img.OwnerID != nil && *img.OwnerID == set.owner
+}
+
+// repoTags are an image's Docker tags as the caller sees them.
+func (set *imageSet) repoTags(img store.Image) []string {
+	out := []string{}
+	if !set.ownDocker(img) {
+		out = append(out, imageRef(img))
+		if set.latest[img.Name] == img.ID && img.Version != "latest" && img.Version != "" {
+			if _, mine := set.byTag[img.Name+":latest"]; !mine {
+				out = append(out, img.Name+":latest")
+			}
+		}
+	}
+	for _, t := range set.tags[img.ID] {
+		if !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// repoDigests are repo@manifest-digest for each repository naming img.
+func (set *imageSet) repoDigests(img store.Image) []string {
+	out := []string{}
+	if img.ManifestDigest == "" {
+		return out
+	}
+	for _, t := range set.repoTags(img) {
+		repo, _, _ := strings.Cut(t, ":")
+		if i := strings.LastIndex(t, ":"); i > 0 {
+			repo = t[:i]
+		}
+		if d := repo + "@" + img.ManifestDigest; !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	if len(out) == 0 && img.Name != "" && img.Name != "<none>" {
+		out = append(out, img.Name+"@"+img.ManifestDigest)
+	}
+	return out
+}
+
+// byID returns the image with that uuid from the set.
+func (set *imageSet) byID(id string) (store.Image, bool) {
+	for _, img := range set.list {
+		if img.ID == id {
+			return img, true
+		}
+	}
+	return store.Image{}, false
+}
+
 // ImageID is an image's Docker id: its OCI config digest when it has one,
 // else one derived from its uuid.
 func ImageID(img store.Image) string {
@@ -78,16 +195,6 @@ func imageRef(img store.Image) string {
 		v = "latest"
 	}
 	return img.Name + ":" + v
-}
-
-// repoTags are an image's Docker tags: name:version, plus name:latest for
-// the newest version of a name (computed over list).
-func repoTags(img store.Image, latest map[string]string) []string {
-	tags := []string{imageRef(img)}
-	if latest[img.Name] == img.ID && img.Version != "latest" && img.Version != "" {
-		tags = append(tags, img.Name+":latest")
-	}
-	return tags
 }
 
 // latestByName maps each image name to the id of its newest version.
@@ -136,51 +243,63 @@ func splitRef(ref string) (repo, tag, digest string) {
 // (with or without "sha256:", or a unique prefix of it) or uuid. Errors:
 // NotFound "No such image: ref".
 func (s *Server) resolveImage(ctx context.Context, c service.Caller, ref string) (store.Image, error) {
-	list, err := s.listImages(ctx, c)
+	set, err := s.images(ctx, c)
 	if err != nil {
 		return store.Image{}, err
 	}
-	return pickImage(list, ref)
+	img, _, err := set.pick(ref)
+	return img, err
 }
 
-func pickImage(list []store.Image, ref string) (store.Image, error) {
+// pick finds the image ref names and, when ref is one of the caller's
+// repo:tags, that tag. Errors: NotFound "No such image: ref".
+func (set *imageSet) pick(ref string) (img store.Image, tag string, err error) {
 	if ref == "" {
-		return store.Image{}, errdefs.NotFoundf("No such image: %s", ref)
+		return store.Image{}, "", errdefs.NotFoundf("No such image: %s", ref)
 	}
-	for _, img := range list {
+	for _, img := range set.list {
 		if img.ID == ref || ImageID(img) == ref || ImageID(img) == "sha256:"+ref {
-			return img, nil
+			return img, "", nil
 		}
 	}
-	repo, tag, digest := splitRef(ref)
-	latest := latestByName(list)
-	for _, img := range list {
-		if img.Name != repo {
+	repo, t, digest := splitRef(ref)
+	if digest == "" {
+		if id, ok := set.byTag[repo+":"+t]; ok {
+			if img, ok := set.byID(id); ok {
+				return img, repo + ":" + t, nil
+			}
+		}
+	}
+	for _, img := range set.list {
+		if digest != "" && (img.ManifestDigest == digest || ImageID(img) == digest) {
+			if img.Name == repo || slices.ContainsFunc(set.tags[img.ID], func(t string) bool { return strings.HasPrefix(t, repo+":") }) {
+				return img, "", nil
+			}
 			continue
 		}
-		if digest != "" && (img.ManifestDigest == digest || ImageID(img) == digest) {
-			return img, nil
+		if set.ownDocker(img) || img.Name != repo {
+			continue
 		}
-		if digest == "" && (img.Version == tag || tag == "latest" && latest[img.Name] == img.ID) {
-			return img, nil
+		if digest == "" && (img.Version == t || t == "latest" && set.latest[img.Name] == img.ID) {
+			return img, "", nil
 		}
 	}
 	hex := strings.TrimPrefix(ref, "sha256:")
 	if isLowerHex(hex) && len(hex) >= 4 {
 		var found []store.Image
-		for _, img := range list {
+		for _, img := range set.list {
 			if strings.HasPrefix(strings.TrimPrefix(ImageID(img), "sha256:"), hex) {
 				found = append(found, img)
 			}
 		}
 		if len(found) == 1 {
-			return found[0], nil
+			return found[0], "", nil
 		}
 	}
 	if digest == "" && !strings.Contains(ref, ":") {
 		ref += ":latest"
 	}
-	return store.Image{}, errdefs.NotFoundf("No such image: %s", ref)
+	return store.Image{}, "", errdefs.NotFoundf("No such image: %s", ref)
 }
 
 // imageConfigOf reads the OCI image config stored with an image.
@@ -207,15 +326,14 @@ func (s *Server) listImagesHandler(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	list, err := s.listImages(r.Context(), c)
+	set, err := s.images(r.Context(), c)
 	if err != nil {
 		return err
 	}
-	latest := latestByName(list)
 	var before, since *time.Time
 	for key, dst := range map[string]**time.Time{"before": &before, "since": &since} {
 		if v := args.Get(key); len(v) > 0 {
-			img, err := pickImage(list, v[0])
+			img, _, err := set.pick(v[0])
 			if err != nil {
 				return err
 			}
@@ -224,9 +342,10 @@ func (s *Server) listImagesHandler(w http.ResponseWriter, r *http.Request) error
 		}
 	}
 	out := []image.Summary{}
-	for _, img := range list {
-		if danglingSet && dangling {
-			continue // every image here has a name
+	for _, img := range set.list {
+		tags := set.repoTags(img)
+		if danglingSet && dangling != (len(tags) == 0) {
+			continue
 		}
 		if before != nil && !img.CreatedAt.Before(*before) || since != nil && !img.CreatedAt.After(*since) {
 			continue
@@ -235,7 +354,6 @@ func (s *Server) listImagesHandler(w http.ResponseWriter, r *http.Request) error
 		if !matchLabels(args, "label", ic.Labels) {
 			continue
 		}
-		tags := repoTags(img, latest)
 		if !matchAny(args, "reference", func(v string) bool {
 			for _, t := range tags {
 				if matchRef(v, t) {
@@ -251,7 +369,7 @@ func (s *Server) listImagesHandler(w http.ResponseWriter, r *http.Request) error
 			labels = map[string]string{}
 		}
 		out = append(out, image.Summary{
-			ID: ImageID(img), RepoTags: tags, RepoDigests: repoDigests(img), Created: publishedAt(img).Unix(),
+			ID: ImageID(img), RepoTags: tags, RepoDigests: set.repoDigests(img), Created: publishedAt(img).Unix(),
 			Size: imageSize(img), Labels: labels, Containers: -1, SharedSize: -1,
 		})
 	}
@@ -271,13 +389,6 @@ func matchRef(pattern, tagged string) bool {
 	return ok
 }
 
-func repoDigests(img store.Image) []string {
-	if img.ManifestDigest == "" {
-		return []string{}
-	}
-	return []string{img.Name + "@" + img.ManifestDigest}
-}
-
 func imageSize(img store.Image) int64 {
 	if img.SizeBytes > 0 {
 		return img.SizeBytes
@@ -293,12 +404,11 @@ func (s *Server) inspectImage(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) writeImageInspect(w http.ResponseWriter, r *http.Request, ref string) error {
-	c := Caller(r)
-	list, err := s.listImages(r.Context(), c)
+	set, err := s.images(r.Context(), Caller(r))
 	if err != nil {
 		return err
 	}
-	img, err := pickImage(list, ref)
+	img, _, err := set.pick(ref)
 	if err != nil {
 		return err
 	}
@@ -320,7 +430,7 @@ func (s *Server) writeImageInspect(w http.ResponseWriter, r *http.Request, ref s
 		created = full.Created.UTC().Format(time.RFC3339Nano)
 	}
 	return writeJSON(w, http.StatusOK, image.InspectResponse{
-		ID: ImageID(img), RepoTags: repoTags(img, latestByName(list)), RepoDigests: repoDigests(img),
+		ID: ImageID(img), RepoTags: set.repoTags(img), RepoDigests: set.repoDigests(img),
 		Comment: img.Description, Created: created, Author: full.Author, Config: &ic, Architecture: arch,
 		Os: "linux", Size: imageSize(img), GraphDriver: storageDriver(),
 		RootFS: image.RootFS{Type: "layers", Layers: layers},
@@ -332,12 +442,11 @@ func (s *Server) imageHistory(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) writeImageHistory(w http.ResponseWriter, r *http.Request, ref string) error {
-	c := Caller(r)
-	list, err := s.listImages(r.Context(), c)
+	set, err := s.images(r.Context(), Caller(r))
 	if err != nil {
 		return err
 	}
-	img, err := pickImage(list, ref)
+	img, _, err := set.pick(ref)
 	if err != nil {
 		return err
 	}
@@ -358,6 +467,504 @@ func (s *Server) writeImageHistory(w http.ResponseWriter, r *http.Request, ref s
 		out = append(out, image.HistoryResponseItem{CreatedBy: img.Description, Created: publishedAt(img).Unix(), Size: imageSize(img)})
 	}
 	out[0].ID = ImageID(img)
-	out[0].Tags = repoTags(img, latestByName(list))
+	out[0].Tags = set.repoTags(img)
+	return writeJSON(w, http.StatusOK, out)
+}
+
+// progressMessage is one line of the JSON stream that pull, import and
+// load answer with (the CLI's jsonmessage.JSONMessage).
+type progressMessage struct {
+	Stream         string          `json:"stream,omitempty"`
+	Status         string          `json:"status,omitempty"`
+	ProgressDetail *progressDetail `json:"progressDetail,omitempty"`
+	Progress       string          `json:"progress,omitempty"`
+	ID             string          `json:"id,omitempty"`
+	ErrorDetail    *errorDetail    `json:"errorDetail,omitempty"`
+	Error          string          `json:"error,omitempty"`
+}
+
+type progressDetail struct {
+	Current int64 `json:"current,omitempty"`
+	Total   int64 `json:"total,omitempty"`
+}
+
+type errorDetail struct {
+	Message string `json:"message"`
+}
+
+// progressStream writes progress messages, sending the 200 and headers with
+// the first one: an operation that fails before it has anything to report
+// answers with a proper error status instead (as dockerd does).
+type progressStream struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (p *progressStream) send(m progressMessage) {
+	if !p.started {
+		p.started = true
+		p.w.Header().Set("Content-Type", "application/json")
+		p.w.WriteHeader(http.StatusOK)
+	}
+	json.NewEncoder(p.w).Encode(m)
+	if f, ok := p.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// finish ends the stream: err goes in the stream once it has started,
+// otherwise it is returned for the handler to render.
+func (p *progressStream) finish(err error) error {
+	if err == nil || !p.started {
+		return err
+	}
+	msg := errdefs.MessageOf(err)
+	if errdefs.CodeOf(err) == errdefs.Internal {
+		msg = "internal error"
+	}
+	p.send(progressMessage{Error: msg, ErrorDetail: &errorDetail{Message: msg}})
+	return nil
+}
+
+// progressBar renders dockerd's "[===>   ]  1.2MB/3.4MB".
+func progressBar(cur, total int64) string {
+	if total <= 0 {
+		return units.HumanSize(float64(cur))
+	}
+	const width = 50
+	n := int(min(cur, total) * width / total)
+	bar := strings.Repeat("=", n)
+	if n < width {
+		bar += ">" + strings.Repeat(" ", width-n-1)
+	}
+	return "[" + bar + "] " + fmt.Sprintf("%8s/%v", units.HumanSize(float64(cur)), units.HumanSize(float64(total)))
+}
+
+// createImage is POST /images/create: a pull (fromImage) or an import of
+// a root filesystem tarball from the body (fromSrc=-).
+func (s *Server) createImage(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	switch {
+	case q.Get("fromImage") != "":
+		return s.pullImage(w, r)
+	case q.Get("fromSrc") == "-":
+		return s.importImage(w, r)
+	case q.Get("fromSrc") != "":
+		return errdefs.New(errdefs.NotImplemented, "importing from a URL is not supported: download the tarball and run `docker import FILE`")
+	}
+	return errdefs.InvalidArgument("fromImage or fromSrc is required")
+}
+
+// registryAuth decodes X-Registry-Auth (base64url JSON of the CLI's
+// registry.AuthConfig); an absent or empty header means anonymous.
+func registryAuth(h string) (user, password string, err error) {
+	if h == "" {
+		return "", "", nil
+	}
+	raw, err := base64.URLEncoding.DecodeString(h)
+	if err != nil {
+		if raw, err = base64.RawURLEncoding.DecodeString(h); err != nil {
+			return "", "", errdefs.InvalidArgument("X-Registry-Auth is not base64url: %v", err)
+		}
+	}
+	var a struct {
+		Username string `json:"username"`
+		Password string `json:"password"`
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return "", "", errdefs.InvalidArgument("X-Registry-Auth is not an auth config: %v", err)
+	}
+	return a.Username, a.Password, nil
+}
+
+// pullImage pulls fromImage[:tag] from its registry (Docker Hub references
+// from the configured mirror) into the caller's images, streaming dockerd's
+// progress messages.
+func (s *Server) pullImage(w http.ResponseWriter, r *http.Request) error {
+	c := Caller(r)
+	q := r.URL.Query()
+	ref := q.Get("fromImage")
+	if tag := q.Get("tag"); tag != "" {
+		if strings.HasPrefix(tag, "sha256:") {
+			ref += "@" + tag
+		} else {
+			ref += ":" + tag
+		}
+	}
+	if p := q.Get("platform"); p != "" && p != "linux" && p != "linux/"+runtime.GOARCH {
+		return errdefs.InvalidArgument("this cloud runs linux/%s images; platform %q cannot be pulled", runtime.GOARCH, p)
+	}
+	user, password, err := registryAuth(r.Header.Get("X-Registry-Auth"))
+	if err != nil {
+		return err
+	}
+	repo, tag, digest := splitRef(ref)
+	label := repo + ":" + tag
+	shortTag := tag
+	if digest != "" {
+		label, shortTag = repo+"@"+digest, digest
+	}
+	remote := repo
+	if !strings.Contains(repo, "/") {
+		remote = "library/" + repo
+	} else if i := strings.Index(repo, "/"); strings.ContainsAny(repo[:i], ".:") || repo[:i] == "localhost" {
+		remote = repo[i+1:]
+	}
+	ps := &progressStream{w: w}
+	header := func() {
+		if !ps.started {
+			ps.send(progressMessage{Status: "Pulling from " + remote, ID: shortTag})
+		}
+	}
+	owner := c.AccountID
+	li, err := s.Service.Pull(r.Context(), &owner, ref, service.PullOptions{Registry: s.cfg.Registry,
+		Username: user, Password: password, Progress: func(p service.PullProgress) {
+			header()
+			m := progressMessage{Status: p.Status, ID: p.ID, ProgressDetail: &progressDetail{}}
+			if p.Status == "Downloading" {
+				m.ProgressDetail = &progressDetail{Current: p.Current, Total: p.Total}
+				m.Progress = progressBar(p.Current, p.Total)
+			}
+			ps.send(m)
+		}})
+	if err != nil {
+		if errdefs.CodeOf(err) == errdefs.NotFound && !ps.started {
+			err = errdefs.Wrap(errdefs.NotFound, err, "pull access denied for %s, repository does not exist or may require 'docker login'", repo)
+		}
+		return ps.finish(err)
+	}
+	header()
+	ps.send(progressMessage{Status: "Digest: " + li.Image.ManifestDigest})
+	if li.Existed {
+		ps.send(progressMessage{Status: "Status: Image is up to date for " + label})
+	} else {
+		ps.send(progressMessage{Status: "Status: Downloaded newer image for " + label})
+	}
+	s.log.Info("image pulled", "account", c.Login, "ref", ref, "image", li.Image.ID, "digest", li.Image.ManifestDigest)
+	return nil
+}
+
+// importImage makes an image of the root filesystem tarball in the body
+// (`docker import`), tagged repo[:tag] when given.
+func (s *Server) importImage(w http.ResponseWriter, r *http.Request) error {
+	c := Caller(r)
+	q := r.URL.Query()
+	repo, tag := "", ""
+	if ref := q.Get("repo"); ref != "" {
+		if t := q.Get("tag"); t != "" {
+			ref += ":" + t
+		}
+		var err error
+		if repo, tag, err = service.ParseRepoTag(ref); err != nil {
+			return err
+		}
+	}
+	cfg, err := importChanges(q["changes"])
+	if err != nil {
+		return err
+	}
+	meta := service.ImageMeta{Type: service.ImageTypeDocker, Name: "<none>", Version: "<none>",
+		Description: q.Get("message"), Config: cfg}
+	if repo != "" {
+		meta.Name, meta.Version = repo, tag
+	}
+	owner := c.AccountID
+	im, err := s.Service.ImportRootfs(r.Context(), &owner, r.Body, meta)
+	if err != nil {
+		return err
+	}
+	if repo != "" {
+		if err := s.Service.Tag(r.Context(), owner, im.ID, repo+":"+tag); err != nil {
+			return err
+		}
+	}
+	ps := &progressStream{w: w}
+	ps.send(progressMessage{Status: ImageID(im)})
+	return nil
+}
+
+// importChanges applies the Dockerfile instructions of `docker import -c`
+// that make sense for a root filesystem: CMD, ENTRYPOINT, ENV, WORKDIR,
+// USER, LABEL and EXPOSE.
+func importChanges(changes []string) (v1.Config, error) {
+	var cfg v1.Config
+	for _, ch := range changes {
+		for _, line := range strings.Split(ch, "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" {
+				continue
+			}
+			op, arg, _ := strings.Cut(line, " ")
+			arg = strings.TrimSpace(arg)
+			switch strings.ToUpper(op) {
+			case "CMD", "ENTRYPOINT":
+				var argv []string
+				if strings.HasPrefix(arg, "[") {
+					if err := json.Unmarshal([]byte(arg), &argv); err != nil {
+						return cfg, errdefs.InvalidArgument("%s %s: not a JSON array of strings", op, arg)
+					}
+				} else {
+					argv = []string{"/bin/sh", "-c", arg}
+				}
+				if strings.EqualFold(op, "CMD") {
+					cfg.Cmd = argv
+				} else {
+					cfg.Entrypoint = argv
+				}
+			case "ENV":
+				k, v, ok := strings.Cut(arg, "=")
+				if !ok {
+					k, v, _ = strings.Cut(arg, " ")
+				}
+				cfg.Env = append(cfg.Env, strings.TrimSpace(k)+"="+strings.Trim(strings.TrimSpace(v), `"`))
+			case "WORKDIR":
+				cfg.WorkingDir = arg
+			case "USER":
+				cfg.User = arg
+			case "LABEL":
+				k, v, _ := strings.Cut(arg, "=")
+				if cfg.Labels == nil {
+					cfg.Labels = map[string]string{}
+				}
+				cfg.Labels[strings.TrimSpace(k)] = strings.Trim(strings.TrimSpace(v), `"`)
+			case "EXPOSE":
+				if cfg.ExposedPorts == nil {
+					cfg.ExposedPorts = map[string]struct{}{}
+				}
+				for _, p := range strings.Fields(arg) {
+					if !strings.Contains(p, "/") {
+						p += "/tcp"
+					}
+					cfg.ExposedPorts[p] = struct{}{}
+				}
+			default:
+				return cfg, errdefs.InvalidArgument("%s is not a valid change command for import", op)
+			}
+		}
+	}
+	return cfg, nil
+}
+
+// loadImages is POST /images/load: the images of a `docker save` tarball
+// (or OCI layout tar) in the body.
+func (s *Server) loadImages(w http.ResponseWriter, r *http.Request) error {
+	c := Caller(r)
+	owner := c.AccountID
+	loaded, err := s.Service.LoadArchiveReader(r.Context(), &owner, r.Body)
+	if err != nil {
+		return err
+	}
+	ps := &progressStream{w: w}
+	for _, li := range loaded {
+		if len(li.RepoTags) == 0 {
+			ps.send(progressMessage{Stream: "Loaded image ID: " + ImageID(li.Image) + "\n"})
+		}
+		for _, t := range li.RepoTags {
+			ps.send(progressMessage{Stream: "Loaded image: " + t + "\n"})
+		}
+	}
+	if !ps.started {
+		ps.send(progressMessage{Stream: "Loaded no image\n"})
+	}
+	return nil
+}
+
+func (s *Server) saveImage(w http.ResponseWriter, r *http.Request) error {
+	return s.writeSave(w, r, []string{chi.URLParam(r, "name")})
+}
+
+// saveImages is GET /images/get?names=a&names=b (`docker save`).
+func (s *Server) saveImages(w http.ResponseWriter, r *http.Request) error {
+	return s.writeSave(w, r, r.URL.Query()["names"])
+}
+
+// writeSave writes the named images as one `docker save` tarball. Every
+// name is resolved, and its content found, before the 200 goes out.
+func (s *Server) writeSave(w http.ResponseWriter, r *http.Request, names []string) error {
+	if len(names) == 0 {
+		return errdefs.InvalidArgument("name at least one image to save")
+	}
+	ctx := r.Context()
+	set, err := s.images(ctx, Caller(r))
+	if err != nil {
+		return err
+	}
+	refs := make([]string, 0, len(names))
+	for _, n := range names {
+		img, tag, err := set.pick(n)
+		if err != nil {
+			return err
+		}
+		if _, err := s.Service.OCIImage(ctx, img.ID); err != nil {
+			if errdefs.CodeOf(err) == errdefs.NotFound {
+				return errdefs.Wrap(errdefs.NotFound, err, "image %s has no content to save", n)
+			}
+			return err
+		}
+		switch {
+		case tag != "":
+			refs = append(refs, tag) // the caller's own tag
+		case !set.ownDocker(img) && !isImageID(n, img):
+			refs = append(refs, imageRef(img))
+		default:
+			refs = append(refs, img.ID)
+		}
+	}
+	owner := set.owner
+	lw := &lazyWriter{w: w, contentType: "application/x-tar"}
+	if err := s.Service.SaveImages(ctx, &owner, refs, lw); err != nil {
+		if lw.started {
+			s.log.Error("image save failed after the archive started", "error", err)
+			panic(http.ErrAbortHandler) // cut the connection: a short tar must not look complete
+		}
+		return err
+	}
+	if !lw.started {
+		lw.Write(nil)
+	}
+	return nil
+}
+
+// isImageID reports whether ref named img by id rather than by name.
+func isImageID(ref string, img store.Image) bool {
+	return ref == img.ID || strings.HasPrefix(strings.TrimPrefix(ImageID(img), "sha256:"), strings.TrimPrefix(ref, "sha256:"))
+}
+
+// lazyWriter sends the 200 with the first write.
+type lazyWriter struct {
+	w           http.ResponseWriter
+	contentType string
+	started     bool
+}
+
+func (l *lazyWriter) Write(b []byte) (int, error) {
+	if !l.started {
+		l.started = true
+		l.w.Header().Set("Content-Type", l.contentType)
+		l.w.WriteHeader(http.StatusOK)
+	}
+	return l.w.Write(b)
+}
+
+func (s *Server) tagImage(w http.ResponseWriter, r *http.Request) error {
+	return s.writeTag(w, r, chi.URLParam(r, "name"))
+}
+
+// writeTag is POST /images/{name}/tag?repo=&tag= (`docker tag`): 201.
+func (s *Server) writeTag(w http.ResponseWriter, r *http.Request, ref string) error {
+	c := Caller(r)
+	q := r.URL.Query()
+	target := q.Get("repo")
+	if target == "" {
+		return errdefs.InvalidArgument("repo is required")
+	}
+	if t := q.Get("tag"); t != "" {
+		target += ":" + t
+	}
+	set, err := s.images(r.Context(), c)
+	if err != nil {
+		return err
+	}
+	img, _, err := set.pick(ref)
+	if err != nil {
+		return err
+	}
+	if err := s.Service.Tag(r.Context(), c.AccountID, img.ID, target); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+func (s *Server) removeImage(w http.ResponseWriter, r *http.Request) error {
+	return s.deleteImage(w, r, chi.URLParam(r, "name"))
+}
+
+// deleteImage is DELETE /images/{name} (`docker rmi`). A reference to one of
+// the caller's tags removes the tag, and the image with its last tag unless
+// a container uses it; a reference by id removes every tag and the image.
+// The conflicts are dockerd's, in its words. Shared images (operators',
+// public ones) cannot be removed, only the caller's tags on them.
+func (s *Server) deleteImage(w http.ResponseWriter, r *http.Request, ref string) error {
+	ctx := r.Context()
+	c := Caller(r)
+	force := boolParam(r.URL.Query().Get("force"))
+	set, err := s.images(ctx, c)
+	if err != nil {
+		return err
+	}
+	img, tag, err := set.pick(ref)
+	if err != nil {
+		return err
+	}
+	own := set.ownDocker(img)
+	if tag == "" && !own {
+		return errdefs.New(errdefs.Forbidden, "image %s is provided by this cloud and shared by its accounts; it cannot be removed", ref)
+	}
+	users, err := s.store.ListInstances(ctx, c.AccountID, store.InstanceFilter{Image: img.ID})
+	if err != nil {
+		return err
+	}
+	var running, stopped string
+	for _, in := range users {
+		switch in.State {
+		case "running", "provisioning", "stopping", "unknown":
+			if running == "" {
+				running = ContainerID(in.ID)[:12]
+			}
+		default:
+			if stopped == "" {
+				stopped = ContainerID(in.ID)[:12]
+			}
+		}
+	}
+	short := strings.TrimPrefix(ImageID(img), "sha256:")[:12]
+	tags := set.tags[img.ID]
+	var untag []string
+	removeImage := own
+	if tag != "" {
+		untag = []string{tag}
+		last := len(tags) == 1
+		switch {
+		case !last || !own:
+			removeImage = false
+		case len(users) > 0 && !force:
+			user := running
+			if user == "" {
+				user = stopped
+			}
+			return errdefs.Conflictf("conflict: unable to remove repository reference %q (must force) - container %s is using its referenced image %s", ref, user, short)
+		case len(users) > 0:
+			removeImage = false // the image stays, untagged, for its containers
+		}
+	} else {
+		switch {
+		case running != "":
+			return errdefs.Conflictf("conflict: unable to delete %s (cannot be forced) - image is being used by running container %s", short, running)
+		case stopped != "" && !force:
+			return errdefs.Conflictf("conflict: unable to delete %s (must be forced) - image is being used by stopped container %s", short, stopped)
+		case len(tags) > 1 && !force:
+			return errdefs.Conflictf("conflict: unable to delete %s (must be forced) - image is referenced in multiple repositories", short)
+		}
+		untag = tags
+		removeImage = len(users) == 0
+	}
+	out := []image.DeleteResponse{}
+	for _, t := range untag {
+		if _, err := s.Service.Untag(ctx, c.AccountID, t); err != nil && errdefs.CodeOf(err) != errdefs.NotFound {
+			return err
+		}
+		out = append(out, image.DeleteResponse{Untagged: t})
+	}
+	if removeImage {
+		for _, d := range set.repoDigests(img) {
+			out = append(out, image.DeleteResponse{Untagged: d})
+		}
+		if err := s.store.DeleteImage(ctx, c.AccountID, img.ID); err != nil {
+			return err
+		}
+		out = append(out, image.DeleteResponse{Deleted: ImageID(img)})
+		s.log.Info("image deleted", "account", c.Login, "image", img.ID)
+	}
 	return writeJSON(w, http.StatusOK, out)
 }

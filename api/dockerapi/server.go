@@ -46,6 +46,11 @@ type Config struct {
 	// ConvergeTimeout bounds how long start/stop/restart wait for the node
 	// to report the new state (default 60s).
 	ConvergeTimeout time.Duration
+	// Registry is where Docker Hub references ("busybox",
+	// "docker.io/library/busybox") are pulled from: a mirror's "host:port"
+	// or "http(s)://host:port". Empty: Docker Hub itself. References that
+	// name another registry ("quay.io/org/app") go to that registry.
+	Registry string
 }
 
 // Server is the Docker Engine API server.

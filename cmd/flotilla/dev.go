@@ -34,13 +34,15 @@ type devConfig struct {
 	CloudAPIAddr string
 	AgentAPIAddr string
 	DockerAddr   string
-	Login        string
-	KeyFile      string
-	NodeMemory   int64
-	NodeDisk     int64
-	NodeCPUs     float64
-	Verbose      bool
-	OfflineGrace time.Duration
+	// DockerRegistry is the registry or mirror Docker Hub pulls go to.
+	DockerRegistry string
+	Login          string
+	KeyFile        string
+	NodeMemory     int64
+	NodeDisk       int64
+	NodeCPUs       float64
+	Verbose        bool
+	OfflineGrace   time.Duration
 }
 
 func defaultLogin() string {
@@ -70,6 +72,7 @@ func runDev(ctx context.Context, args []string) error {
 	fs.StringVar(&c.CloudAPIAddr, "cloudapi-addr", "127.0.0.1:8080", "CloudAPI listen address")
 	fs.StringVar(&c.AgentAPIAddr, "agentapi-addr", "127.0.0.1:0", "agent API listen address (port 0: any free port)")
 	fs.StringVar(&c.DockerAddr, "docker-addr", "", "Docker API listen address (empty: off)")
+	fs.StringVar(&c.DockerRegistry, "docker-registry", "", "registry or mirror URL that Docker Hub images (docker pull busybox) come from (empty: Docker Hub)")
 	fs.StringVar(&c.Login, "login", defaultLogin(), "account to create")
 	fs.StringVar(&c.KeyFile, "key", defaultKeyFile(), "SSH public key for the account")
 	fs.Int64Var(&c.NodeMemory, "node-memory", 32768, "memory per simulated node in MiB")
@@ -113,7 +116,7 @@ func runDev(ctx context.Context, args []string) error {
 		level = slog.LevelInfo
 	}
 	cp, err := startControlPlane(ctx, serveConfig{DB: dbURL, CloudAPIAddr: c.CloudAPIAddr, AgentAPIAddr: c.AgentAPIAddr,
-		DockerAddr: c.DockerAddr, DataDir: data, Datacenter: "flotilla-dev", OfflineGrace: c.OfflineGrace, Policy: "pack", Quiet: !c.Verbose})
+		DockerAddr: c.DockerAddr, DockerRegistry: c.DockerRegistry, DataDir: data, Datacenter: "flotilla-dev", OfflineGrace: c.OfflineGrace, Policy: "pack", Quiet: !c.Verbose})
 	if err != nil {
 		return err
 	}

@@ -65,7 +65,7 @@ func startDocker(ctx context.Context, cfg serveConfig, svc *service.Service, log
 	if err != nil {
 		return nil, fmt.Errorf("Docker API listener: %w", err)
 	}
-	api := dockerapi.New(svc, log, dockerapi.Config{Datacenter: cfg.Datacenter, CAPEM: caPEM})
+	api := dockerapi.New(svc, log, dockerapi.Config{Datacenter: cfg.Datacenter, CAPEM: caPEM, Registry: cfg.DockerRegistry})
 	srv := &http.Server{Handler: api.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go func() {

@@ -27,22 +27,25 @@ type serveConfig struct {
 	CloudAPIAddr string
 	AgentAPIAddr string
 	DockerAddr   string
-	TLSCert      string
-	TLSKey       string
-	Datacenter   string
-	PublicURL    string
-	RateLimit    float64
-	OfflineGrace time.Duration
-	Policy       string
-	DataDir      string
-	LogJSON      bool
-	Quiet        bool
+	// DockerRegistry is the registry or mirror Docker Hub pulls go to.
+	DockerRegistry string
+	TLSCert        string
+	TLSKey         string
+	Datacenter     string
+	PublicURL      string
+	RateLimit      float64
+	OfflineGrace   time.Duration
+	Policy         string
+	DataDir        string
+	LogJSON        bool
+	Quiet          bool
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CloudAPIAddr, "cloudapi-addr", "127.0.0.1:8080", "CloudAPI listen address")
 	fs.StringVar(&c.AgentAPIAddr, "agentapi-addr", "127.0.0.1:8081", "agent API listen address")
 	fs.StringVar(&c.DockerAddr, "docker-addr", "", "Docker API listen address (empty: off)")
+	fs.StringVar(&c.DockerRegistry, "docker-registry", "", "registry or mirror URL that Docker Hub images (docker pull busybox) come from (empty: Docker Hub)")
 	fs.StringVar(&c.DataDir, "data", "/var/lib/flotilla", "directory for image blobs and the Docker endpoint's certificates")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate for CloudAPI (plain HTTP only on loopback without it)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS key for CloudAPI")
