@@ -7,8 +7,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-
-	"flotilla/api/errdefs"
 )
 
 // Operator says whether a rule wants the new instance on the same node as the
@@ -69,7 +67,7 @@ type Rule struct {
 
 // ParseRule parses one affinity expression in Triton's syntax:
 // <key><op><value> with op "==" or "!=", a leading '~' in the value marking a
-// soft rule. It returns an errdefs.Invalid error carrying CloudAPI's message
+// soft rule. It returns an Invalid error carrying CloudAPI's message
 // when the expression is malformed, and also when a /regex/ value is not a
 // regular expression Go can compile.
 func ParseRule(s string) (Rule, error) {
@@ -80,12 +78,12 @@ func ParseRule(s string) (Rule, error) {
 		idx = strings.Index(s, string(OpNotEqual))
 	}
 	if idx < 0 {
-		return Rule{}, errdefs.InvalidArgument(
+		return Rule{}, errInvalid(
 			`could not find operator in affinity rule: expected one of "==", "!=": %s`, jsonQuote(s))
 	}
 	r := Rule{Key: s[:idx], Operator: op, Value: s[idx+len(op):]}
 	if !validKey(r.Key) {
-		return Rule{}, errdefs.InvalidArgument("invalid key in affinity rule: %s: %s does not match %s",
+		return Rule{}, errInvalid("invalid key in affinity rule: %s: %s does not match %s",
 			jsonQuote(s), jsonQuote(r.Key), keyPattern)
 	}
 	if strings.HasPrefix(r.Value, "~") {
@@ -93,7 +91,7 @@ func ParseRule(s string) (Rule, error) {
 		r.Value = r.Value[1:]
 	}
 	if !validValue(r.Value) {
-		return Rule{}, errdefs.InvalidArgument("invalid value in affinity rule: %s: %s does not match %s",
+		return Rule{}, errInvalid("invalid value in affinity rule: %s: %s does not match %s",
 			jsonQuote(s), jsonQuote(r.Value), valuePattern)
 	}
 	switch {
@@ -101,7 +99,7 @@ func ParseRule(s string) (Rule, error) {
 		r.ValueType = ValueRegex
 		re, err := regexp.Compile(r.Value[1 : len(r.Value)-1])
 		if err != nil {
-			return Rule{}, errdefs.InvalidArgument("invalid regular expression in affinity rule: %s: %v",
+			return Rule{}, errInvalid("invalid regular expression in affinity rule: %s: %v",
 				jsonQuote(s), err)
 		}
 		r.re = re
@@ -133,7 +131,7 @@ func ParseRules(exprs []string) ([]Rule, error) {
 // ParseDockerAffinities collects the affinity rules of a Docker container
 // create: first the expressions in the com.docker.swarm.affinities label (a
 // JSON array of strings), then every environment entry of the form
-// "affinity:<expr>", in order. It returns errdefs.Invalid when the label is
+// "affinity:<expr>", in order. It returns an Invalid error when the label is
 // not a JSON array of strings or an expression does not parse.
 func ParseDockerAffinities(env []string, labels map[string]string) ([]Rule, error) {
 	var exprs []string
@@ -145,16 +143,16 @@ func ParseDockerAffinities(env []string, labels map[string]string) ([]Rule, erro
 			if err == nil {
 				err = fmt.Errorf("unexpected data after the array")
 			}
-			return nil, errdefs.InvalidArgument("invalid affinities label: %s: %v", jsonQuote(label), err)
+			return nil, errInvalid("invalid affinities label: %s: %v", jsonQuote(label), err)
 		}
 		list, ok := raw.([]any)
 		if !ok {
-			return nil, errdefs.InvalidArgument("affinities label is not an array: %s", label)
+			return nil, errInvalid("affinities label is not an array: %s", label)
 		}
 		for i, v := range list {
 			s, ok := v.(string)
 			if !ok {
-				return nil, errdefs.InvalidArgument("affinities label element %d is not a string: %s", i, label)
+				return nil, errInvalid("affinities label element %d is not a string: %s", i, label)
 			}
 			exprs = append(exprs, s)
 		}
@@ -187,7 +185,7 @@ func (s *IDList) UnmarshalJSON(b []byte) error {
 	}
 	var many []string
 	if err := json.Unmarshal(b, &many); err != nil {
-		return errdefs.InvalidArgument("locality near/far must be an instance id or an array of them")
+		return errInvalid("locality near/far must be an instance id or an array of them")
 	}
 	*s = many
 	return nil
@@ -195,7 +193,7 @@ func (s *IDList) UnmarshalJSON(b []byte) error {
 
 // LocalityToRules turns a deprecated locality hint into affinity rules: each
 // near id becomes instance==<id> and each far id instance!=<id>, soft ("~")
-// unless l.Strict. It returns errdefs.Invalid for an id that is not a valid
+// unless l.Strict. It returns Invalid for an id that is not a valid
 // affinity value.
 func LocalityToRules(l Locality) ([]Rule, error) {
 	soft := ""

@@ -5,8 +5,6 @@ import (
 	"math"
 	"sort"
 	"strings"
-
-	"flotilla/api/errdefs"
 )
 
 // Score weights. The capacity score lies in [0, 1]; a soft affinity rule
@@ -82,8 +80,8 @@ type RequestInfo struct {
 // Place chooses a node for req. On success the Decision names the node and
 // up to opts.Candidates ranked alternatives. When no node passes the filters
 // it returns the Decision (with every node's rejection counted) and an
-// errdefs.InsufficientCapacity error whose message says which constraints
-// failed. It returns errdefs.Invalid for negative or non-finite resources.
+// InsufficientCapacity error whose message says which constraints
+// failed. It returns Invalid for negative or non-finite resources.
 //
 // Filters: node running, not drained, not reserved, brand, traits, not in
 // req.ExcludeNodes, strict affinity, then capacity (Fits). Score: capacity
@@ -118,10 +116,10 @@ func Candidates(snap *Snapshot, req Request, opts Options, k int) ([]Candidate, 
 func validateRequest(req Request) error {
 	switch {
 	case req.MemoryMiB < 0 || req.DiskMiB < 0:
-		return errdefs.InvalidArgument("placement request has negative memory or disk (%d MiB, %d MiB)",
+		return errInvalid("placement request has negative memory or disk (%d MiB, %d MiB)",
 			req.MemoryMiB, req.DiskMiB)
 	case req.VCPUs < 0 || math.IsNaN(req.VCPUs) || math.IsInf(req.VCPUs, 0):
-		return errdefs.InvalidArgument("placement request has an invalid vCPU count %v", req.VCPUs)
+		return errInvalid("placement request has an invalid vCPU count %v", req.VCPUs)
 	}
 	return nil
 }
@@ -455,9 +453,9 @@ func (p *placement) decision() Decision {
 func (p *placement) failure() error {
 	d := p.decision()
 	if d.TotalNodes == 0 {
-		return errdefs.New(errdefs.InsufficientCapacity, "no compute nodes are available to the scheduler")
+		return errNoFit("no compute nodes are available to the scheduler")
 	}
-	return errdefs.New(errdefs.InsufficientCapacity, "no node can take %s: %s",
+	return errNoFit("no node can take %s: %s",
 		d.Request.describe(), d.rejectionText())
 }
 

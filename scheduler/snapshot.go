@@ -8,8 +8,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-
-	"flotilla/api/errdefs"
 )
 
 // Snapshot is the scheduler's in-memory view of nodes and the instances on
@@ -82,10 +80,10 @@ func NewSnapshot() *Snapshot {
 
 // Upsert adds a node or replaces the node with the same ID. The snapshot
 // keeps copies of Brands and of the Traits map (not of nested trait values).
-// It returns errdefs.Invalid if the node has no ID.
+// It returns an Invalid error if the node has no ID.
 func (s *Snapshot) Upsert(n Node) error {
 	if n.ID == "" {
-		return errdefs.InvalidArgument("node has no id")
+		return errInvalid("node has no id")
 	}
 	n.Brands = slices.Clone(n.Brands)
 	n.Traits = maps.Clone(n.Traits)
@@ -101,27 +99,27 @@ func (s *Snapshot) Upsert(n Node) error {
 }
 
 // Remove deletes a node. Residents recorded on it stay until removed with
-// RemoveResident. It returns errdefs.NotFound for an unknown node.
+// RemoveResident. It returns NotFound for an unknown node.
 func (s *Snapshot) Remove(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.nodes[id]
 	if !ok {
-		return errdefs.NotFoundf("node %s is not in the scheduler snapshot", id)
+		return errNotFound("node %s is not in the scheduler snapshot", id)
 	}
 	s.unlink(e)
 	delete(s.nodes, id)
 	return nil
 }
 
-// Node returns a copy of a node. It returns errdefs.NotFound for an unknown
+// Node returns a copy of a node. It returns NotFound for an unknown
 // node.
 func (s *Snapshot) Node(id string) (Node, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	e, ok := s.nodes[id]
 	if !ok {
-		return Node{}, errdefs.NotFoundf("node %s is not in the scheduler snapshot", id)
+		return Node{}, errNotFound("node %s is not in the scheduler snapshot", id)
 	}
 	return e.node, nil
 }
@@ -146,13 +144,13 @@ func (s *Snapshot) Len() int {
 }
 
 // UpdateUsage adds delta to a node's Used resources (negative to release),
-// clamping each at zero. It returns errdefs.NotFound for an unknown node.
+// clamping each at zero. It returns NotFound for an unknown node.
 func (s *Snapshot) UpdateUsage(nodeID string, delta Resources) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.nodes[nodeID]
 	if !ok {
-		return errdefs.NotFoundf("node %s is not in the scheduler snapshot", nodeID)
+		return errNotFound("node %s is not in the scheduler snapshot", nodeID)
 	}
 	u := &e.node.Used
 	newMem := max(u.MemoryMiB+delta.MemoryMiB, 0)
@@ -171,10 +169,10 @@ func (s *Snapshot) UpdateUsage(nodeID string, delta Resources) error {
 
 // AddResident records an instance placed on a node, replacing any record
 // with the same ID. The node need not be known yet. It returns
-// errdefs.Invalid if ID, OwnerID or NodeID is empty.
+// an Invalid error if ID, OwnerID or NodeID is empty.
 func (s *Snapshot) AddResident(r Resident) error {
 	if r.ID == "" || r.OwnerID == "" || r.NodeID == "" {
-		return errdefs.InvalidArgument("resident instance needs an id, an owner and a node (got %q, %q, %q)",
+		return errInvalid("resident instance needs an id, an owner and a node (got %q, %q, %q)",
 			r.ID, r.OwnerID, r.NodeID)
 	}
 	r.Tags = maps.Clone(r.Tags)
@@ -206,14 +204,14 @@ func (s *Snapshot) AddResident(r Resident) error {
 	return nil
 }
 
-// RemoveResident forgets an instance. It returns errdefs.NotFound for an
+// RemoveResident forgets an instance. It returns NotFound for an
 // unknown one.
 func (s *Snapshot) RemoveResident(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.residents[id]
 	if !ok {
-		return errdefs.NotFoundf("instance %s is not in the scheduler snapshot", id)
+		return errNotFound("instance %s is not in the scheduler snapshot", id)
 	}
 	s.dropResident(r)
 	return nil

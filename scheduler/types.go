@@ -10,7 +10,8 @@
 // re-checks capacity with Fits' arithmetic and strict affinity under a lock,
 // so a stale snapshot costs a retry on the next candidate, never correctness.
 //
-// Imports: standard library and api/errdefs only. It never imports store or
+// Imports: standard library only (errors classify themselves for errdefs
+// through ErrorCode; see errors.go). It never imports store or
 // the API packages.
 package scheduler
 

@@ -71,7 +71,15 @@ func InvalidArgument(format string, args ...any) *Error { return New(Invalid, fo
 func NotFoundf(format string, args ...any) *Error       { return New(NotFound, format, args...) }
 func Conflictf(format string, args ...any) *Error       { return New(Conflict, format, args...) }
 
-// CodeOf returns the code of the first *Error in err's chain, or Internal.
+// Coded is implemented by errors of pure packages that cannot import this
+// one (the scheduler): ErrorCode returns one of the Code values.
+type Coded interface {
+	error
+	ErrorCode() string
+}
+
+// CodeOf returns the code of the first *Error (or Coded error) in err's
+// chain, or Internal.
 func CodeOf(err error) Code {
 	if err == nil {
 		return ""
@@ -79,6 +87,10 @@ func CodeOf(err error) Code {
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Code
+	}
+	var c Coded
+	if errors.As(err, &c) {
+		return Code(c.ErrorCode())
 	}
 	return Internal
 }
@@ -89,6 +101,10 @@ func MessageOf(err error) string {
 	var e *Error
 	if errors.As(err, &e) && e.Code != Internal && e.Message != "" {
 		return e.Message
+	}
+	var c Coded
+	if errors.As(err, &c) && Code(c.ErrorCode()) != Internal {
+		return c.Error()
 	}
 	return "internal error"
 }
