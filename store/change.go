@@ -39,18 +39,32 @@ func appendChange(ctx context.Context, q querier, c Change) error {
 
 const changeColumns = `seq, kind, object_id::text, owner_id::text, node_id::text, action, state, detail, at`
 
-const sqlChangesSince = `SELECT ` + changeColumns + ` FROM changes
-WHERE seq > $1 AND ($2::uuid IS NULL OR owner_id = $2) AND ($3 = '' OR kind = $3)
-ORDER BY seq LIMIT $4`
+const sqlChangesSince = `SELECT ` + changeColumns + ` FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2`
+
+const sqlChangesSinceOwner = `SELECT ` + changeColumns + ` FROM changes
+WHERE owner_id = $3 AND seq > $1 ORDER BY seq LIMIT $2`
+
+const sqlChangesSinceKind = `SELECT ` + changeColumns + ` FROM changes
+WHERE kind = $3 AND seq > $1 ORDER BY seq LIMIT $2`
+
+const sqlChangesSinceOwnerKind = `SELECT ` + changeColumns + ` FROM changes
+WHERE owner_id = $3 AND seq > $1 AND kind = $4 ORDER BY seq LIMIT $2`
 
 // ChangesSince returns changes after seq, oldest first; ownerID "" means all
-// owners (operators, scheduler snapshots), kind "" every kind.
+// owners (operators, scheduler snapshots), kind "" every kind. Each filter
+// has its own statement so that it can use its index.
 func (s *Store) ChangesSince(ctx context.Context, seq int64, ownerID, kind string, limit int) ([]Change, error) {
-	var owner any
-	if ownerID != "" {
-		owner = ownerID
+	var rows pgx.Rows
+	switch {
+	case ownerID == "" && kind == "":
+		rows, _ = s.pool.Query(ctx, sqlChangesSince, seq, limit)
+	case kind == "":
+		rows, _ = s.pool.Query(ctx, sqlChangesSinceOwner, seq, limit, ownerID)
+	case ownerID == "":
+		rows, _ = s.pool.Query(ctx, sqlChangesSinceKind, seq, limit, kind)
+	default:
+		rows, _ = s.pool.Query(ctx, sqlChangesSinceOwnerKind, seq, limit, ownerID, kind)
 	}
-	rows, _ := s.pool.Query(ctx, sqlChangesSince, seq, owner, kind, limit)
 	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Change])
 	return out, translate(err)
 }

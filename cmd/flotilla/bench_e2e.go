@@ -56,6 +56,7 @@ func benchE2E(ctx context.Context, args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON")
 	drv := fs.String("driver", "sim", "driver (sim)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	pgStats := fs.Bool("pg-stats", false, "print the statements that took most database time (to stderr)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -76,7 +77,11 @@ func benchE2E(ctx context.Context, args []string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	pg, err := pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(tmp, "pg")})
+	pgOpts := pglocal.Options{Dir: filepath.Join(tmp, "pg")}
+	if *pgStats {
+		pgOpts.Settings = map[string]string{"shared_preload_libraries": "pg_stat_statements"}
+	}
+	pg, err := pglocal.Start(ctx, pgOpts)
 	if err != nil {
 		return err
 	}
@@ -241,7 +246,34 @@ func benchE2E(ctx context.Context, args []string) error {
 	}
 	res.CreateP50Ms, res.CreateP99Ms, res.CreateMaxMs = pct(lat, 0.5), pct(lat, 0.99), pct(lat, 1)
 	res.RunningP50Ms, res.RunningP99Ms = pct(toRunning, 0.5), pct(toRunning, 0.99)
+	if *pgStats {
+		printPGStats(ctx, st)
+	}
 	return printResult(res, *asJSON)
+}
+
+// printPGStats writes the statements with the most total execution time.
+func printPGStats(ctx context.Context, st *store.Store) {
+	if _, err := st.Pool().Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
+		fmt.Fprintln(os.Stderr, "pg_stat_statements:", err)
+		return
+	}
+	rows, err := st.Pool().Query(ctx, `SELECT calls, round(total_exec_time::numeric, 1), round(mean_exec_time::numeric, 3),
+	regexp_replace(left(query, 90), '\s+', ' ', 'g') FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25`)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pg_stat_statements:", err)
+		return
+	}
+	defer rows.Close()
+	fmt.Fprintf(os.Stderr, "%8s %10s %8s  %s\n", "calls", "total ms", "mean ms", "query")
+	for rows.Next() {
+		var calls int64
+		var total, mean float64
+		var q string
+		if rows.Scan(&calls, &total, &mean, &q) == nil {
+			fmt.Fprintf(os.Stderr, "%8d %10.1f %8.3f  %s\n", calls, total, mean, q)
+		}
+	}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -37,6 +37,9 @@ type Options struct {
 	Durable bool
 	// Log receives progress lines (may be nil).
 	Log func(format string, args ...any)
+	// Settings are extra server settings (-c name=value), e.g.
+	// shared_preload_libraries=pg_stat_statements for profiling.
+	Settings map[string]string
 }
 
 // Server is a running PostgreSQL.
@@ -215,6 +218,9 @@ func (s *Server) start(ctx context.Context) error {
 		"-c", "synchronous_commit=off", "-c", "unix_socket_permissions=0777"}
 	if !s.opts.Durable {
 		args = append(args, "-c", "fsync=off", "-c", "full_page_writes=off")
+	}
+	for k, v := range s.opts.Settings {
+		args = append(args, "-c", k+"="+v)
 	}
 	logf, err := os.OpenFile(filepath.Join(s.opts.Dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS changes_kind;
+DROP INDEX IF EXISTS nodes_credential;
