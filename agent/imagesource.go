@@ -6,11 +6,8 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,10 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"flotilla/agent/driver"
 	"flotilla/api/errdefs"
@@ -201,40 +196,7 @@ func (s *RegistryImageSource) fill(ctx context.Context, rimg v1.Image, h v1.Hash
 // cached opens an image whose manifest, config and layers are all in the
 // cache; NotFound otherwise.
 func (s *RegistryImageSource) cached(ctx context.Context, h v1.Hash) (v1.Image, error) {
-	raw, err := readCached(ctx, s.cache, h)
-	if err != nil {
-		return nil, err
-	}
-	var m v1.Manifest
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, errdefs.Wrap(errdefs.Invalid, err, "cached manifest %s", h)
-	}
-	cfg, err := readCached(ctx, s.cache, m.Config.Digest)
-	if err != nil {
-		return nil, err
-	}
-	for _, d := range m.Layers {
-		if _, err := s.cache.Stat(ctx, d.Digest); err != nil {
-			return nil, err
-		}
-	}
-	return partial.CompressedToImage(&cachedImage{ctx: context.WithoutCancel(ctx), cache: s.cache, raw: raw, manifest: &m, config: cfg})
-}
-
-func readCached(ctx context.Context, bs oci.BlobStore, h v1.Hash) ([]byte, error) {
-	rc, err := bs.Get(ctx, h)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, 4<<20))
-	if err != nil {
-		return nil, errdefs.Wrap(errdefs.Internal, err, "read cached blob %s", h)
-	}
-	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != h.Hex {
-		return nil, errdefs.NotFoundf("cached blob %s is damaged", h)
-	}
-	return b, nil
+	return oci.BlobImage(ctx, s.cache, h, true)
 }
 
 // pullErr turns a registry failure into an errdefs error naming the image.
@@ -259,41 +221,3 @@ func pullErr(err error, img driver.Image) error {
 	return errdefs.Wrap(errdefs.Unavailable, err, "image %s: pull from %s failed: %v", img.ID, img.Ref, err)
 }
 
-// cachedImage is a partial.CompressedImageCore over the cache.
-type cachedImage struct {
-	ctx      context.Context
-	cache    oci.BlobStore
-	raw      []byte
-	manifest *v1.Manifest
-	config   []byte
-}
-
-func (i *cachedImage) RawManifest() ([]byte, error)   { return i.raw, nil }
-func (i *cachedImage) RawConfigFile() ([]byte, error) { return i.config, nil }
-func (i *cachedImage) MediaType() (types.MediaType, error) {
-	if i.manifest.MediaType == "" {
-		return types.OCIManifestSchema1, nil
-	}
-	return i.manifest.MediaType, nil
-}
-
-func (i *cachedImage) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
-	for _, d := range append([]v1.Descriptor{i.manifest.Config}, i.manifest.Layers...) {
-		if d.Digest == h {
-			return &cachedLayer{i, d}, nil
-		}
-	}
-	return nil, errdefs.NotFoundf("blob %s is not part of this image", h)
-}
-
-type cachedLayer struct {
-	img  *cachedImage
-	desc v1.Descriptor
-}
-
-func (l *cachedLayer) Digest() (v1.Hash, error)            { return l.desc.Digest, nil }
-func (l *cachedLayer) Size() (int64, error)                { return l.desc.Size, nil }
-func (l *cachedLayer) MediaType() (types.MediaType, error) { return l.desc.MediaType, nil }
-func (l *cachedLayer) Compressed() (io.ReadCloser, error) {
-	return l.img.cache.Get(l.img.ctx, l.desc.Digest)
-}

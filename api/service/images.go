@@ -17,8 +17,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -33,7 +31,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
@@ -119,8 +116,6 @@ type PullProgress struct {
 	Current, Total int64
 }
 
-// maxManifestSize bounds manifests and configs read into memory.
-const maxManifestSize = 4 << 20
 
 // OCIImage returns the image id as a go-containerregistry image whose blobs
 // are read from the blob store. It returns NotFound if there is no such
@@ -142,86 +137,7 @@ func (s *Service) OCIImage(ctx context.Context, id string) (v1.Image, error) {
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.Internal, err, "image %s has a bad manifest digest", im.ID)
 	}
-	return blobImage(ctx, blobs, h)
-}
-
-// blobImage opens the image whose manifest is the blob dgst.
-func blobImage(ctx context.Context, blobs oci.BlobStore, dgst v1.Hash) (v1.Image, error) {
-	raw, err := readBlob(ctx, blobs, dgst)
-	if err != nil {
-		return nil, err
-	}
-	var m v1.Manifest
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, errdefs.Wrap(errdefs.Internal, err, "manifest %s in the blob store is not JSON", dgst)
-	}
-	cfg, err := readBlob(ctx, blobs, m.Config.Digest)
-	if err != nil {
-		return nil, err
-	}
-	return partial.CompressedToImage(&storedImage{ctx: ctx, blobs: blobs, raw: raw, manifest: &m, config: cfg})
-}
-
-// readBlob reads a small blob (manifest, config) and checks its digest.
-func readBlob(ctx context.Context, blobs oci.BlobStore, dgst v1.Hash) ([]byte, error) {
-	rc, err := blobs.Get(ctx, dgst)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, maxManifestSize+1))
-	if err != nil {
-		return nil, errdefs.Wrap(errdefs.Internal, err, "read blob %s", dgst)
-	}
-	if len(b) > maxManifestSize {
-		return nil, errdefs.New(errdefs.Internal, "blob %s is larger than %d bytes", dgst, maxManifestSize)
-	}
-	if sum := sha256.Sum256(b); dgst.Algorithm != "sha256" || hex.EncodeToString(sum[:]) != dgst.Hex {
-		return nil, errdefs.New(errdefs.Internal, "blob %s does not match its digest", dgst)
-	}
-	return b, nil
-}
-
-// storedImage is a partial.CompressedImageCore over the blob store.
-type storedImage struct {
-	ctx      context.Context
-	blobs    oci.BlobStore
-	raw      []byte
-	manifest *v1.Manifest
-	config   []byte
-}
-
-func (i *storedImage) RawManifest() ([]byte, error)   { return i.raw, nil }
-func (i *storedImage) RawConfigFile() ([]byte, error) { return i.config, nil }
-func (i *storedImage) MediaType() (types.MediaType, error) {
-	if i.manifest.MediaType == "" {
-		return types.OCIManifestSchema1, nil
-	}
-	return i.manifest.MediaType, nil
-}
-
-func (i *storedImage) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
-	if h == i.manifest.Config.Digest {
-		return &storedLayer{i, i.manifest.Config}, nil
-	}
-	for _, d := range i.manifest.Layers {
-		if d.Digest == h {
-			return &storedLayer{i, d}, nil
-		}
-	}
-	return nil, errdefs.NotFoundf("blob %s is not part of this image", h)
-}
-
-type storedLayer struct {
-	img  *storedImage
-	desc v1.Descriptor
-}
-
-func (l *storedLayer) Digest() (v1.Hash, error)            { return l.desc.Digest, nil }
-func (l *storedLayer) Size() (int64, error)                { return l.desc.Size, nil }
-func (l *storedLayer) MediaType() (types.MediaType, error) { return l.desc.MediaType, nil }
-func (l *storedLayer) Compressed() (io.ReadCloser, error) {
-	return l.img.blobs.Get(l.img.ctx, l.desc.Digest)
+	return oci.BlobImage(ctx, blobs, h, false)
 }
 
 // writtenImage is what writeImage stored.
