@@ -220,4 +220,3 @@ func pullErr(err error, img driver.Image) error {
 	}
 	return errdefs.Wrap(errdefs.Unavailable, err, "image %s: pull from %s failed: %v", img.ID, img.Ref, err)
 }
-

@@ -102,4 +102,6 @@ type blobLayer struct {
 func (l *blobLayer) Digest() (v1.Hash, error)            { return l.desc.Digest, nil }
 func (l *blobLayer) Size() (int64, error)                { return l.desc.Size, nil }
 func (l *blobLayer) MediaType() (types.MediaType, error) { return l.desc.MediaType, nil }
-func (l *blobLayer) Compressed() (io.ReadCloser, error)  { return l.img.blobs.Get(l.img.ctx, l.desc.Digest) }
+func (l *blobLayer) Compressed() (io.ReadCloser, error) {
+	return l.img.blobs.Get(l.img.ctx, l.desc.Digest)
+}

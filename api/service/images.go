@@ -116,7 +116,6 @@ type PullProgress struct {
 	Current, Total int64
 }
 
-
 // OCIImage returns the image id as a go-containerregistry image whose blobs
 // are read from the blob store. It returns NotFound if there is no such
 // image or it has no content (a record without blobs), Unavailable without a
