@@ -52,6 +52,11 @@ func (d *Driver) dialShim(id string) (net.Conn, string, driver.Spec, error) {
 	}
 	conn, err := net.DialTimeout("unix", filepath.Join(bundle, fileAttach), 5*time.Second)
 	if err != nil {
+		// The process may have exited (and its shim gone) since the check:
+		// that is "not running", which callers wait on, not a failure.
+		if _, alive := shimAlive(bundle); !alive || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED) {
+			return nil, "", spec, errdefs.Wrap(errdefs.Conflict, err, "container %s is not running", id)
+		}
 		return nil, "", spec, errdefs.Wrap(errdefs.Unavailable, err, "connect to the shim of %s", id)
 	}
 	return conn, bundle, spec, nil
@@ -79,13 +84,16 @@ func shimRequest(conn net.Conn, req attachRequest) (*bufio.Reader, error) {
 // stdio through its shim. It returns Conflict if the container is not
 // running. Output that arrives while nobody is attached is only in the logs.
 func (d *Driver) Attach(ctx context.Context, id string, opts driver.AttachOptions) (*driver.Streams, error) {
-	conn, _, spec, err := d.dialShim(id)
+	conn, bundle, spec, err := d.dialShim(id)
 	if err != nil {
 		return nil, err
 	}
 	br, err := shimRequest(conn, attachRequest{Stdin: opts.Stdin, Stdout: opts.Stdout, Stderr: opts.Stderr})
 	if err != nil {
 		conn.Close()
+		if _, alive := shimAlive(bundle); !alive {
+			return nil, errdefs.Wrap(errdefs.Conflict, err, "container %s is not running", id)
+		}
 		return nil, errdefs.Wrap(errdefs.Unavailable, err, "attach to %s", id)
 	}
 	outR, outW := io.Pipe()
