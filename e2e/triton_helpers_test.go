@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os/exec"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +87,8 @@ func triJSON(t *testing.T, v any, args ...string) {
 
 func decodeJSONOutput(t *testing.T, out string, v any) {
 	t.Helper()
+	// Decoding into a used map would merge; start from the zero value.
+	reflect.ValueOf(v).Elem().SetZero()
 	trimmed := strings.TrimSpace(out)
 	if sl, ok := v.(*[]map[string]any); ok && !strings.HasPrefix(trimmed, "[") {
 		*sl = nil
