@@ -190,8 +190,13 @@ func (p *Placer) Run(ctx context.Context) {
 func (p *Placer) stale() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return time.Since(p.loaded) > p.opts.Refresh
+	return time.Since(p.loaded) > staleAfterMiss
 }
+
+// staleAfterMiss is how old a snapshot may be before a placement that found
+// no node looks again at a fresh one: a node that joined a moment ago must
+// not be missed, and a cloud that is truly full reloads at most this often.
+const staleAfterMiss = 100 * time.Millisecond
 
 // Place decides and commits: it asks the scheduler for ranked candidates,
 // then lets the store claim the first that still fits. A lost race refreshes
