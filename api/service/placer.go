@@ -49,6 +49,10 @@ type Placer struct {
 	// second placement while the first is still committing.
 	resMu    sync.Mutex
 	inflight map[string]scheduler.Resources
+	// landed records, while Reload reads the nodes, the placements that
+	// commit meanwhile: a row read before one landed lacks it, which the
+	// row's assign_rev tells.
+	landed map[string][]landedCommit
 	// decideMu makes a decision and its reservation one step.
 	decideMu sync.Mutex
 
@@ -108,6 +112,14 @@ func (p *Placer) Reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.resMu.Lock()
+	p.landed = map[string][]landedCommit{}
+	p.resMu.Unlock()
+	defer func() {
+		p.resMu.Lock()
+		p.landed = nil
+		p.resMu.Unlock()
+	}()
 	nodes, err := p.st.ListNodes(ctx)
 	if err != nil {
 		return err
@@ -233,7 +245,7 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 		inst, replay, fresh, err := p.commit(ctx, in)
 		if err == nil {
 			landed := !replay && inst.NodeID != nil && *inst.NodeID == reserved
-			p.unreserve(reserved, res, landed)
+			p.unreserve(reserved, res, landed, inst.AssignRev)
 			if !replay && inst.NodeID != nil {
 				if !landed {
 					p.snap.UpdateUsage(*inst.NodeID, res)
@@ -242,7 +254,7 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 			}
 			return inst, replay, nil
 		}
-		p.unreserve(reserved, res, false)
+		p.unreserve(reserved, res, false, 0)
 		if err != store.ErrNoCandidate {
 			return store.Instance{}, false, err
 		}
@@ -295,10 +307,13 @@ func (p *Placer) reserve(nodeID string, res scheduler.Resources) {
 }
 
 // unreserve ends a reservation. committed keeps the usage in the snapshot:
-// the database now counts it.
-func (p *Placer) unreserve(nodeID string, res scheduler.Resources, committed bool) {
+// the database now counts it, from the node's assign_rev rev on.
+func (p *Placer) unreserve(nodeID string, res scheduler.Resources, committed bool, rev int64) {
 	p.resMu.Lock()
 	defer p.resMu.Unlock()
+	if committed && p.landed != nil {
+		p.landed[nodeID] = append(p.landed[nodeID], landedCommit{rev: rev, res: res})
+	}
 	left := addResources(p.inflight[nodeID], res, -1)
 	if left.Instances <= 0 {
 		delete(p.inflight, nodeID)
@@ -310,13 +325,24 @@ func (p *Placer) unreserve(nodeID string, res scheduler.Resources, committed boo
 	}
 }
 
+type landedCommit struct {
+	rev int64 // the instance's assign_rev: rows with an older one lack it
+	res scheduler.Resources
+}
+
 // upsertNode puts a node row into the snapshot with this replica's
-// uncommitted reservations on it.
+// uncommitted reservations on it, and the commits that landed after the row
+// was read during a Reload.
 func (p *Placer) upsertNode(n store.Node) error {
 	p.resMu.Lock()
 	defer p.resMu.Unlock()
 	sn := SchedulerNode(n)
 	sn.Used = addResources(sn.Used, p.inflight[n.ID], 1)
+	for _, l := range p.landed[n.ID] {
+		if l.rev > n.AssignRev {
+			sn.Used = addResources(sn.Used, l.res, 1)
+		}
+	}
 	return p.snap.Upsert(sn)
 }
 
