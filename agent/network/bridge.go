@@ -59,6 +59,7 @@ func DeleteBridge(name string) error {
 	if !validIfName(name) {
 		return errdefs.InvalidArgument("bridge name %q is not a valid interface name", name)
 	}
+	forgetInstalled(name, false)
 	var errs []error
 	if err := removeIsolation(name); err != nil {
 		errs = append(errs, err)

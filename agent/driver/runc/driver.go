@@ -217,15 +217,22 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 		}
 	}()
 	rootfs := filepath.Join(bundle, dirRootfs)
-	if err := d.makeRootfs(ctx, img, bundle); err != nil {
-		return err
-	}
+	// The network namespace and the root filesystem do not depend on each
+	// other: make them at the same time (each takes milliseconds).
 	netnsPath := ""
+	netDone := make(chan error, 1)
 	if nic, ok := primaryNIC(spec.NICs); ok {
-		if err := setupNetwork(spec.ID, nic); err != nil {
-			return err
-		}
 		netnsPath = network.NetNSPath(network.NetNSName(spec.ID))
+		go func() { netDone <- setupNetwork(spec.ID, nic) }()
+	} else {
+		netDone <- nil
+	}
+	rootErr := d.makeRootfs(ctx, img, bundle)
+	if netErr := <-netDone; netErr != nil {
+		return netErr
+	}
+	if rootErr != nil {
+		return rootErr
 	}
 	s, err := buildSpec(spec, cf, bundle, rootfs, netnsPath)
 	if err != nil {
