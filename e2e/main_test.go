@@ -114,7 +114,7 @@ func setup() error {
 			}
 		}
 		start := time.Now()
-		dev, err = StartProc("flotilla dev", tmp, append(os.Environ(), "HOME="+home), filepath.Join(tmp, "dev.log"),
+		dev, err = StartProc("flotilla dev", tmp, devProcEnv(), filepath.Join(tmp, "dev.log"),
 			bin, "dev", "--data", devData, "--key", keyFile, "--login", "e2e", "--nodes", "2", "--cloudapi-addr", "127.0.0.1:0")
 		if err != nil {
 			return err
@@ -141,6 +141,18 @@ func setup() error {
 		}
 	}
 	return nil
+}
+
+// devProcEnv is the environment for `flotilla dev`: HOME with the key, and
+// the tiny VM image's build cache shared across runs (as the other tests
+// share it), so that only the first run on a machine builds it.
+func devProcEnv() []string {
+	env := baseEnv()
+	cache := os.Getenv("FLOTILLA_VM_CACHE")
+	if cache == "" {
+		cache = filepath.Join(os.TempDir(), "flotilla-vm-cache")
+	}
+	return append(env, "FLOTILLA_VM_CACHE="+cache)
 }
 
 // requireCloud stops the test when the harness could not start.
