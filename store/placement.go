@@ -53,13 +53,13 @@ const sqlCommitPlacements = `WITH v AS (
 		deletion_protection, caller)
 ), want AS (
 	SELECT v.*,
-		sum(memory_mib) OVER w AS cum_mem, sum(disk_mib) OVER w AS cum_disk, sum(vcpus_milli) OVER w AS cum_cpu,
-		count(*) OVER w AS cum_n
+		(sum(memory_mib) OVER w)::bigint AS cum_mem, (sum(disk_mib) OVER w)::bigint AS cum_disk,
+		(sum(vcpus_milli) OVER w)::bigint AS cum_cpu, count(*) OVER w AS cum_n
 	FROM v WINDOW w AS (PARTITION BY node_id ORDER BY rev_offset)
 ), locked AS MATERIALIZED (
 	SELECT id, state, drained, reserved, brands, memory_mib, disk_mib, vcpus_milli, max_instances, ratio_memory,
 		ratio_disk, ratio_vcpu, used_memory_mib, used_disk_mib, used_vcpus_milli, instances, assign_rev
-	FROM nodes WHERE id IN (SELECT node_id FROM v) ORDER BY id FOR NO KEY UPDATE
+	FROM nodes WHERE id = ANY($11::uuid[]) ORDER BY id FOR NO KEY UPDATE
 ), ok AS MATERIALIZED (
 	SELECT w.id, l.assign_rev + w.rev_offset AS assign_rev FROM want w JOIN locked l ON l.id = w.node_id
 	WHERE l.state = 'running' AND NOT l.drained AND NOT l.reserved AND w.brand = ANY(l.brands)
@@ -102,10 +102,10 @@ const sqlCommitPlacements = `WITH v AS (
 		AND instances + sums.n <= max_instances
 	RETURNING nodes.id
 )
-SELECT ` + instanceColumns + `,
+SELECT i.id::text, i.node_id::text, i.assign_rev, i.state, i.generation, i.created_at, i.updated_at,
 	(SELECT count(*) FROM upd) AS nodes_updated,
 	(SELECT count(*) FROM sums) AS nodes_claimed,
-	(SELECT array_agg(id::text) FROM ok) AS fitting,
+	CASE WHEN row_number() OVER () = 1 THEN (SELECT array_agg(id::text) FROM ok) END AS fitting,
 	(SELECT count(pg_notify('flotilla_node', d.node_id::text)) FROM (SELECT DISTINCT node_id FROM chg) d) AS notified
 FROM ins i`
 
@@ -113,13 +113,20 @@ FROM ins i`
 // transaction, for creates that lost their node.
 const sqlBatchNodes = `SELECT ` + nodeColumns + ` FROM nodes WHERE id = ANY($1::uuid[])`
 
-// committedRow is an inserted instance with the batch's node tallies.
+// committedRow is what the database chose for an inserted instance, with
+// the batch's node tallies (fitting only on the first row).
 type committedRow struct {
-	Instance
-	NodesUpdated int64    `db:"nodes_updated"`
-	NodesClaimed int64    `db:"nodes_claimed"`
-	Fitting      []string `db:"fitting"`
-	Notified     int64    `db:"notified"`
+	ID           string    `db:"id"`
+	NodeID       string    `db:"node_id"`
+	AssignRev    int64     `db:"assign_rev"`
+	State        string    `db:"state"`
+	Generation   int64     `db:"generation"`
+	CreatedAt    time.Time `db:"created_at"`
+	UpdatedAt    time.Time `db:"updated_at"`
+	NodesUpdated int64     `db:"nodes_updated"`
+	NodesClaimed int64     `db:"nodes_claimed"`
+	Fitting      []string  `db:"fitting"`
+	Notified     int64     `db:"notified"`
 }
 
 // errBatchDiverged means the node UPDATE refused a node the batch had
@@ -203,10 +210,10 @@ func (s *Store) commitBatch(ctx context.Context, ins []NewInstance, batch []int,
 		nodes[n.ID] = n
 	}
 	placed := make(map[string]bool, len(got))
-	byID := make(map[string]Instance, len(got))
+	byID := make(map[string]committedRow, len(got))
 	for _, r := range got {
 		placed[r.ID] = true
-		byID[r.ID] = r.Instance
+		byID[r.ID] = r
 	}
 	// A create that fitted but was not inserted lost only its name. When
 	// nothing was inserted the statement returned no rows to say which
@@ -228,7 +235,7 @@ func (s *Store) commitBatch(ctx context.Context, ins []NewInstance, batch []int,
 		in := &ins[i]
 		switch node := in.Candidates[0]; {
 		case placed[in.ID]:
-			out[i] = PlacementResult{Instance: byID[in.ID]}
+			out[i] = PlacementResult{Instance: in.stored(byID[in.ID])}
 		case fitted[in.ID] || taken[in.ID]:
 			out[i] = PlacementResult{Err: errdefs.Conflictf("an instance named %q already exists", in.Name)}
 		default:
@@ -240,6 +247,34 @@ func (s *Store) commitBatch(ctx context.Context, ins []NewInstance, batch []int,
 		}
 	}
 	return nil
+}
+
+// stored is the instance as the batch inserted it: the request's fields
+// with the defaults insertInstance applies, and what the database chose.
+// Building it here spares reading back and decoding the JSON columns.
+func (in *NewInstance) stored(r committedRow) Instance {
+	inst := in.Instance
+	if inst.DesiredState == "" {
+		inst.DesiredState = "running"
+	}
+	if len(inst.Spec) == 0 {
+		inst.Spec = json.RawMessage("{}")
+	}
+	if inst.Metadata == nil {
+		inst.Metadata = map[string]any{}
+	}
+	if inst.Tags == nil {
+		inst.Tags = map[string]any{}
+	}
+	if inst.Affinity == nil {
+		inst.Affinity = []string{}
+	}
+	nodeID := r.NodeID
+	inst.NodeID = &nodeID
+	inst.AssignRev, inst.State, inst.Generation = r.AssignRev, r.State, r.Generation
+	inst.CreatedAt, inst.UpdatedAt = r.CreatedAt, r.UpdatedAt
+	inst.NICs = nil
+	return inst
 }
 
 const sqlNamesTaken = `SELECT v.id::text FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS v(id, owner_id, name)
@@ -345,7 +380,7 @@ type BulkNode struct {
 
 // BulkInsertNodes adds running nodes with COPY, for benchmarks and
 // simulations of large clusters: no credentials and no change rows (snapshots
-// load nodes with ListNodes). It returns the new ids in order and
+// load nodes with ListNodes), then refreshes the table's statistics. It returns the new ids in order and
 // errdefs.Conflict if a name is taken.
 func (s *Store) BulkInsertNodes(ctx context.Context, nodes []BulkNode) ([]string, error) {
 	ids := make([]string, len(nodes))
@@ -373,6 +408,10 @@ func (s *Store) BulkInsertNodes(ctx context.Context, nodes []BulkNode) ([]string
 			"max_instances", "ratio_memory", "ratio_disk", "ratio_vcpu", "assign_rev", "last_heartbeat"},
 		pgx.CopyFromRows(rows))
 	if err != nil {
+		return nil, translate(err)
+	}
+	// Fresh statistics, so claims look nodes up by key rather than scan.
+	if _, err := s.pool.Exec(ctx, `ANALYZE nodes`); err != nil {
 		return nil, translate(err)
 	}
 	return ids, nil

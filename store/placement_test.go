@@ -79,8 +79,21 @@ func TestCommitPlacements(t *testing.T) {
 			}
 			revs[*in.NodeID][in.AssignRev] = true
 		}
-		if string(res[0].Instance.Placement) != `{"node_id": "x"}` {
-			t.Fatalf("placement record %s", res[0].Instance.Placement)
+		// What CommitPlacements returns is what the database holds.
+		for i, r := range res {
+			got := r.Instance
+			db, err := f.st.GetInstance(ctx, f.owner.ID, got.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if *db.NodeID != *got.NodeID || db.AssignRev != got.AssignRev || db.State != got.State ||
+				db.Generation != got.Generation || !db.CreatedAt.Equal(got.CreatedAt) || db.DesiredState != got.DesiredState ||
+				db.Tags["role"] != got.Tags["role"] || len(db.Metadata) != len(got.Metadata) || string(db.Spec) != string(got.Spec) {
+				t.Fatalf("create %d returned %+v, database holds %+v", i, got, db)
+			}
+		}
+		if db, _ := f.st.GetInstance(ctx, f.owner.ID, res[0].Instance.ID); string(db.Placement) != `{"node_id": "x"}` {
+			t.Fatalf("placement record %s", db.Placement)
 		}
 		n0, _ := f.st.GetNode(ctx, ids[0])
 		n1, _ := f.st.GetNode(ctx, ids[1])

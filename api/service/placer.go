@@ -3,6 +3,8 @@ package service
 import (
 	"context"
 	"log/slog"
+	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +61,7 @@ type Placer struct {
 	mu     sync.Mutex
 	cursor *store.ChangeCursor
 	loaded time.Time
+	rows   map[string]store.Node // node rows as the last Reload applied them
 }
 
 // NewPlacer loads the snapshot.
@@ -75,7 +78,8 @@ func NewPlacer(ctx context.Context, st *store.Store, log *slog.Logger, opts Plac
 	if opts.CommitConcurrency <= 0 {
 		opts.CommitConcurrency = 2
 	}
-	p := &Placer{st: st, log: log, opts: opts, snap: scheduler.NewSnapshot(), inflight: map[string]scheduler.Resources{}}
+	p := &Placer{st: st, log: log, opts: opts, snap: scheduler.NewSnapshot(), inflight: map[string]scheduler.Resources{},
+		rows: map[string]store.Node{}}
 	if opts.GroupCommit > 1 {
 		p.group = &groupCommit{st: st, max: opts.GroupCommit, concurrency: opts.CommitConcurrency}
 	}
@@ -127,8 +131,20 @@ func (p *Placer) Reload(ctx context.Context) error {
 	seen := make(map[string]bool, len(nodes))
 	for _, n := range nodes {
 		seen[n.ID] = true
+		// A row the scheduler would see unchanged since the last reload
+		// had no claim or release since: the snapshot already holds it
+		// with this replica's reservations.
+		if prev, ok := p.rows[n.ID]; ok && sameForScheduler(prev, n) {
+			continue
+		}
 		if err := p.upsertNode(n); err != nil {
 			return err
+		}
+		p.rows[n.ID] = n
+	}
+	for id := range p.rows {
+		if !seen[id] {
+			delete(p.rows, id)
 		}
 	}
 	for _, n := range p.snap.Nodes() {
@@ -323,6 +339,18 @@ func (p *Placer) unreserve(nodeID string, res scheduler.Resources, committed boo
 	if !committed {
 		p.snap.UpdateUsage(nodeID, addResources(scheduler.Resources{}, res, -1))
 	}
+}
+
+// sameForScheduler reports whether two reads of a node row look the same
+// to the scheduler (SchedulerNode's fields and the assignment revision,
+// which every claim and release moves).
+func sameForScheduler(a, b store.Node) bool {
+	return a.AssignRev == b.AssignRev && a.State == b.State && a.Drained == b.Drained && a.Reserved == b.Reserved &&
+		a.Name == b.Name && a.MemoryMiB == b.MemoryMiB && a.DiskMiB == b.DiskMiB && a.VCPUsMilli == b.VCPUsMilli &&
+		a.MaxInstances == b.MaxInstances && a.RatioMemory == b.RatioMemory && a.RatioDisk == b.RatioDisk &&
+		a.RatioVCPU == b.RatioVCPU && a.UsedMemoryMiB == b.UsedMemoryMiB && a.UsedDiskMiB == b.UsedDiskMiB &&
+		a.UsedVCPUsMilli == b.UsedVCPUsMilli && a.Instances == b.Instances && slices.Equal(a.Brands, b.Brands) &&
+		reflect.DeepEqual(a.Traits, b.Traits)
 }
 
 type landedCommit struct {

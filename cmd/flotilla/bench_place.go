@@ -36,6 +36,7 @@ type placeResult struct {
 	GroupCommit int     `json:"group_commit"`
 	Policy      string  `json:"policy"`
 	Fill        float64 `json:"fill"`
+	Owners      int     `json:"owners"`
 
 	// The pure scheduler: scheduler.Place and a reservation per request on
 	// one snapshot, no database.
@@ -136,6 +137,7 @@ func runBenchPlace(ctx context.Context, args []string) error {
 	group := fs.Int("group-commit", 0, "most creates per transaction (0: the placer's default; -1: off)")
 	commitConc := fs.Int("commit-concurrency", 0, "group transactions in flight per replica (0: the placer's default)")
 	refresh := fs.Duration("refresh", 2*time.Second, "snapshot reload interval")
+	owners := fs.Int("owners", 1000, "accounts the instances belong to, round robin")
 	seed := fs.Uint64("seed", 1, "workload seed")
 	db := fs.String("db", "", "use this PostgreSQL database (must be empty and migrated) instead of a private server")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -146,12 +148,12 @@ func runBenchPlace(ctx context.Context, args []string) error {
 	if *policy != string(scheduler.PolicyPack) && *policy != string(scheduler.PolicySpread) {
 		return usagef("--policy must be pack or spread")
 	}
-	if *nodes < 1 || *instances < 1 || *replicas < 1 || *conc < 1 || !(*fill > 0) {
-		return usagef("--nodes, --instances, --replicas, --concurrency and --fill must be positive")
+	if *nodes < 1 || *instances < 1 || *replicas < 1 || *conc < 1 || *owners < 1 || !(*fill > 0) {
+		return usagef("--nodes, --instances, --replicas, --concurrency, --owners and --fill must be positive")
 	}
 	w := newBenchWorkload(*nodes, *instances, *fill, *seed)
 	res := placeResult{Nodes: *nodes, Instances: *instances, Replicas: *replicas, Concurrency: *conc,
-		GroupCommit: *group, Policy: *policy, Fill: *fill, GOMAXPROCS: runtime.GOMAXPROCS(0)}
+		GroupCommit: *group, Policy: *policy, Fill: *fill, Owners: *owners, GOMAXPROCS: runtime.GOMAXPROCS(0)}
 
 	// Offline bound and the pure scheduler, on scheduler nodes equal to the
 	// rows the database will hold.
@@ -163,9 +165,13 @@ func runBenchPlace(ctx context.Context, args []string) error {
 			Ratios:   scheduler.Ratios{Memory: 1, Disk: 1, VCPU: 4}}
 		res.CapacityMemoryMiB += n.MemoryMiB
 	}
+	ownerIDs := make([]string, *owners)
+	for i := range ownerIDs {
+		ownerIDs[i] = uuid.NewString()
+	}
 	sreqs := make([]scheduler.Request, len(w.reqs))
 	for i, r := range w.reqs {
-		sreqs[i] = r.request("", "")
+		sreqs[i] = r.request(fmt.Sprintf("00000000-0000-0000-0001-%012d", i), ownerIDs[i%len(ownerIDs)])
 	}
 	res.FFDMemoryMiB = scheduler.FirstFitDecreasing(snodes, sreqs)
 	pureMem, err := benchPureDecisions(snodes, sreqs, scheduler.Policy(*policy), &res)
@@ -203,9 +209,13 @@ func runBenchPlace(ctx context.Context, args []string) error {
 	if _, err := st.BulkInsertNodes(ctx, w.nodes); err != nil {
 		return err
 	}
-	acct, err := st.CreateAccount(ctx, store.Account{Login: "bench-" + uuid.NewString()[:8], Email: "bench@localhost"})
-	if err != nil {
-		return err
+	run := uuid.NewString()[:8]
+	for i := range ownerIDs {
+		a, err := st.CreateAccount(ctx, store.Account{Login: fmt.Sprintf("bench-%s-%d", run, i), Email: "bench@localhost"})
+		if err != nil {
+			return err
+		}
+		ownerIDs[i] = a.ID
 	}
 	img, err := st.CreateImage(ctx, store.Image{Name: "bench", Version: "1", OS: "linux", Type: "zone-dataset", Public: true})
 	if err != nil {
@@ -251,11 +261,12 @@ func runBenchPlace(ctx context.Context, args []string) error {
 					}
 					q := w.reqs[i]
 					id := uuid.NewString()
-					in := store.NewInstance{Instance: store.Instance{ID: id, OwnerID: acct.ID, Name: fmt.Sprintf("b%d", i),
+					owner := ownerIDs[i%len(ownerIDs)]
+					in := store.NewInstance{Instance: store.Instance{ID: id, OwnerID: owner, Name: fmt.Sprintf("b%d", i),
 						Brand: benchBrand, ImageID: img.ID, PackageName: "bench", MemoryMiB: q.memMiB, DiskMiB: q.diskMiB,
 						VCPUsMilli: q.vcpusMilli}}
 					t0 := time.Now()
-					_, _, err := p.Place(ctx, q.request(id, acct.ID), in)
+					_, _, err := p.Place(ctx, q.request(id, owner), in)
 					lat[i] = time.Since(t0)
 					ok[i] = err == nil
 					if err != nil {
@@ -326,7 +337,8 @@ func runBenchPlace(ctx context.Context, args []string) error {
 }
 
 // benchPureDecisions places every request on one snapshot, reserving each
-// winner's resources as the placer does, and returns the memory placed.
+// winner's resources and recording the instance as a resident as the placer
+// does, and returns the memory placed.
 func benchPureDecisions(nodes []scheduler.Node, reqs []scheduler.Request, policy scheduler.Policy, res *placeResult) (int64, error) {
 	snap := scheduler.NewSnapshot()
 	for _, n := range nodes {
@@ -343,6 +355,7 @@ func benchPureDecisions(nodes []scheduler.Node, reqs []scheduler.Request, policy
 		d, err := scheduler.Place(snap, r, opts)
 		if err == nil {
 			snap.UpdateUsage(d.NodeID, scheduler.Resources{MemoryMiB: r.MemoryMiB, DiskMiB: r.DiskMiB, VCPUs: r.VCPUs, Instances: 1})
+			snap.AddResident(scheduler.Resident{ID: r.InstanceID, OwnerID: r.OwnerID, NodeID: d.NodeID})
 			placed += r.MemoryMiB
 			res.DecisionPlaced++
 		} else if !errdefs.Is(err, errdefs.InsufficientCapacity) {
