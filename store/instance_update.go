@@ -169,13 +169,19 @@ func (s *Store) ReportStatus(ctx context.Context, nodeID, id string, r StatusRep
 			r.StartedAt, r.FinishedAt, r.Error, r.Restarts); err != nil {
 			return translate(err)
 		}
+		if r.State == in.State && r.ObservedGeneration > in.ObservedGeneration {
+			// Nothing to record in the feed, but waiters want to know.
+			if _, err := tx.Exec(ctx, `SELECT pg_notify('flotilla_object', $1)`, in.ID); err != nil {
+				return translate(err)
+			}
+		}
 		if r.State != in.State {
 			detail := map[string]any{}
 			if r.ExitCode != nil {
 				detail["exit_code"] = *r.ExitCode
 			}
 			return appendChange(ctx, tx, Change{Kind: "instance", ObjectID: in.ID, OwnerID: &in.OwnerID, NodeID: in.NodeID,
-				Action: "state", State: r.State, Detail: detail})
+				Action: "state", State: r.State, Detail: detail, WakeWatchers: true})
 		}
 		return nil
 	})
@@ -203,7 +209,7 @@ func finishDelete(ctx context.Context, tx pgx.Tx, in Instance) error {
 	if err := finishAudit(ctx, tx, in.ID, in.Generation, true); err != nil {
 		return err
 	}
-	return appendChange(ctx, tx, Change{Kind: "instance", ObjectID: in.ID, OwnerID: &in.OwnerID, NodeID: in.NodeID, Action: "delete", State: "deleted"})
+	return appendChange(ctx, tx, Change{Kind: "instance", ObjectID: in.ID, OwnerID: &in.OwnerID, NodeID: in.NodeID, Action: "delete", State: "deleted", WakeWatchers: true})
 }
 
 // DeleteInstance asks for an instance to be deleted. With deletion
@@ -272,8 +278,15 @@ func (s *Store) Assignments(ctx context.Context, nodeID string, since int64, lim
 	return list, rev, nil
 }
 
-// NodeRev returns a node's current assignment revision.
+// NodeRev returns a node's current assignment revision, at least 1: a node
+// that was never assigned anything has revision 0, and an agent polling
+// since 0 gets a full answer at once instead of a long poll, so it would
+// spin. No instance carries a revision of this node until a placement bumps
+// it, so moving 0 to 1 skips nothing.
 func (s *Store) NodeRev(ctx context.Context, nodeID string) (int64, error) {
+	if _, err := s.pool.Exec(ctx, `UPDATE nodes SET assign_rev = 1 WHERE id = $1 AND assign_rev = 0`, nodeID); err != nil {
+		return 0, translate(err)
+	}
 	var rev int64
 	err := s.pool.QueryRow(ctx, `SELECT assign_rev FROM nodes WHERE id = $1`, nodeID).Scan(&rev)
 	if err != nil {
