@@ -20,12 +20,16 @@ type Change struct {
 	At       time.Time      `db:"at"`
 	// WakeNode, when set with NodeID, wakes the node's agent long poll.
 	WakeNode bool `db:"-"`
+	// WakeWatchers wakes requests waiting for this object to change
+	// (InstanceWatcher), on every control-plane replica.
+	WakeWatchers bool `db:"-"`
 }
 
 const sqlAppendChange = `WITH c AS (
 	INSERT INTO changes (kind, object_id, owner_id, node_id, action, state, detail)
 	VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING node_id
-) SELECT CASE WHEN $8 THEN pg_notify('flotilla_node', node_id::text) END FROM c`
+) SELECT CASE WHEN $8 THEN pg_notify('flotilla_node', node_id::text) END,
+	CASE WHEN $9 THEN pg_notify('flotilla_object', $2::text) END FROM c`
 
 // appendChange records a change (and wakes the node's agent when asked) in
 // one round trip.
@@ -33,7 +37,8 @@ func appendChange(ctx context.Context, q querier, c Change) error {
 	if c.Detail == nil {
 		c.Detail = map[string]any{}
 	}
-	_, err := q.Exec(ctx, sqlAppendChange, c.Kind, c.ObjectID, c.OwnerID, c.NodeID, c.Action, c.State, c.Detail, c.WakeNode && c.NodeID != nil)
+	_, err := q.Exec(ctx, sqlAppendChange, c.Kind, c.ObjectID, c.OwnerID, c.NodeID, c.Action, c.State, c.Detail,
+		c.WakeNode && c.NodeID != nil, c.WakeWatchers)
 	return translate(err)
 }
 
@@ -161,5 +166,42 @@ func (c *ChangeCursor) advance(ctx context.Context, s *Store, batch []Change) {
 		}
 		delete(c.gapSince, next)
 		c.floor = next
+	}
+}
+
+// Listen calls fn with the payload of every notification on channel until
+// ctx ends, reconnecting after errors. onConnect runs each time the listener
+// (re)connects, since notifications sent while it was away are lost.
+func (s *Store) Listen(ctx context.Context, channel string, onConnect func(), fn func(payload string)) {
+	for ctx.Err() == nil {
+		err := s.listenOnce(ctx, channel, onConnect, fn)
+		if err != nil && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+func (s *Store) listenOnce(ctx context.Context, channel string, onConnect func(), fn func(string)) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		return err
+	}
+	defer conn.Exec(context.Background(), "UNLISTEN "+pgx.Identifier{channel}.Sanitize())
+	if onConnect != nil {
+		onConnect()
+	}
+	for {
+		n, err := conn.Conn().WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		fn(n.Payload)
 	}
 }

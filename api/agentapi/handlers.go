@@ -82,7 +82,7 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) error {
 	for {
 		// Register interest before reading, so a change between the read and
 		// the wait still wakes us.
-		woken, cancel := s.wait(nodeID)
+		woken, cancel := s.waiters.Wait(nodeID)
 		list, rev, err := s.store.Assignments(r.Context(), nodeID, since, 5000)
 		if err != nil {
 			cancel()

@@ -16,13 +16,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
 	"flotilla/api/errdefs"
 	"flotilla/api/httpx"
+	"flotilla/api/service"
 	"flotilla/oci"
 	"flotilla/store"
 )
@@ -36,13 +35,12 @@ type Server struct {
 	ImageRegistry string
 	blobStore     oci.BlobStore // image content served to agents; see SetBlobs
 
-	mu      sync.Mutex
-	waiters map[string][]chan struct{}
+	waiters service.Waiters // long polls waiting for their node's assignments
 }
 
 // New returns an agent API server. Call Listen to wake long polls on changes.
 func New(st *store.Store, log *slog.Logger) *Server {
-	return &Server{store: st, log: log, waiters: map[string][]chan struct{}{}}
+	return &Server{store: st, log: log}
 }
 
 // HashToken is how join tokens and node credentials are stored.
@@ -130,79 +128,7 @@ func nodeOf(r *http.Request) string { id, _ := r.Context().Value(keyNode).(strin
 // Listen wakes long polls when the database announces a node's change. It
 // returns when ctx ends.
 func (s *Server) Listen(ctx context.Context) {
-	for ctx.Err() == nil {
-		if err := s.listenOnce(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("agent API change listener", "error", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
-	}
-}
-
-func (s *Server) listenOnce(ctx context.Context) error {
-	conn, err := s.store.Pool().Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, "LISTEN flotilla_node"); err != nil {
-		return err
-	}
-	defer conn.Exec(context.Background(), "UNLISTEN flotilla_node")
-	// Wake everyone once: something may have changed while we were not listening.
-	s.wakeAll()
-	for {
-		n, err := conn.Conn().WaitForNotification(ctx)
-		if err != nil {
-			return err
-		}
-		s.wake(n.Payload)
-	}
-}
-
-func (s *Server) wait(nodeID string) (<-chan struct{}, func()) {
-	ch := make(chan struct{})
-	s.mu.Lock()
-	s.waiters[nodeID] = append(s.waiters[nodeID], ch)
-	s.mu.Unlock()
-	return ch, func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		list := s.waiters[nodeID]
-		for i, c := range list {
-			if c == ch {
-				s.waiters[nodeID] = append(list[:i], list[i+1:]...)
-				break
-			}
-		}
-		if len(s.waiters[nodeID]) == 0 {
-			delete(s.waiters, nodeID)
-		}
-	}
-}
-
-func (s *Server) wake(nodeID string) {
-	s.mu.Lock()
-	list := s.waiters[nodeID]
-	delete(s.waiters, nodeID)
-	s.mu.Unlock()
-	for _, ch := range list {
-		close(ch)
-	}
-}
-
-func (s *Server) wakeAll() {
-	s.mu.Lock()
-	all := s.waiters
-	s.waiters = map[string][]chan struct{}{}
-	s.mu.Unlock()
-	for _, list := range all {
-		for _, ch := range list {
-			close(ch)
-		}
-	}
+	s.store.Listen(ctx, "flotilla_node", s.waiters.WakeAll, s.waiters.Wake)
 }
 
 func queryInt(r *http.Request, key string, def int64) (int64, error) {

@@ -536,25 +536,31 @@ func randomName(retry bool) string {
 // is recorded and the node will get there.
 func (s *Server) converge(ctx context.Context, c service.Caller, id string, timeout time.Duration, done func(store.Instance) bool) (store.Instance, error) {
 	deadline := time.Now().Add(timeout)
-	delay := 20 * time.Millisecond
 	for {
+		// Register before reading, so a report between the two still wakes us.
+		changed, cancel := s.Service.InstanceChanged(id)
 		in, err := s.store.GetInstance(ctx, c.AccountID, id)
 		if err != nil {
+			cancel()
 			return store.Instance{}, err
 		}
 		if done(in) || in.State == "failed" || in.State == "deleted" {
+			cancel()
 			return in, nil
 		}
 		if time.Now().After(deadline) {
+			cancel()
 			s.log.Warn("container did not reach the requested state in time", "instance", id, "state", in.State, "desired", in.DesiredState)
 			return in, nil
 		}
 		select {
 		case <-ctx.Done():
+			cancel()
 			return in, ctx.Err()
-		case <-time.After(delay):
+		case <-changed:
+		case <-time.After(250 * time.Millisecond): // in case a notification was lost
 		}
-		delay = min(delay*2, 250*time.Millisecond)
+		cancel()
 	}
 }
 

@@ -393,18 +393,21 @@ func (s *Server) autoRemove(ctx context.Context, c service.Caller, id string) {
 // waitRemoved waits (up to a minute) for the container to be gone.
 func (s *Server) waitRemoved(ctx context.Context, c service.Caller, id string) {
 	deadline := time.Now().Add(time.Minute)
-	delay := 20 * time.Millisecond
 	for time.Now().Before(deadline) {
+		changed, cancel := s.Service.InstanceChanged(id)
 		cur, err := s.store.GetInstance(ctx, c.AccountID, id)
 		if err != nil && !errdefs.Is(err, errdefs.Unavailable) || err == nil && (cur.State == "deleted" || cur.DesiredState == "deleted") {
+			cancel()
 			return
 		}
 		select {
 		case <-ctx.Done():
+			cancel()
 			return
-		case <-time.After(delay):
+		case <-changed:
+		case <-time.After(250 * time.Millisecond):
 		}
-		delay = min(2*delay, 250*time.Millisecond)
+		cancel()
 	}
 }
 

@@ -23,6 +23,7 @@ type Service struct {
 	Log    *slog.Logger
 
 	blobs oci.BlobStore // image content; see SetBlobs
+	watch Waiters       // requests waiting for instances to change; see RunWatcher
 }
 
 // New returns a Service whose placer loads its snapshot from st.

@@ -188,8 +188,9 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 		}
 	}()
 	go func() { defer cp.wg.Done(); aapi.Listen(ctx) }()
-	cp.wg.Add(1)
+	cp.wg.Add(2)
 	go func() { defer cp.wg.Done(); svc.Placer.Run(ctx) }()
+	go func() { defer cp.wg.Done(); svc.RunWatcher(ctx) }()
 	if cp.Docker, err = startDocker(ctx, cfg, svc, log); err != nil {
 		cp.Close()
 		return nil, err
