@@ -172,7 +172,7 @@ func requireCloud(t *testing.T) {
 func requireTriton(t *testing.T) {
 	t.Helper()
 	requireCloud(t)
-	if dev == nil || dev.Exited() {
+	if dev != nil && dev.Exited() {
 		t.Fatalf("flotilla dev is not running any more; its output:\n%s", dev.Output())
 	}
 	if tritonBin != "" {
