@@ -123,10 +123,17 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 	} else {
 		if res := resourcesOf(want.Spec); res != ap.Resources {
 			if u, ok := a.drv.(driver.Updater); ok {
-				if err := u.Update(ctx, want.Spec); err != nil {
+				switch err := u.Update(ctx, want.Spec); {
+				case errdefs.Is(err, errdefs.Conflict):
+					// A VM takes new resources only while stopped: keep the
+					// old ones recorded so the resize is applied once it is.
+					log.Info("resize waits until the instance is stopped", "resources", res.String())
+					res = ap.Resources
+				case err != nil:
 					return err
+				default:
+					log.Info("instance resized", "resources", res.String())
 				}
-				log.Info("instance resized", "resources", res.String())
 			} else {
 				log.Warn("driver cannot resize; new resources apply at the next create", "driver", a.drv.Name())
 			}
