@@ -78,6 +78,7 @@ type StreamServer struct {
 	drv   driver.Driver
 	str   driver.Streamer    // nil when the driver has no process I/O
 	stats driver.StatsReader // nil when the driver cannot sample usage
+	arch  driver.Archiver    // nil when the driver cannot copy files
 	token []byte
 	log   *slog.Logger
 	mux   *http.ServeMux
@@ -106,6 +107,7 @@ func NewStreamServer(drv driver.Driver, token string, log *slog.Logger) *StreamS
 		execs: map[string]*execEntry{}, conns: map[net.Conn]struct{}{}}
 	s.str, _ = drv.(driver.Streamer)
 	s.stats, _ = drv.(driver.StatsReader)
+	s.arch, _ = drv.(driver.Archiver)
 	m := http.NewServeMux()
 	p := wire.StreamPathPrefix + "/instances/{id}"
 	m.HandleFunc("GET "+p+"/logs", s.handle(s.logs))
@@ -118,6 +120,9 @@ func NewStreamServer(drv driver.Driver, token string, log *slog.Logger) *StreamS
 	m.HandleFunc("POST "+p+"/exec/{exec}/start", s.handle(s.execStart))
 	m.HandleFunc("POST "+p+"/exec/{exec}/resize", s.handle(s.execResize))
 	m.HandleFunc("GET "+p+"/exec/{exec}", s.handle(s.execInspect))
+	m.HandleFunc("GET "+p+"/archive/stat", s.handle(s.archiveStat))
+	m.HandleFunc("GET "+p+"/archive", s.handle(s.archiveGet))
+	m.HandleFunc("PUT "+p+"/archive", s.handle(s.archivePut))
 	m.HandleFunc("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.NotFoundf("no stream route %s %s", r.Method, r.URL.Path)
 	}))
@@ -1052,4 +1057,99 @@ func (s *StreamServer) execInspect(w http.ResponseWriter, r *http.Request) error
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(e.info())
+}
+
+func (s *StreamServer) archiver() (driver.Archiver, error) {
+	if s.arch == nil {
+		return nil, errdefs.New(errdefs.NotImplemented, "the %s driver cannot copy files", s.drv.Name())
+	}
+	return s.arch, nil
+}
+
+func archivePath(r *http.Request) (string, error) {
+	p := r.URL.Query().Get("path")
+	if p == "" || !strings.HasPrefix(p, "/") {
+		return "", errdefs.InvalidArgument("path must be an absolute path in the instance")
+	}
+	return p, nil
+}
+
+func wirePathStat(st driver.PathStat) wire.PathStat {
+	return wire.PathStat{Name: st.Name, Size: st.Size, Mode: uint32(st.Mode), Mtime: st.Mtime, LinkTarget: st.LinkTarget}
+}
+
+func (s *StreamServer) archiveStat(w http.ResponseWriter, r *http.Request) error {
+	a, err := s.archiver()
+	if err != nil {
+		return err
+	}
+	p, err := archivePath(r)
+	if err != nil {
+		return err
+	}
+	st, err := a.StatPath(r.Context(), r.PathValue("id"), p)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(wirePathStat(st))
+}
+
+// archiveGet streams a tar of the path. Once the 200 is out, a failure
+// aborts the connection: the caller must not take a cut tar for a whole one.
+func (s *StreamServer) archiveGet(w http.ResponseWriter, r *http.Request) error {
+	a, err := s.archiver()
+	if err != nil {
+		return err
+	}
+	p, err := archivePath(r)
+	if err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	st, err := a.StatPath(r.Context(), id, p)
+	if err != nil {
+		return err
+	}
+	b, _ := json.Marshal(wirePathStat(st))
+	w.Header().Set(wire.StreamPathStatHeader, string(b))
+	w.Header().Set("Content-Type", "application/x-tar")
+	cw := &countingWriter{w: w}
+	if err := a.ArchivePath(r.Context(), id, p, cw); err != nil {
+		if cw.n == 0 {
+			w.Header().Del(wire.StreamPathStatHeader)
+			return err
+		}
+		s.log.Warn("archive cut short", "instance", id, "path", p, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (s *StreamServer) archivePut(w http.ResponseWriter, r *http.Request) error {
+	a, err := s.archiver()
+	if err != nil {
+		return err
+	}
+	p, err := archivePath(r)
+	if err != nil {
+		return err
+	}
+	opts := driver.ArchiveOptions{NoOverwriteDirNonDir: flag(r, "noOverwriteDirNonDir")}
+	if err := a.ExtractArchive(r.Context(), r.PathValue("id"), p, r.Body, opts); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }

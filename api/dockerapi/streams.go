@@ -1,7 +1,8 @@
 package dockerapi
 
 // Process streams: attach, logs, wait, resize (this file), exec
-// (stream_exec.go), top and stats (stream_stats.go). Each resolves the
+// (stream_exec.go), top and stats (stream_stats.go), cp's archives
+// (stream_archive.go). Each resolves the
 // container for the caller, finds its node's stream server (nodes.address
 // and nodes.stream_token) and proxies api/nodeclient's stream to the client.
 //
@@ -50,6 +51,7 @@ func (s *Server) streamRoutes(r chi.Router) {
 	r.Post("/containers/{id}/resize", s.handle(s.resizeContainer))
 	s.execRoutes(r)
 	s.statsRoutes(r)
+	s.archiveRoutes(r)
 }
 
 // nodeOf returns how to reach the node running in. It returns Conflict for

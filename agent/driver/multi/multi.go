@@ -7,6 +7,7 @@ package multi
 
 import (
 	"context"
+	"io"
 	"strings"
 	"sync"
 	"time"
@@ -232,4 +233,41 @@ func (d *Driver) Stats(ctx context.Context, id string) (driver.Stats, error) {
 		return driver.Stats{}, errdefs.New(errdefs.NotImplemented, "the %s driver has no statistics", p.Name())
 	}
 	return r.Stats(ctx, id)
+}
+
+func (d *Driver) archiver(ctx context.Context, id string) (driver.Archiver, error) {
+	p, err := d.find(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	a, ok := p.(driver.Archiver)
+	if !ok {
+		return nil, errdefs.New(errdefs.NotImplemented, "the %s driver cannot copy files", p.Name())
+	}
+	return a, nil
+}
+
+// StatPath, ArchivePath and ExtractArchive forward to the part's Archiver.
+func (d *Driver) StatPath(ctx context.Context, id, path string) (driver.PathStat, error) {
+	a, err := d.archiver(ctx, id)
+	if err != nil {
+		return driver.PathStat{}, err
+	}
+	return a.StatPath(ctx, id, path)
+}
+
+func (d *Driver) ArchivePath(ctx context.Context, id, path string, w io.Writer) error {
+	a, err := d.archiver(ctx, id)
+	if err != nil {
+		return err
+	}
+	return a.ArchivePath(ctx, id, path, w)
+}
+
+func (d *Driver) ExtractArchive(ctx context.Context, id, dir string, r io.Reader, opts driver.ArchiveOptions) error {
+	a, err := d.archiver(ctx, id)
+	if err != nil {
+		return err
+	}
+	return a.ExtractArchive(ctx, id, dir, r, opts)
 }

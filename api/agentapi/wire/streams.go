@@ -28,6 +28,14 @@ import "time"
 //	POST /streams/v1/instances/{id}/exec/{exec}/start?h=&w=          Upgrade; or ?detach=1 -> 204
 //	POST /streams/v1/instances/{id}/exec/{exec}/resize?h=&w=         -> 204
 //	GET  /streams/v1/instances/{id}/exec/{exec}                      -> 200 ExecInfo
+//	GET  /streams/v1/instances/{id}/archive/stat?path=P               -> 200 PathStat
+//	GET  /streams/v1/instances/{id}/archive?path=P                    -> 200 application/x-tar,
+//	     header StreamPathStatHeader (PathStat JSON); a failure after the
+//	     headers aborts the connection, so a cut archive is never mistaken
+//	     for a whole one.
+//	PUT  /streams/v1/instances/{id}/archive?path=DIR&noOverwriteDirNonDir=1  body tar -> 204
+//	     P and DIR are absolute paths as the instance sees them; a missing
+//	     one is NotFound, a DIR that is not a directory Invalid.
 //
 // Upgrades: the request has "Connection: Upgrade" and "Upgrade: tcp"; the
 // answer is "101 Switching Protocols" with header StreamTTYHeader ("1" for a
@@ -44,7 +52,19 @@ import "time"
 const (
 	StreamPathPrefix = "/streams/v1"
 	StreamTTYHeader  = "Flotilla-Tty"
+	// StreamPathStatHeader carries the PathStat of an archive's path.
+	StreamPathStatHeader = "Flotilla-Path-Stat"
 )
+
+// PathStat describes a path in an instance's filesystem; its JSON is
+// Docker's container.PathStat. Mode has io/fs's type bits (os.ModeDir...).
+type PathStat struct {
+	Name       string    `json:"name"`
+	Size       int64     `json:"size"`
+	Mode       uint32    `json:"mode"`
+	Mtime      time.Time `json:"mtime"`
+	LinkTarget string    `json:"linkTarget"`
+}
 
 // WaitResult is the exit of an instance's main process.
 type WaitResult struct {
