@@ -469,3 +469,25 @@ func (a PlacementAudit) String() string {
 	return fmt.Sprintf("%d nodes, %d overcommitted, %d with usage unequal to their instances' sums, %d live instances",
 		a.Nodes, a.Overcommitted, a.Mismatched, a.LiveInstances)
 }
+
+// NodesUpdatedSince returns the nodes whose row changed at or after since
+// (updated_at, the changing transaction's start), and the database's
+// current time to ask from next, less the longest a claiming transaction
+// may take to commit.
+func (s *Store) NodesUpdatedSince(ctx context.Context, since time.Time) ([]Node, time.Time, error) {
+	var b pgx.Batch
+	b.Queue(`SELECT now()`)
+	b.Queue(`SELECT `+nodeColumns+` FROM nodes WHERE updated_at >= $1`, since)
+	br := s.pool.SendBatch(ctx, &b)
+	defer br.Close()
+	var at time.Time
+	if err := br.QueryRow().Scan(&at); err != nil {
+		return nil, since, translate(err)
+	}
+	rows, _ := br.Query()
+	nodes, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Node])
+	if err != nil {
+		return nil, since, translate(err)
+	}
+	return nodes, at, translate(br.Close())
+}

@@ -2,7 +2,9 @@ package service
 
 import (
 	"context"
+	"hash/maphash"
 	"log/slog"
+	"maps"
 	"reflect"
 	"slices"
 	"sync"
@@ -22,6 +24,11 @@ type PlacerOptions struct {
 	Candidates int
 	// Refresh is how often the snapshot is reloaded from the database in full.
 	Refresh time.Duration
+	// FastRefresh is how often the node rows that changed since the last
+	// look are read again, so that other replicas' claims reach this
+	// snapshot long before the next full reload. Zero means 250ms;
+	// negative turns it off.
+	FastRefresh time.Duration
 	// GroupCommit is the most creates one transaction commits together
 	// (store.CommitPlacements): concurrent creates that need no addresses,
 	// strict affinity check or Idempotency-Key share a transaction, each
@@ -57,11 +64,21 @@ type Placer struct {
 	landed map[string][]landedCommit
 	// decideMu makes a decision and its reservation one step.
 	decideMu sync.Mutex
+	// contended are nodes on which this replica recently lost a commit
+	// race, until when: another replica is filling them, so this one looks
+	// elsewhere first (Omega's conflict avoidance) instead of racing for the
+	// same best fit again. Guarded by decideMu.
+	contended map[string]time.Time
+	// seed orders equally good nodes differently on each replica, so that
+	// replicas filling a cluster do not all start on the same empty node.
+	seed maphash.Seed
 
 	mu     sync.Mutex
 	cursor *store.ChangeCursor
 	loaded time.Time
 	rows   map[string]store.Node // node rows as the last Reload applied them
+	// changedSince is where the next RefreshChanged reads from.
+	changedSince time.Time
 }
 
 // NewPlacer loads the snapshot.
@@ -75,11 +92,14 @@ func NewPlacer(ctx context.Context, st *store.Store, log *slog.Logger, opts Plac
 	if opts.GroupCommit == 0 {
 		opts.GroupCommit = 64
 	}
+	if opts.FastRefresh == 0 {
+		opts.FastRefresh = 250 * time.Millisecond
+	}
 	if opts.CommitConcurrency <= 0 {
 		opts.CommitConcurrency = 2
 	}
 	p := &Placer{st: st, log: log, opts: opts, snap: scheduler.NewSnapshot(), inflight: map[string]scheduler.Resources{},
-		rows: map[string]store.Node{}}
+		rows: map[string]store.Node{}, contended: map[string]time.Time{}, seed: maphash.MakeSeed()}
 	if opts.GroupCommit > 1 {
 		p.group = &groupCommit{st: st, max: opts.GroupCommit, concurrency: opts.CommitConcurrency}
 	}
@@ -197,11 +217,17 @@ func (p *Placer) catchUp(ctx context.Context) error {
 	return nil
 }
 
-// Run reloads the snapshot every refresh interval until ctx ends, off the
-// request path.
+// Run reloads the snapshot every refresh interval, and the node rows that
+// changed every fast refresh interval, until ctx ends, off the request path.
 func (p *Placer) Run(ctx context.Context) {
 	t := time.NewTicker(p.opts.Refresh)
 	defer t.Stop()
+	var fast <-chan time.Time
+	if p.opts.FastRefresh > 0 {
+		ft := time.NewTicker(p.opts.FastRefresh)
+		defer ft.Stop()
+		fast = ft.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -210,8 +236,51 @@ func (p *Placer) Run(ctx context.Context) {
 			if err := p.Reload(ctx); err != nil && ctx.Err() == nil {
 				p.log.Warn("reloading the scheduler snapshot", "error", err)
 			}
+		case <-fast:
+			if err := p.RefreshChanged(ctx); err != nil && ctx.Err() == nil {
+				p.log.Warn("refreshing changed nodes in the scheduler snapshot", "error", err)
+			}
 		}
 	}
+}
+
+// commitSlack is how long before its commit a claiming transaction may
+// have started (its rows' updated_at): RefreshChanged reads that far back.
+const commitSlack = 2 * time.Second
+
+// RefreshChanged reads the node rows that changed since the last look and
+// puts those the scheduler would see differently into the snapshot, with
+// this replica's reservations. It is how replicas see each other's claims
+// between full reloads; nodes that joined or left wait for Reload.
+func (p *Placer) RefreshChanged(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.loaded.IsZero() {
+		return nil
+	}
+	p.resMu.Lock()
+	p.landed = map[string][]landedCommit{}
+	p.resMu.Unlock()
+	defer func() {
+		p.resMu.Lock()
+		p.landed = nil
+		p.resMu.Unlock()
+	}()
+	nodes, at, err := p.st.NodesUpdatedSince(ctx, p.changedSince)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if prev, ok := p.rows[n.ID]; !ok || sameForScheduler(prev, n) {
+			continue
+		}
+		if err := p.upsertNode(n); err != nil {
+			return err
+		}
+		p.rows[n.ID] = n
+	}
+	p.changedSince = at.Add(-commitSlack)
+	return nil
 }
 
 // stale reports whether the snapshot is older than the refresh interval.
@@ -282,8 +351,10 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 		// read them all, and on a second loss reload everything.
 		for _, n := range fresh {
 			p.upsertNode(n)
+			p.lostRace(n.ID)
 		}
 		if len(fresh) == 0 {
+			p.lostRace(in.Candidates...)
 			for _, id := range in.Candidates {
 				if n, err := p.st.GetNode(ctx, id); err == nil {
 					p.upsertNode(n)
@@ -303,14 +374,88 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 // winner in the snapshot, as one step: concurrent placements on this
 // replica then see the capacity as taken and look elsewhere, rather than
 // two of them choosing the last room on a node.
+//
+// Nodes this replica lost a race on recently are left out while anything
+// else fits.
 func (p *Placer) decide(req scheduler.Request, res scheduler.Resources) (scheduler.Decision, error) {
 	p.decideMu.Lock()
 	defer p.decideMu.Unlock()
-	dec, err := scheduler.Place(p.snap, req, scheduler.Options{Policy: p.opts.Policy, Candidates: p.opts.Candidates})
+	opts := scheduler.Options{Policy: p.opts.Policy, Candidates: max(p.opts.Candidates, tieCandidates)}
+	if len(p.contended) > 0 {
+		now := time.Now()
+		avoid := maps.Clone(req.ExcludeNodes)
+		if avoid == nil {
+			avoid = make(map[string]bool, len(p.contended))
+		}
+		for id, until := range p.contended {
+			if now.After(until) {
+				delete(p.contended, id)
+				continue
+			}
+			avoid[id] = true
+		}
+		r := req
+		r.ExcludeNodes = avoid
+		if dec, err := scheduler.Place(p.snap, r, opts); err == nil {
+			dec = p.breakTie(dec)
+			p.reserve(dec.NodeID, res)
+			return dec, nil
+		}
+	}
+	dec, err := scheduler.Place(p.snap, req, opts)
 	if err == nil {
+		dec = p.breakTie(dec)
 		p.reserve(dec.NodeID, res)
 	}
 	return dec, err
+}
+
+// tieCandidates is how many ranked nodes a decision asks for so that
+// replicas can spread over equally good nodes.
+const tieCandidates = 32
+
+// tieWindow is how far below the best score a candidate still counts as
+// equally good: on the pack and spread scores, 1% of the largest node's
+// memory.
+const tieWindow = 0.01
+
+// breakTie moves to the front the candidate, among those within tieWindow
+// of the best score, that this replica's seed ranks first, and keeps
+// opts.Candidates of them. Replicas with their own snapshots would
+// otherwise all follow the scheduler's order (score, then node id) to the
+// same node and lose races to each other; with a stable preference per
+// replica each keeps to its own nodes among the near-best (Omega's
+// randomisation to avoid conflicts).
+func (p *Placer) breakTie(dec scheduler.Decision) scheduler.Decision {
+	c := slices.Clone(dec.Candidates)
+	best, bestHash := 0, uint64(0)
+	for i := range c {
+		if c[i].Score < c[0].Score-tieWindow {
+			break
+		}
+		if h := maphash.String(p.seed, c[i].NodeID); i == 0 || h < bestHash {
+			best, bestHash = i, h
+		}
+	}
+	if best > 0 {
+		chosen := c[best]
+		copy(c[1:best+1], c[:best])
+		c[0] = chosen
+		dec.NodeID, dec.Hostname, dec.Score = chosen.NodeID, chosen.Hostname, chosen.Score
+	}
+	dec.Candidates = c[:min(len(c), p.opts.Candidates)]
+	return dec
+}
+
+// lostRace marks nodes a commit could not claim as contended for a
+// refresh interval.
+func (p *Placer) lostRace(nodeIDs ...string) {
+	p.decideMu.Lock()
+	defer p.decideMu.Unlock()
+	until := time.Now().Add(p.opts.Refresh)
+	for _, id := range nodeIDs {
+		p.contended[id] = until
+	}
 }
 
 // reserve takes res on a node in the snapshot until the placement commits
