@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -20,6 +19,7 @@ import (
 
 	"flotilla/api/agentapi/wire"
 	"flotilla/api/errdefs"
+	"flotilla/internal/atomicfile"
 )
 
 // ControlPlane is what the agent needs from the control plane. Client
@@ -391,34 +391,7 @@ func codeForStatus(status int) errdefs.Code {
 	return errdefs.Internal
 }
 
-// writeFileAtomic writes b to path through a temporary file and a rename.
+// writeFileAtomic writes b to path through a rename, never leaving it torn.
 func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	name := f.Name()
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		os.Remove(name)
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		os.Remove(name)
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(name)
-		return err
-	}
-	if err := os.Rename(name, path); err != nil {
-		os.Remove(name)
-		return fmt.Errorf("rename %s: %w", name, err)
-	}
-	return nil
+	return atomicfile.WriteFile(path, b, perm, atomicfile.Options{})
 }

@@ -586,11 +586,23 @@ func (d *Driver) Stop(ctx context.Context, id string, grace time.Duration) error
 	}
 	dir := d.dir(id)
 	if grace > 0 {
-		err := d.withQMP(ctx, id, func(q *QMP) error { return q.SystemPowerdown(ctx) })
-		if err == nil {
-			gctx, cancel := context.WithTimeout(ctx, grace)
-			waitExit(gctx, pid, dir)
+		// A guest that was not listening yet (still booting) misses a press,
+		// as a real machine would: press again every couple of seconds.
+		deadline := time.Now().Add(grace)
+		for time.Now().Before(deadline) {
+			if err := d.withQMP(ctx, id, func(q *QMP) error { return q.SystemPowerdown(ctx) }); err != nil {
+				break
+			}
+			until := time.Now().Add(2 * time.Second)
+			if until.After(deadline) {
+				until = deadline
+			}
+			gctx, cancel := context.WithDeadline(ctx, until)
+			exited := waitExit(gctx, pid, dir)
 			cancel()
+			if exited {
+				break
+			}
 		}
 	}
 	if err := d.kill(ctx, id, pid); err != nil {

@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"flotilla/api/errdefs"
+	"flotilla/internal/atomicfile"
 )
 
 // Lines the tiny image prints on its serial console.
@@ -83,11 +84,11 @@ fi
 for e in /sys/class/input/event*; do
   case "$(cat $e/device/name 2>/dev/null)" in
   *"Power Button"*)
-    # evdev refuses reads shorter than one event (24 bytes), and devtmpfs
-    # may create the node a little after sysfs shows the device: wait for
-    # it, and power off only after a real event was read.
-    (n=/dev/input/${e##*/}; while [ ! -c $n ]; do sleep 1; done
-     dd if=$n bs=64 count=1 >/dev/null 2>&1 && { echo "FLOTILLA-TINY: power button"; poweroff -f; }) &
+    # devtmpfs may create the node a little after sysfs shows the device:
+    # wait for it before saying ready. evdev refuses reads shorter than one
+    # event (24 bytes); power off only after a real event was read.
+    n=/dev/input/${e##*/}; i=0; while [ ! -c $n ] && [ $i -lt 50 ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); done
+    (dd if=$n bs=64 count=1 >/dev/null 2>&1 && { echo "FLOTILLA-TINY: power button"; poweroff -f; }) &
     ;;
   esac
 done
@@ -176,27 +177,9 @@ func buildTinyInitrd(k Kernel, dir string) (string, error) {
 	return path, nil
 }
 
-// writeFileAtomic writes data to path through a temporary file and rename.
+// writeFileAtomic writes a file through a rename, never leaving it torn.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return errdefs.Wrap(errdefs.Internal, err, "create %s", filepath.Dir(path))
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return errdefs.Wrap(errdefs.Internal, err, "write %s", path)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
+	if err := atomicfile.WriteFile(path, data, perm, atomicfile.Options{DirPerm: 0o755}); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "write %s", path)
 	}
 	return nil

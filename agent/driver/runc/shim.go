@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"flotilla/agent/driver"
+	"flotilla/internal/atomicfile"
 )
 
 // Files in a container's directory (the runc bundle).
@@ -60,30 +61,14 @@ type shimInfo struct {
 	StartTime uint64 `json:"start_time"` // /proc/<pid>/stat field 22, against pid reuse
 }
 
-// writeJSONAtomic writes v to path through a temporary file and a rename, so
-// a reader sees the old or the new content, never a torn write.
+// writeJSONAtomic writes v to path durably through a rename, so a reader sees
+// the old or the new content, never a torn write.
 func writeJSONAtomic(path string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.WriteFile(path, b, 0o640, atomicfile.Options{DirPerm: 0o711, Sync: true})
 }
 
 func readJSON(path string, v any) error {

@@ -29,7 +29,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +37,7 @@ import (
 
 	"flotilla/agent/driver"
 	"flotilla/api/errdefs"
+	"flotilla/internal/atomicfile"
 )
 
 // Config configures a simulated driver. The zero value is a working driver
@@ -638,29 +638,8 @@ func (s *saver) wait(seq uint64, snapshot func() ([]byte, uint64, error), path s
 	}
 }
 
-// writeAtomic writes b to path through a temporary file and a rename, so a
-// reader (or a process killed mid-write) never sees a partial file.
+// writeAtomic writes b to path so that a reader (or a process killed
+// mid-write) never sees a partial file.
 func writeAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("rename: %w", err)
-	}
-	return nil
+	return atomicfile.WriteFile(path, b, 0o600, atomicfile.Options{})
 }
