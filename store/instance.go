@@ -206,8 +206,27 @@ const sqlResidents = `SELECT id::text, name, tags FROM instances WHERE owner_id 
 // capacity predicate lives in the WHERE clause (re-evaluated on the latest
 // row version under READ COMMITTED) and in CHECK constraints, so no two
 // transactions can overbook a node.
+//
+// A candidate that is refused is rolled back to a savepoint: an UPDATE that
+// waited for a concurrent claim and then found the row no longer fits
+// keeps the row locked, and holding refused nodes while waiting for the
+// next one, in each create's own candidate order, deadlocks with other
+// creates and with group commits (which lock in id order).
 func claimNode(ctx context.Context, tx pgx.Tx, in *NewInstance) (string, int64, error) {
-	for _, nodeID := range in.Candidates {
+	for i, nodeID := range in.Candidates {
+		last := i == len(in.Candidates)-1
+		if i == 0 && !last {
+			if _, err := tx.Exec(ctx, `SAVEPOINT claim_node`); err != nil {
+				return "", 0, translate(err)
+			}
+		}
+		nextCandidate := func() error {
+			if last {
+				return nil
+			}
+			_, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT claim_node`)
+			return translate(err)
+		}
 		if in.CheckNode != nil {
 			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))`, in.OwnerID, nodeID); err != nil {
 				return "", 0, translate(err)
@@ -218,12 +237,18 @@ func claimNode(ctx context.Context, tx pgx.Tx, in *NewInstance) (string, int64, 
 				return "", 0, translate(err)
 			}
 			if in.CheckNode(residents) != nil {
+				if err := nextCandidate(); err != nil {
+					return "", 0, err
+				}
 				continue
 			}
 		}
 		var rev int64
 		err := tx.QueryRow(ctx, sqlClaimNode, nodeID, in.MemoryMiB, in.DiskMiB, in.VCPUsMilli, in.Brand).Scan(&rev)
 		if err == pgx.ErrNoRows {
+			if err := nextCandidate(); err != nil {
+				return "", 0, err
+			}
 			continue
 		}
 		if err != nil {

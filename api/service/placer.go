@@ -301,7 +301,14 @@ const staleAfterMiss = 100 * time.Millisecond
 func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewInstance) (store.Instance, bool, error) {
 	var lastErr error
 	res := scheduler.Resources{MemoryMiB: in.MemoryMiB, DiskMiB: in.DiskMiB, VCPUs: float64(in.VCPUsMilli) / 1000, Instances: 1}
-	for attempt := 0; attempt < 4; attempt++ {
+	for attempt := 0; attempt < placeAttempts; attempt++ {
+		if attempt == placeAttempts-1 {
+			// The last try looks at the whole cluster afresh, so that if
+			// nothing fits any more the scheduler says why.
+			if err := p.Reload(ctx); err != nil {
+				return store.Instance{}, false, err
+			}
+		}
 		dec, err := p.decide(req, res)
 		if err != nil && attempt == 0 && p.stale() {
 			// Nothing fits in an old view: look again at a fresh one
@@ -327,7 +334,9 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 			in.CheckNode = func(residents []store.Resident) error { return checkStrict(rules, residents) }
 		}
 		reserved := dec.NodeID
-		inst, replay, fresh, err := p.commit(ctx, in)
+		// After a lost race the create commits alone, trying every
+		// candidate in turn rather than only the first.
+		inst, replay, fresh, err := p.commit(ctx, in, attempt > 0)
 		if err == nil {
 			landed := !replay && inst.NodeID != nil && *inst.NodeID == reserved
 			p.unreserve(reserved, res, landed, inst.AssignRev)
@@ -524,11 +533,15 @@ func addResources(a, b scheduler.Resources, sign int) scheduler.Resources {
 		VCPUs: a.VCPUs + float64(sign)*b.VCPUs, Instances: a.Instances + sign*b.Instances}
 }
 
+// placeAttempts bounds how often one create decides and commits.
+const placeAttempts = 6
+
 // commit records a placed create: in a shared transaction when group commit
-// is on and the create allows it, else alone. fresh holds candidate rows a
-// group commit read under its lock when it returns store.ErrNoCandidate.
-func (p *Placer) commit(ctx context.Context, in store.NewInstance) (inst store.Instance, replay bool, fresh []store.Node, err error) {
-	if p.group == nil || !store.GroupCommittable(in) {
+// is on and the create allows it, else (or when alone is set) on its own.
+// fresh holds candidate rows a group commit read under its lock when it
+// returns store.ErrNoCandidate.
+func (p *Placer) commit(ctx context.Context, in store.NewInstance, alone bool) (inst store.Instance, replay bool, fresh []store.Node, err error) {
+	if alone || p.group == nil || !store.GroupCommittable(in) {
 		inst, replay, err = p.st.CreateInstance(ctx, in)
 		return inst, replay, nil, err
 	}
