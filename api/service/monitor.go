@@ -29,15 +29,15 @@ func (s *Service) RunNodeMonitor(ctx context.Context, o MonitorOptions) {
 	t := time.NewTicker(o.Interval)
 	defer t.Stop()
 	lastPurge := time.Time{}
-	// Agents reconnecting after a control-plane restart get one grace
-	// period before anyone is declared offline.
-	started := time.Now()
 	for {
 		leader, err := s.Store.AcquireLease(ctx, "node-monitor", o.Holder, 3*o.Interval)
 		if err != nil && ctx.Err() == nil {
 			s.Log.Warn("node monitor lease", "error", err)
 		}
-		if leader && time.Since(started) >= o.Grace {
+		// A node silent for longer than the grace period is offline even
+		// if the control plane itself was down meanwhile: placing on it
+		// would strand instances; its next heartbeat brings it back.
+		if leader {
 			ids, err := s.Store.MarkSilentNodesOffline(ctx, o.Grace)
 			if err != nil && ctx.Err() == nil {
 				s.Log.Warn("node monitor", "error", err)
