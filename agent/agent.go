@@ -310,6 +310,7 @@ func (a *Agent) register(ctx context.Context) (string, error) {
 func (a *Agent) heartbeatLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
+	lostContact := false
 	for {
 		a.mu.Lock()
 		running := 0
@@ -328,8 +329,16 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 			Address:   a.cfg.Address,
 			Running:   running,
 		}
-		if err := a.cp.Heartbeat(ctx, hb); err != nil && ctx.Err() == nil {
-			a.log.Warn("heartbeat failed", "err", err)
+		if err := a.cp.Heartbeat(ctx, hb); err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("heartbeat failed", "err", err)
+				lostContact = true
+			}
+		} else if lostContact {
+			// The control plane may have marked this node offline and its
+			// instances unknown meanwhile: report every instance again.
+			lostContact = false
+			a.reportAllAgain()
 		}
 		select {
 		case <-ctx.Done():
@@ -501,4 +510,19 @@ func jitter(base, max time.Duration, attempt int) time.Duration {
 		d = max
 	}
 	return d/2 + rand.N(d/2+1)
+}
+
+// reportAllAgain forgets what was reported and syncs every known instance,
+// so each is reported afresh.
+func (a *Agent) reportAllAgain() {
+	a.mu.Lock()
+	clear(a.reported)
+	keys := make([]string, 0, len(a.desired))
+	for id := range a.desired {
+		keys = append(keys, id)
+	}
+	a.mu.Unlock()
+	for _, k := range keys {
+		a.q.AddNow(k)
+	}
 }

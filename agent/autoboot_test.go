@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -47,4 +48,31 @@ func TestAutobootAfterNodeRestart(t *testing.T) {
 	if n := d2.Starts("vm"); n != 2 {
 		t.Fatalf("vm started %d times, want 2 (create, then autoboot once)", n)
 	}
+}
+
+// After the control plane was unreachable (it may have marked the node
+// offline and its instances unknown), every instance is reported again.
+func TestReportsAgainAfterLostContact(t *testing.T) {
+	cp := newFakeCP()
+	cp.Set(running("a"), running("b"))
+	d := MustSim(t, sim.Config{})
+	startAgent(t, testConfig(t, cp, d, t.TempDir()))
+	waitState(t, cp, "a", driver.StateRunning, 1)
+	waitState(t, cp, "b", driver.StateRunning, 1)
+	time.Sleep(100 * time.Millisecond)
+	before := cp.Reports("a")
+
+	cp.mu.Lock()
+	cp.hbErr = errors.New("control plane down")
+	cp.mu.Unlock()
+	time.Sleep(150 * time.Millisecond) // a few failed heartbeats
+	if n := cp.Reports("a"); n != before {
+		t.Fatalf("reports sent while nothing changed: %d -> %d", before, n)
+	}
+	cp.mu.Lock()
+	cp.hbErr = nil
+	cp.mu.Unlock()
+	waitFor(t, 2*time.Second, "both instances reported again", func() bool {
+		return cp.Reports("a") > before && cp.Reports("b") > before
+	})
 }

@@ -30,6 +30,8 @@ type fakeCP struct {
 	regs     int
 	// reportErr, when set, may fail a report.
 	reportErr func(id string) error
+	// hbErr, when set, fails heartbeats.
+	hbErr error
 }
 
 func newFakeCP() *fakeCP {
@@ -92,6 +94,9 @@ func (f *fakeCP) Register(ctx context.Context, req wire.RegisterRequest) (string
 func (f *fakeCP) Heartbeat(ctx context.Context, hb wire.Heartbeat) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.hbErr != nil {
+		return f.hbErr
+	}
 	f.hbs = append(f.hbs, hb)
 	return nil
 }
