@@ -41,7 +41,9 @@ func GroupCommittable(in NewInstance) bool {
 // inserted with their audit and change rows (a create whose name is taken
 // is skipped by ON CONFLICT and so claims nothing), and the nodes' usage
 // grows by the inserted creates' sums under the same predicate, backed by
-// the CHECK constraints.
+// the CHECK constraints. Should the UPDATE refuse a node that ok allowed
+// (the predicates are the same, so it cannot), claims_checked divides by
+// zero and the whole statement rolls back.
 // Each create on a node gets its own assign_rev (the node's revision plus
 // its position in the share), so agents paging by revision never split one.
 const sqlCommitPlacements = `WITH v AS (
@@ -103,8 +105,7 @@ const sqlCommitPlacements = `WITH v AS (
 	RETURNING nodes.id
 )
 SELECT i.id::text, i.node_id::text, i.assign_rev, i.state, i.generation, i.created_at, i.updated_at,
-	(SELECT count(*) FROM upd) AS nodes_updated,
-	(SELECT count(*) FROM sums) AS nodes_claimed,
+	(SELECT 1 / (CASE WHEN count(*) = (SELECT count(*) FROM sums) THEN 1 ELSE 0 END) FROM upd) AS claims_checked,
 	CASE WHEN row_number() OVER () = 1 THEN (SELECT array_agg(id::text) FROM ok) END AS fitting,
 	(SELECT count(pg_notify('flotilla_node', d.node_id::text)) FROM (SELECT DISTINCT node_id FROM chg) d) AS notified
 FROM ins i`
@@ -116,22 +117,17 @@ const sqlBatchNodes = `SELECT ` + nodeColumns + ` FROM nodes WHERE id = ANY($1::
 // committedRow is what the database chose for an inserted instance, with
 // the batch's node tallies (fitting only on the first row).
 type committedRow struct {
-	ID           string    `db:"id"`
-	NodeID       string    `db:"node_id"`
-	AssignRev    int64     `db:"assign_rev"`
-	State        string    `db:"state"`
-	Generation   int64     `db:"generation"`
-	CreatedAt    time.Time `db:"created_at"`
-	UpdatedAt    time.Time `db:"updated_at"`
-	NodesUpdated int64     `db:"nodes_updated"`
-	NodesClaimed int64     `db:"nodes_claimed"`
-	Fitting      []string  `db:"fitting"`
-	Notified     int64     `db:"notified"`
+	ID         string    `db:"id"`
+	NodeID     string    `db:"node_id"`
+	AssignRev  int64     `db:"assign_rev"`
+	State      string    `db:"state"`
+	Generation int64     `db:"generation"`
+	CreatedAt  time.Time `db:"created_at"`
+	UpdatedAt  time.Time `db:"updated_at"`
+	Checked    int64     `db:"claims_checked"`
+	Fitting    []string  `db:"fitting"`
+	Notified   int64     `db:"notified"`
 }
-
-// errBatchDiverged means the node UPDATE refused a node the batch had
-// checked under its lock, which the predicates' equality rules out.
-var errBatchDiverged = errdefs.New(errdefs.Internal, "group commit: a node refused a claim its locked row allowed")
 
 // CommitPlacements commits a batch of placed creates in one transaction and
 // one round trip (sqlCommitPlacements, then a read of the batch's nodes).
@@ -193,9 +189,6 @@ func (s *Store) commitBatch(ctx context.Context, ins []NewInstance, batch []int,
 	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[committedRow])
 	if err != nil {
 		return translate(err)
-	}
-	if len(got) > 0 && got[0].NodesUpdated != got[0].NodesClaimed {
-		return errBatchDiverged
 	}
 	rows, _ = br.Query()
 	after, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Node])
@@ -490,4 +483,11 @@ func (s *Store) NodesUpdatedSince(ctx context.Context, since time.Time) ([]Node,
 		return nil, since, translate(err)
 	}
 	return nodes, at, translate(br.Close())
+}
+
+// NodesByID returns the nodes among ids, in one query.
+func (s *Store) NodesByID(ctx context.Context, ids []string) ([]Node, error) {
+	rows, _ := s.pool.Query(ctx, sqlBatchNodes, ids)
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Node])
+	return out, translate(err)
 }

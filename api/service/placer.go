@@ -354,25 +354,22 @@ func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewI
 		}
 		lastErr = err
 		p.conflicts.Add(1)
-		// Our view of those nodes was stale: refresh them and exclude none, so
-		// the scheduler sees their true usage. A group commit tried only the
-		// first candidate and read its row; a lone commit tried them all, so
-		// read them all, and on a second loss reload everything.
+		// Our view of those nodes was stale: refresh them so the scheduler
+		// sees their true usage, and avoid them for a while (lostRace). A
+		// group commit tried only the first candidate and read its row; a
+		// lone commit tried them all, so read them all.
 		for _, n := range fresh {
 			p.upsertNode(n)
 			p.lostRace(n.ID)
 		}
 		if len(fresh) == 0 {
 			p.lostRace(in.Candidates...)
-			for _, id := range in.Candidates {
-				if n, err := p.st.GetNode(ctx, id); err == nil {
-					p.upsertNode(n)
-				}
+			nodes, err := p.st.NodesByID(ctx, in.Candidates)
+			if err != nil {
+				return store.Instance{}, false, err
 			}
-			if attempt == 1 {
-				if err := p.Reload(ctx); err != nil {
-					return store.Instance{}, false, err
-				}
+			for _, n := range nodes {
+				p.upsertNode(n)
 			}
 		}
 	}
