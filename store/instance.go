@@ -148,11 +148,8 @@ func (s *Store) CreateInstance(ctx context.Context, in NewInstance) (Instance, b
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE instances SET node_id = $2, assign_rev = $3 WHERE id = $1`, in.ID, nodeID, rev); err != nil {
-			return translate(err)
-		}
-		return appendChange(ctx, tx, Change{Kind: "instance", ObjectID: in.ID, OwnerID: &in.OwnerID, NodeID: &nodeID,
-			Action: "create", State: "provisioning", Detail: map[string]any{"name": in.Name}, WakeNode: true})
+		_, err = tx.Exec(ctx, sqlPlaceInstance, in.ID, nodeID, rev, map[string]any{"name": in.Name})
+		return translate(err)
 	})
 	if r, ok := err.(errReplay); ok {
 		inst, err := s.GetInstance(ctx, in.OwnerID, r.id)
@@ -189,6 +186,15 @@ VALUES ($1, $2, $3, 201, $4) ON CONFLICT DO NOTHING`, ownerID, key, hash, []byte
 	return string(resp), true, nil
 }
 
+// sqlPlaceInstance puts the instance on its node, records the create in the
+// change feed and wakes the node's agent, in one round trip.
+const sqlPlaceInstance = `WITH u AS (
+	UPDATE instances SET node_id = $2, assign_rev = $3 WHERE id = $1 RETURNING id, owner_id, node_id
+), c AS (
+	INSERT INTO changes (kind, object_id, owner_id, node_id, action, state, detail)
+	SELECT 'instance', id, owner_id, node_id, 'create', 'provisioning', $4 FROM u RETURNING node_id
+) SELECT pg_notify('flotilla_node', node_id::text) FROM c`
+
 const sqlClaimNode = `UPDATE nodes SET
 	used_memory_mib = used_memory_mib + $2, used_disk_mib = used_disk_mib + $3,
 	used_vcpus_milli = used_vcpus_milli + $4, instances = instances + 1,
@@ -215,7 +221,10 @@ const sqlResidents = `SELECT id::text, name, tags FROM instances WHERE owner_id 
 func claimNode(ctx context.Context, tx pgx.Tx, in *NewInstance) (string, int64, error) {
 	for i, nodeID := range in.Candidates {
 		last := i == len(in.Candidates)-1
-		if i == 0 && !last {
+		// Without a strict-affinity check the savepoint travels with the
+		// first claim, in the same round trip.
+		pipelined := i == 0 && !last && in.CheckNode == nil
+		if i == 0 && !last && !pipelined {
 			if _, err := tx.Exec(ctx, `SAVEPOINT claim_node`); err != nil {
 				return "", 0, translate(err)
 			}
@@ -244,7 +253,21 @@ func claimNode(ctx context.Context, tx pgx.Tx, in *NewInstance) (string, int64, 
 			}
 		}
 		var rev int64
-		err := tx.QueryRow(ctx, sqlClaimNode, nodeID, in.MemoryMiB, in.DiskMiB, in.VCPUsMilli, in.Brand).Scan(&rev)
+		var err error
+		if pipelined {
+			b := &pgx.Batch{}
+			b.Queue(`SAVEPOINT claim_node`)
+			b.Queue(sqlClaimNode, nodeID, in.MemoryMiB, in.DiskMiB, in.VCPUsMilli, in.Brand)
+			br := tx.SendBatch(ctx, b)
+			if _, err = br.Exec(); err == nil {
+				err = br.QueryRow().Scan(&rev)
+			}
+			if cerr := br.Close(); err == nil && cerr != nil {
+				err = cerr
+			}
+		} else {
+			err = tx.QueryRow(ctx, sqlClaimNode, nodeID, in.MemoryMiB, in.DiskMiB, in.VCPUsMilli, in.Brand).Scan(&rev)
+		}
 		if err == pgx.ErrNoRows {
 			if err := nextCandidate(); err != nil {
 				return "", 0, err

@@ -16,6 +16,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -36,6 +38,9 @@ type Server struct {
 	blobStore     oci.BlobStore // image content served to agents; see SetBlobs
 
 	waiters service.Waiters // long polls waiting for their node's assignments
+
+	credMu sync.Mutex
+	creds  map[string]cachedCredential // by credential hash
 }
 
 // New returns an agent API server. Call Listen to wake long polls on changes.
@@ -106,7 +111,7 @@ func (s *Server) nodeAuth(next http.Handler) http.Handler {
 			renderError(w, r, errdefs.New(errdefs.Unauthorized, "missing node credential: send Authorization: Bearer <credential>"))
 			return
 		}
-		nodeID, err := s.store.NodeByCredential(r.Context(), HashToken(tok))
+		nodeID, err := s.nodeByCredential(r.Context(), tok)
 		if err != nil {
 			if errdefs.Is(err, errdefs.NotFound) {
 				err = errdefs.New(errdefs.Unauthorized, "unknown node credential: register the node again with a join token")
@@ -124,6 +129,40 @@ func (s *Server) nodeAuth(next http.Handler) http.Handler {
 }
 
 func nodeOf(r *http.Request) string { id, _ := r.Context().Value(keyNode).(string); return id }
+
+// credentialTTL bounds how long a replaced node credential keeps working on
+// a replica that has seen it (registration rotates credentials).
+const credentialTTL = 10 * time.Second
+
+type cachedCredential struct {
+	nodeID  string
+	expires time.Time
+}
+
+// nodeByCredential resolves a node credential, remembering the answer for a
+// few seconds: every poll, report and heartbeat carries it.
+func (s *Server) nodeByCredential(ctx context.Context, tok string) (string, error) {
+	hash := HashToken(tok)
+	key := string(hash)
+	now := time.Now()
+	s.credMu.Lock()
+	c, ok := s.creds[key]
+	s.credMu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.nodeID, nil
+	}
+	nodeID, err := s.store.NodeByCredential(ctx, hash)
+	if err != nil {
+		return "", err
+	}
+	s.credMu.Lock()
+	if s.creds == nil || len(s.creds) > 100000 {
+		s.creds = map[string]cachedCredential{}
+	}
+	s.creds[key] = cachedCredential{nodeID: nodeID, expires: now.Add(credentialTTL)}
+	s.credMu.Unlock()
+	return nodeID, nil
+}
 
 // Listen wakes long polls when the database announces a node's change. It
 // returns when ctx ends.
