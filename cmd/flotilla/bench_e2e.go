@@ -95,20 +95,8 @@ func benchE2E(ctx context.Context, args []string) error {
 	}
 	defer cp.Close()
 	st := cp.Store
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	sshPub, _ := ssh.NewPublicKey(pub)
-	pk, err := auth.ParsePublicKey(string(ssh.MarshalAuthorizedKey(sshPub)))
+	acct, signer, err := newBenchAccount(ctx, st)
 	if err != nil {
-		return err
-	}
-	acct, err := st.CreateAccount(ctx, store.Account{Login: "bench", Email: "bench@localhost"})
-	if err != nil {
-		return err
-	}
-	if _, err := st.CreateKey(ctx, store.Key{OwnerID: acct.ID, Name: "bench", FingerprintMD5: pk.MD5, FingerprintSHA256: pk.SHA256, Text: pk.OpenSSH}); err != nil {
-		return err
-	}
-	if err := service.EnsurePackages(ctx, st); err != nil {
 		return err
 	}
 	if _, err := st.CreateNetwork(ctx, store.Network{Name: "bench", Public: true, Subnet: "10.200.0.0/16"}); err != nil {
@@ -134,10 +122,6 @@ func benchE2E(ctx context.Context, args []string) error {
 		go func() { defer awg.Done(); agent.Run(actx, cfg) }()
 	}
 	if err := waitReady(ctx, cp, *nodes); err != nil {
-		return err
-	}
-	signer, err := auth.NewSigner("bench", "", priv)
-	if err != nil {
 		return err
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *conc * 2}}
@@ -303,4 +287,34 @@ func printResult(v any, asJSON bool) error {
 // benchE2ERunc is provided by bench_runc.go when the runc driver is wired.
 var benchE2ERunc = func(ctx context.Context, driver string, n int, asJSON bool) error {
 	return usagef("bench e2e --driver %s is not available in this build", driver)
+}
+
+// newBenchAccount creates the account "bench" with a fresh Ed25519 key, and
+// the default packages, and returns a request signer for it.
+func newBenchAccount(ctx context.Context, st *store.Store) (store.Account, *auth.Signer, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return store.Account{}, nil, err
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return store.Account{}, nil, err
+	}
+	pk, err := auth.ParsePublicKey(string(ssh.MarshalAuthorizedKey(sshPub)))
+	if err != nil {
+		return store.Account{}, nil, err
+	}
+	acct, err := st.CreateAccount(ctx, store.Account{Login: "bench", Email: "bench@localhost"})
+	if err != nil {
+		return store.Account{}, nil, err
+	}
+	if _, err := st.CreateKey(ctx, store.Key{OwnerID: acct.ID, Name: "bench", FingerprintMD5: pk.MD5,
+		FingerprintSHA256: pk.SHA256, Text: pk.OpenSSH}); err != nil {
+		return store.Account{}, nil, err
+	}
+	if err := service.EnsurePackages(ctx, st); err != nil {
+		return store.Account{}, nil, err
+	}
+	signer, err := auth.NewSigner("bench", "", priv)
+	return acct, signer, err
 }

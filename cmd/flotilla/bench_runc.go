@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/crypto/ssh"
 
 	"flotilla/agent"
 	"flotilla/agent/driver/qemu"
@@ -91,20 +89,8 @@ func benchE2EReal(ctx context.Context, drv string, n int, asJSON bool) error {
 	}
 	defer cp.Close()
 	st := cp.Store
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	sshPub, _ := ssh.NewPublicKey(pub)
-	pk, err := auth.ParsePublicKey(string(ssh.MarshalAuthorizedKey(sshPub)))
+	_, signer, err := newBenchAccount(ctx, st)
 	if err != nil {
-		return err
-	}
-	acct, err := st.CreateAccount(ctx, store.Account{Login: "bench", Email: "bench@localhost"})
-	if err != nil {
-		return err
-	}
-	if _, err := st.CreateKey(ctx, store.Key{OwnerID: acct.ID, Name: "bench", FingerprintMD5: pk.MD5, FingerprintSHA256: pk.SHA256, Text: pk.OpenSSH}); err != nil {
-		return err
-	}
-	if err := service.EnsurePackages(ctx, st); err != nil {
 		return err
 	}
 	subnet, err := freeHostSubnet()
@@ -143,10 +129,6 @@ func benchE2EReal(ctx context.Context, drv string, n int, asJSON bool) error {
 			Driver: d, Address: "127.0.0.1:0", Logger: log})
 	}()
 	if err := waitReady(ctx, cp, 1); err != nil {
-		return err
-	}
-	signer, err := auth.NewSigner("bench", "", priv)
-	if err != nil {
 		return err
 	}
 	api := &benchClient{url: cp.CloudAPIURL, signer: signer, http: &http.Client{Timeout: 30 * time.Second}}
