@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-
 	"flotilla/agent"
 	"flotilla/agent/driver/qemu"
 	"flotilla/agent/network"
