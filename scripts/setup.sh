@@ -18,9 +18,13 @@ have npm || need+=(npm)
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# The VM tests fetch the distribution's kernel package with apt-get download,
+# which needs package lists even when nothing else is missing.
+if [ ${#need[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
-  $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
