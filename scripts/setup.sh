@@ -20,7 +20,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # The VM tests fetch the distribution's kernel package with apt-get download,
 # which needs package lists even when nothing else is missing.
-if [ ${#need[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+if [ ${#need[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1; then
   $SUDO apt-get update -qq
 fi
 if [ ${#need[@]} -gt 0 ]; then
