@@ -136,9 +136,11 @@ func (s *Store) CreateInstance(ctx context.Context, in NewInstance) (Instance, b
 			if err != nil {
 				return err
 			}
-			if err := insertNIC(ctx, tx, in.ID, in.OwnerID, netID, ip, i == 0, i); err != nil {
+			nic, err := insertNIC(ctx, tx, in.ID, in.OwnerID, netID, ip, i == 0, i)
+			if err != nil {
 				return err
 			}
+			in.NICs = append(in.NICs, nic)
 		}
 		if err := appendAudit(ctx, tx, AuditEntry{OwnerID: in.OwnerID, InstanceID: &in.ID, Action: "provision", Success: true,
 			Caller: in.Caller, Generation: 1, Pending: true}); err != nil {
@@ -149,6 +151,7 @@ func (s *Store) CreateInstance(ctx context.Context, in NewInstance) (Instance, b
 			return err
 		}
 		_, err = tx.Exec(ctx, sqlPlaceInstance, in.ID, nodeID, rev, map[string]any{"name": in.Name})
+		in.NodeID, in.AssignRev = &nodeID, rev
 		return translate(err)
 	})
 	if r, ok := err.(errReplay); ok {
@@ -158,8 +161,8 @@ func (s *Store) CreateInstance(ctx context.Context, in NewInstance) (Instance, b
 	if err != nil {
 		return Instance{}, false, err
 	}
-	inst, err := s.GetInstance(ctx, in.OwnerID, in.ID)
-	return inst, false, err
+	// The transaction returned everything the row holds: no need to read it again.
+	return in.Instance, false, nil
 }
 
 type errReplay struct{ id string }
@@ -285,7 +288,8 @@ func claimNode(ctx context.Context, tx pgx.Tx, in *NewInstance) (string, int64, 
 const sqlInsertInstance = `INSERT INTO instances (id, owner_id, name, brand, image_id, package_id, package_name, memory_mib,
 	disk_mib, vcpus_milli, node_id, desired_state, assign_rev, docker, spec, metadata, tags, affinity, placement,
 	firewall_enabled, deletion_protection)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+RETURNING created_at, updated_at, generation, state`
 
 func insertInstance(ctx context.Context, tx pgx.Tx, in *Instance) error {
 	if in.DesiredState == "" {
@@ -303,9 +307,10 @@ func insertInstance(ctx context.Context, tx pgx.Tx, in *Instance) error {
 	if in.Affinity == nil {
 		in.Affinity = []string{}
 	}
-	_, err := tx.Exec(ctx, sqlInsertInstance, in.ID, in.OwnerID, in.Name, in.Brand, in.ImageID, in.PackageID, in.PackageName,
+	err := tx.QueryRow(ctx, sqlInsertInstance, in.ID, in.OwnerID, in.Name, in.Brand, in.ImageID, in.PackageID, in.PackageName,
 		in.MemoryMiB, in.DiskMiB, in.VCPUsMilli, in.NodeID, in.DesiredState, in.AssignRev, in.Docker, in.Spec,
-		in.Metadata, in.Tags, in.Affinity, nullJSON(in.Placement), in.FirewallEnabled, in.DeletionProtection)
+		in.Metadata, in.Tags, in.Affinity, nullJSON(in.Placement), in.FirewallEnabled, in.DeletionProtection).Scan(
+		&in.CreatedAt, &in.UpdatedAt, &in.Generation, &in.State)
 	if err != nil {
 		if pgCode(err) == sqlUniqueViolation && constraintOf(err) == "instances_owner_name" {
 			return errdefs.Conflictf("an instance named %q already exists", in.Name)
@@ -318,17 +323,25 @@ func insertInstance(ctx context.Context, tx pgx.Tx, in *Instance) error {
 	return nil
 }
 
-func insertNIC(ctx context.Context, tx pgx.Tx, instanceID, ownerID, networkID, ip string, primary bool, pos int) error {
+// sqlInsertNIC adds a NIC and returns it with its network's settings.
+const sqlInsertNIC = `WITH n AS (
+	INSERT INTO nics (mac, instance_id, owner_id, network_id, ip, is_primary, position)
+	VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (mac) DO NOTHING RETURNING *
+) SELECT ` + nicColumns + ` FROM n JOIN networks w ON w.id = n.network_id`
+
+func insertNIC(ctx context.Context, tx pgx.Tx, instanceID, ownerID, networkID, ip string, primary bool, pos int) (NIC, error) {
 	for attempt := 0; attempt < 5; attempt++ {
-		mac := randomMAC()
-		_, err := tx.Exec(ctx, `INSERT INTO nics (mac, instance_id, owner_id, network_id, ip, is_primary, position)
-VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (mac) DO NOTHING`, mac, instanceID, ownerID, networkID, ip, primary, pos)
-		if err != nil {
-			return translate(err)
+		rows, _ := tx.Query(ctx, sqlInsertNIC, randomMAC(), instanceID, ownerID, networkID, ip, primary, pos)
+		nic, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[NIC])
+		if err == nil {
+			return nic, nil
 		}
-		return nil
+		if err != pgx.ErrNoRows {
+			return NIC{}, translate(err)
+		}
+		// That MAC is taken: draw another.
 	}
-	return errdefs.New(errdefs.Internal, "could not allocate a MAC address")
+	return NIC{}, errdefs.New(errdefs.Internal, "could not allocate a MAC address")
 }
 
 // randomMAC returns a locally administered unicast MAC address.
