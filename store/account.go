@@ -126,3 +126,28 @@ func validUUID(s string) bool {
 	_, err := uuid.Parse(s)
 	return err == nil && len(s) == 36
 }
+
+// accountWithKeys is an account row with its keys' OpenSSH texts.
+type accountWithKeys struct {
+	Account
+	Keys []string
+}
+
+const sqlAccountWithKeys = `SELECT ` + accountColumns + `,
+	ARRAY(SELECT key_text FROM keys WHERE owner_id = accounts.id ORDER BY created_at, name)
+FROM accounts WHERE id = $1`
+
+// AccountWithKeys returns an account and its public keys (OpenSSH text), in
+// one round trip: what a create needs to check the account and fill in
+// root_authorized_keys.
+func (s *Store) AccountWithKeys(ctx context.Context, id string) (Account, []string, error) {
+	if !validUUID(id) {
+		return Account{}, nil, errdefs.NotFoundf("account %s not found", id)
+	}
+	rows, _ := s.pool.Query(ctx, sqlAccountWithKeys, id)
+	a, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[accountWithKeys])
+	if err != nil {
+		return Account{}, nil, notFound(err, "account not found")
+	}
+	return a.Account, a.Keys, nil
+}

@@ -1,6 +1,7 @@
 package agentapi
 
 import (
+	"context"
 	"net/http"
 	"net/netip"
 	"time"
@@ -118,7 +119,7 @@ func (s *Server) assignment(r *http.Request, in store.Instance, images map[strin
 	im, ok := images[in.ImageID]
 	if !ok {
 		var err error
-		im, err = s.store.ImageByID(r.Context(), in.ImageID)
+		im, err = s.imageContent(r.Context(), in.ImageID)
 		if err != nil && !errdefs.Is(err, errdefs.NotFound) {
 			return wire.Assignment{}, err
 		}
@@ -198,4 +199,30 @@ func truncate(s string, n int) string {
 		return s[:n]
 	}
 	return s
+}
+
+// imageContent returns the image's content fields (id, type, manifest
+// digest), which never change once an image has content: they are kept
+// for the server's lifetime, saving a query for every assignment.
+func (s *Server) imageContent(ctx context.Context, id string) (store.Image, error) {
+	s.imageMu.Lock()
+	im, ok := s.images[id]
+	s.imageMu.Unlock()
+	if ok {
+		return im, nil
+	}
+	full, err := s.store.ImageByID(ctx, id)
+	if err != nil {
+		return store.Image{}, err
+	}
+	im = store.Image{ID: full.ID, Type: full.Type, ManifestDigest: full.ManifestDigest}
+	if im.ManifestDigest != "" {
+		s.imageMu.Lock()
+		if s.images == nil || len(s.images) > 10000 {
+			s.images = map[string]store.Image{}
+		}
+		s.images[id] = im
+		s.imageMu.Unlock()
+	}
+	return im, nil
 }

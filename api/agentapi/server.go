@@ -41,6 +41,9 @@ type Server struct {
 
 	credMu sync.Mutex
 	creds  map[string]cachedCredential // by credential hash
+
+	imageMu sync.Mutex
+	images  map[string]store.Image // content fields by image id; see imageContent
 }
 
 // New returns an agent API server. Call Listen to wake long polls on changes.

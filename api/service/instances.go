@@ -95,7 +95,7 @@ func brandForImage(imageType, requested string) (string, error) {
 // networks, places it and records it. It returns the instance and whether it
 // is the replay of an earlier request with the same Idempotency-Key.
 func (s *Service) CreateInstance(ctx context.Context, c Caller, req CreateRequest) (store.Instance, bool, error) {
-	acct, err := s.Store.AccountByID(ctx, c.AccountID)
+	acct, keys, err := s.Store.AccountWithKeys(ctx, c.AccountID)
 	if err != nil {
 		return store.Instance{}, false, err
 	}
@@ -167,16 +167,12 @@ func (s *Service) CreateInstance(ctx context.Context, c Caller, req CreateReques
 		metadata[k] = v
 	}
 	if _, ok := metadata["root_authorized_keys"]; !ok && !req.Docker {
-		keys, err := s.Store.ListKeys(ctx, c.AccountID)
-		if err != nil {
-			return store.Instance{}, false, err
-		}
 		if len(keys) == 0 {
 			return store.Instance{}, false, &errdefs.Error{Code: errdefs.Invalid, Message: "At least one SSH key is required to provision", Reason: "KeyRequired"}
 		}
 		var b strings.Builder
 		for _, k := range keys {
-			b.WriteString(k.Text)
+			b.WriteString(k)
 			b.WriteString("\n")
 		}
 		metadata["root_authorized_keys"] = b.String()
