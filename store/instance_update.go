@@ -160,30 +160,27 @@ func (s *Store) ReportStatus(ctx context.Context, nodeID, id string, r StatusRep
 				return finishDelete(ctx, tx, in)
 			}
 		}
+		// The writes go together in one round trip.
+		b := &pgx.Batch{}
 		if r.ObservedGeneration > in.ObservedGeneration {
-			if err := finishAudit(ctx, tx, in.ID, r.ObservedGeneration, r.State != "failed"); err != nil {
-				return err
-			}
+			b.Queue(sqlFinishAudit, in.ID, r.ObservedGeneration, r.State != "failed")
 		}
-		if _, err := tx.Exec(ctx, sqlWriteStatus, id, r.State, r.ObservedGeneration, r.RebootCount, r.ExitCode,
-			r.StartedAt, r.FinishedAt, r.Error, r.Restarts); err != nil {
-			return translate(err)
-		}
-		if r.State == in.State && r.ObservedGeneration > in.ObservedGeneration {
-			// Nothing to record in the feed, but waiters want to know.
-			if _, err := tx.Exec(ctx, `SELECT pg_notify('flotilla_object', $1)`, in.ID); err != nil {
-				return translate(err)
-			}
-		}
-		if r.State != in.State {
+		b.Queue(sqlWriteStatus, id, r.State, r.ObservedGeneration, r.RebootCount, r.ExitCode,
+			r.StartedAt, r.FinishedAt, r.Error, r.Restarts)
+		switch {
+		case r.State != in.State:
 			detail := map[string]any{}
 			if r.ExitCode != nil {
 				detail["exit_code"] = *r.ExitCode
 			}
-			return appendChange(ctx, tx, Change{Kind: "instance", ObjectID: in.ID, OwnerID: &in.OwnerID, NodeID: in.NodeID,
-				Action: "state", State: r.State, Detail: detail, WakeWatchers: true})
+			c := Change{Kind: "instance", ObjectID: in.ID, OwnerID: &in.OwnerID, NodeID: in.NodeID,
+				Action: "state", State: r.State, Detail: detail, WakeWatchers: true}
+			b.Queue(sqlAppendChange, c.Kind, c.ObjectID, c.OwnerID, c.NodeID, c.Action, c.State, c.Detail, false, true)
+		case r.ObservedGeneration > in.ObservedGeneration:
+			// Nothing to record in the feed, but waiters want to know.
+			b.Queue(`SELECT pg_notify('flotilla_object', $1)`, in.ID)
 		}
-		return nil
+		return translate(tx.SendBatch(ctx, b).Close())
 	})
 }
 
