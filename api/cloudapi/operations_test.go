@@ -30,6 +30,7 @@ func TestAccountOperations(t *testing.T) {
 		resp, b = e.post("/my", map[string]any{"email": 42})
 		wantError(t, resp, b, http.StatusConflict, "InvalidArgument", "email must be a string")
 		resp, b = e.get("/my")
+		wantStatus(t, resp, b, http.StatusOK)
 		if a := decode[map[string]any](t, b); a["companyName"] != "Acme" || a["email"] != "alice@example.com" {
 			t.Errorf("account after a refused update: %v", a)
 		}

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"flotilla/agent"
 	"flotilla/agent/driver"
 	"flotilla/agent/driver/multi"
 	"flotilla/agent/driver/qemu"
@@ -19,7 +18,7 @@ func newRealDriver(name, dataDir string, log *slog.Logger) (driver.Driver, error
 	if os.Geteuid() != 0 {
 		return nil, usagef("the %s driver needs root (containers and VMs need namespaces, cgroups and taps); run as root or use --driver sim", name)
 	}
-	images, err := agent.NewImageSource(agent.ImageSourceConfig{CacheDir: filepath.Join(dataDir, "images"), DataDir: dataDir})
+	images, err := newImageSource(dataDir)
 	if err != nil {
 		return nil, err
 	}
