@@ -4,6 +4,10 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"os"
+	"path/filepath"
+
+	"flotilla/store/pglocal"
 )
 
 const benchUsage = `Usage: flotilla bench e2e|place [flags] --json
@@ -31,4 +35,29 @@ var benchPlace = func(ctx context.Context, args []string) error {
 		return err
 	}
 	return fmt.Errorf("bench place is not available in this build")
+}
+
+// benchDatabase starts a private PostgreSQL in a new temporary directory
+// (named after prefix) with an empty "flotilla" database. It returns the
+// directory, the database URL, and a stop func that stops the server and
+// removes the directory.
+func benchDatabase(ctx context.Context, prefix string, settings map[string]string) (dir, url string, stop func(), err error) {
+	dir, err = os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", "", nil, err
+	}
+	pg, err := pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(dir, "pg"), Settings: settings})
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", "", nil, err
+	}
+	stop = func() {
+		pg.Stop()
+		os.RemoveAll(dir)
+	}
+	if err := ensureDatabase(ctx, pg.URL("postgres"), "flotilla"); err != nil {
+		stop()
+		return "", "", nil, err
+	}
+	return dir, pg.URL("flotilla"), stop, nil
 }

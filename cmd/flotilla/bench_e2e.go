@@ -26,7 +26,6 @@ import (
 	"flotilla/api/auth"
 	"flotilla/api/service"
 	"flotilla/store"
-	"flotilla/store/pglocal"
 )
 
 // e2eResult is what `flotilla bench e2e --json` prints.
@@ -72,24 +71,16 @@ func benchE2E(ctx context.Context, args []string) error {
 	if *drv != "sim" {
 		return benchE2ERunc(ctx, *drv, *instances, *asJSON)
 	}
-	tmp, err := os.MkdirTemp("", "flotilla-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	pgOpts := pglocal.Options{Dir: filepath.Join(tmp, "pg")}
+	var settings map[string]string
 	if *pgStats {
-		pgOpts.Settings = map[string]string{"shared_preload_libraries": "pg_stat_statements"}
+		settings = map[string]string{"shared_preload_libraries": "pg_stat_statements"}
 	}
-	pg, err := pglocal.Start(ctx, pgOpts)
+	tmp, dbURL, stopDB, err := benchDatabase(ctx, "flotilla-bench-", settings)
 	if err != nil {
 		return err
 	}
-	defer pg.Stop()
-	if err := ensureDatabase(ctx, pg.URL("postgres"), "flotilla"); err != nil {
-		return err
-	}
-	cp, err := startControlPlane(ctx, serveConfig{DB: pg.URL("flotilla"), CloudAPIAddr: "127.0.0.1:0", AgentAPIAddr: "127.0.0.1:0", Quiet: true, Policy: "spread", OfflineGrace: time.Minute})
+	defer stopDB()
+	cp, err := startControlPlane(ctx, serveConfig{DB: dbURL, CloudAPIAddr: "127.0.0.1:0", AgentAPIAddr: "127.0.0.1:0", Quiet: true, Policy: "spread", OfflineGrace: time.Minute})
 	if err != nil {
 		return err
 	}

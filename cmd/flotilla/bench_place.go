@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -22,7 +21,6 @@ import (
 	"flotilla/api/service"
 	"flotilla/scheduler"
 	"flotilla/store"
-	"flotilla/store/pglocal"
 )
 
 func init() { benchPlace = runBenchPlace }
@@ -183,20 +181,12 @@ func runBenchPlace(ctx context.Context, args []string) error {
 	// The database.
 	url := *db
 	if url == "" {
-		tmp, err := os.MkdirTemp("", "flotilla-bench-place-")
+		_, dbURL, stopDB, err := benchDatabase(ctx, "flotilla-bench-place-", nil)
 		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(tmp)
-		pg, err := pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(tmp, "pg")})
-		if err != nil {
-			return err
-		}
-		defer pg.Stop()
-		if err := ensureDatabase(ctx, pg.URL("postgres"), "flotilla"); err != nil {
-			return err
-		}
-		url = pg.URL("flotilla")
+		defer stopDB()
+		url = dbURL
 		if err := store.Migrate(ctx, url); err != nil {
 			return err
 		}

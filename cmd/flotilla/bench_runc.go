@@ -26,7 +26,6 @@ import (
 	"flotilla/api/service"
 	"flotilla/oci"
 	"flotilla/store"
-	"flotilla/store/pglocal"
 )
 
 func init() { benchE2ERunc = benchE2EReal }
@@ -68,20 +67,12 @@ func benchE2EReal(ctx context.Context, drv string, n int, asJSON bool) error {
 		os.Setenv("FLOTILLA_VM_CACHE", filepath.Join(os.TempDir(), "flotilla-vm-cache"))
 	}
 	// Short: QMP socket paths under it must fit in 108 bytes.
-	tmp, err := os.MkdirTemp("", "fbe")
+	tmp, dbURL, stopDB, err := benchDatabase(ctx, "fbe", nil)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	pg, err := pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(tmp, "pg")})
-	if err != nil {
-		return err
-	}
-	defer pg.Stop()
-	if err := ensureDatabase(ctx, pg.URL("postgres"), "flotilla"); err != nil {
-		return err
-	}
-	cp, err := startControlPlane(ctx, serveConfig{DB: pg.URL("flotilla"), CloudAPIAddr: "127.0.0.1:0", AgentAPIAddr: "127.0.0.1:0",
+	defer stopDB()
+	cp, err := startControlPlane(ctx, serveConfig{DB: dbURL, CloudAPIAddr: "127.0.0.1:0", AgentAPIAddr: "127.0.0.1:0",
 		DataDir: tmp, Quiet: true, Policy: "pack", OfflineGrace: time.Minute})
 	if err != nil {
 		return err
