@@ -4,6 +4,7 @@ BIN     := bin/flotilla
 DATA    ?= flotilla-data
 NODES   ?= 1
 DRIVER  ?= sim
+DOCKER_ADDR ?= 127.0.0.1:2376
 
 .PHONY: all build setup dev test test-short vet fmt bench clean
 
@@ -18,7 +19,7 @@ setup:
 
 # Starts a whole cloud on this machine; data persists in $(DATA).
 dev: setup build
-	./$(BIN) dev --data $(DATA) --nodes $(NODES) --driver $(DRIVER)
+	./$(BIN) dev --data $(DATA) --nodes $(NODES) --driver $(DRIVER) --docker-addr $(DOCKER_ADDR)
 
 vet:
 	$(GO) vet ./...
