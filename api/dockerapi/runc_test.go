@@ -172,20 +172,20 @@ func (e *runcEnv) removeAll() {
 			e.run(login, append([]string{"rm", "-f"}, ids...)...)
 		}
 	}
+	// A delete removes the container's record before its bundle, so wait
+	// for both to be gone.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		list, err := e.drv.List(context.Background())
-		if err == nil && len(list) == 0 {
+		ents, _ := os.ReadDir(filepath.Join(e.root, "containers"))
+		if err == nil && len(list) == 0 && len(ents) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("containers left on the node: %+v (%v)", list, err)
+			t.Errorf("left on the node: containers %+v (%v), %d bundles", list, err, len(ents))
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-	if ents, _ := os.ReadDir(filepath.Join(e.root, "containers")); len(ents) > 0 {
-		t.Errorf("bundles left behind: %d", len(ents))
 	}
 	for _, ctrl := range []string{"memory", "pids", "cpu", "freezer"} {
 		ents, _ := os.ReadDir(filepath.Join("/sys/fs/cgroup", ctrl, runc.CgroupParent))
