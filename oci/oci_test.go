@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"flotilla/api/errdefs"
+
+	"flotilla/internal/testenv"
 )
 
 func digestOf(b []byte) v1.Hash {
@@ -273,9 +275,7 @@ func TestUnpackOverlayFormat(t *testing.T) {
 
 func TestBusyboxImageAndLoaders(t *testing.T) {
 	const bb = "/bin/busybox"
-	if _, err := os.Stat(bb); err != nil {
-		t.Skip("skipping: /bin/busybox not installed (apt-get install busybox-static)")
-	}
+	testenv.NeedFile(t, bb, "busybox-static")
 	img, err := BusyboxImage(bb)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 
 	"flotilla/agent/driver"
 	"flotilla/api/errdefs"
+
+	"flotilla/internal/testenv"
 )
 
 func TestNames(t *testing.T) {
@@ -58,9 +60,7 @@ func needRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: needs root to create bridges and namespaces")
 	}
-	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skip("skipping: iptables binary not installed")
-	}
+	testenv.NeedCommand(t, "iptables", "iptables")
 }
 
 func newTestNet(t *testing.T, id string) testNet {
@@ -124,9 +124,7 @@ func ping(ns, ip string) error {
 
 func TestBridgeNetNSAndIsolation(t *testing.T) {
 	needRoot(t)
-	if _, err := exec.LookPath("busybox"); err != nil {
-		t.Skip("skipping: busybox (for ping) not installed")
-	}
+	testenv.NeedCommand(t, "busybox", "busybox-static")
 	a := newTestNet(t, "a")
 	// EnsureBridge is idempotent.
 	if err := EnsureBridge(a.bridge, a.gw+"/24"); err != nil {

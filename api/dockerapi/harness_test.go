@@ -26,8 +26,11 @@ import (
 	"flotilla/api/agentapi"
 	"flotilla/api/auth"
 	"flotilla/api/service"
+	"flotilla/oci"
 	"flotilla/store"
 	"flotilla/store/storetest"
+
+	"flotilla/internal/testenv"
 )
 
 func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
@@ -51,71 +54,99 @@ var busyboxConfig = []byte(`{"architecture":"amd64","os":"linux","config":{"Env"
 
 func newTestEnv(t *testing.T) *testEnv {
 	t.Helper()
-	docker, err := exec.LookPath("docker")
-	if err != nil {
-		t.Skip("the docker CLI is not installed on this machine; these tests drive it end to end")
-	}
+	docker := testenv.NeedCommand(t, "docker", "the docker CLI")
 	st := storetest.New(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if os.Getenv("DOCKERAPI_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
+	log := testLogger()
 	must(t, service.EnsurePackages(ctx, st))
 	must(t, service.EnsureNetworks(ctx, st))
-	_, err = st.CreateImage(ctx, store.Image{Name: "busybox", Version: "1.36", OS: "linux", Type: "zone-dataset",
+	_, err := st.CreateImage(ctx, store.Image{Name: "busybox", Version: "1.36", OS: "linux", Type: "zone-dataset",
 		Public: true, Config: busyboxConfig, SizeBytes: 4 << 20, Description: "busybox"})
 	must(t, err)
 	svc, err := service.New(ctx, st, log, service.PlacerOptions{})
 	must(t, err)
 
 	// One simulated node behind a real agent API.
+	apiURL, tok := startAgentAPI(t, ctx, st, log, nil)
+	drv, err := sim.New(sim.Config{})
+	must(t, err)
+	startNode(t, ctx, svc, agent.Config{Name: "sim-1", DataDir: t.TempDir(), APIURL: apiURL, JoinToken: tok,
+		Address: "127.0.0.1:0", Driver: drv, MemoryMiB: 65536, DiskMiB: 1 << 20, VCPUs: 32,
+		WatchInterval: 200 * time.Millisecond, Logger: log})
+	return startDockerEndpoint(t, ctx, svc, log, docker, 15*time.Second)
+}
+
+func testLogger() *slog.Logger {
+	if os.Getenv("DOCKERAPI_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startAgentAPI serves the agent API (and, with blobs, its image registry)
+// on 127.0.0.1 and returns its URL and a join token.
+func startAgentAPI(t *testing.T, ctx context.Context, st *store.Store, log *slog.Logger, blobs oci.BlobStore) (string, string) {
+	t.Helper()
 	aapi := agentapi.New(st, log)
 	al, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)
+	if blobs != nil {
+		aapi.SetBlobs(blobs)
+		aapi.ImageRegistry = al.Addr().String()
+	}
 	as := &http.Server{Handler: aapi.Handler()}
 	go as.Serve(al)
 	go aapi.Listen(ctx)
 	t.Cleanup(func() { as.Close() })
 	tok := agentapi.NewToken()
 	must(t, st.CreateJoinToken(ctx, agentapi.HashToken(tok), nil))
-	drv, err := sim.New(sim.Config{})
-	must(t, err)
+	return "http://" + al.Addr().String(), tok
+}
+
+// startNode runs an agent until the test ends and waits until its node is
+// registered and in the scheduler's snapshot.
+func startNode(t *testing.T, ctx context.Context, svc *service.Service, cfg agent.Config) {
+	t.Helper()
+	cfg.HeartbeatInterval, cfg.PollWait = time.Second, 5*time.Second
+	actx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		agent.Run(ctx, agent.Config{Name: "sim-1", DataDir: t.TempDir(), APIURL: "http://" + al.Addr().String(), JoinToken: tok, Address: "127.0.0.1:0",
-			Driver: drv, MemoryMiB: 65536, DiskMiB: 1 << 20, VCPUs: 32, HeartbeatInterval: time.Second,
-			WatchInterval: 200 * time.Millisecond, PollWait: 5 * time.Second, Logger: log})
+		agent.Run(actx, cfg)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		nodes, err := st.ListNodes(ctx)
+		nodes, err := svc.Store.ListNodes(ctx)
 		if err == nil && len(nodes) == 1 && nodes[0].State == "running" {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the simulated node did not register")
+			t.Fatalf("node %s did not register", cfg.Name)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	must(t, svc.Placer.Reload(ctx))
+}
 
+// startDockerEndpoint serves the Docker API over TLS with a dev CA and adds
+// the accounts alice and bob with client certificates.
+func startDockerEndpoint(t *testing.T, ctx context.Context, svc *service.Service, log *slog.Logger, docker string, converge time.Duration) *testEnv {
+	t.Helper()
 	ca, err := auth.NewDevCA(t.TempDir())
 	must(t, err)
 	tlsCfg, err := ca.TLSConfig()
 	must(t, err)
 	caPEM, err := os.ReadFile(ca.CAFile)
 	must(t, err)
-	api := New(svc, log, Config{Datacenter: "test-dc", CAPEM: caPEM, ConvergeTimeout: 15 * time.Second})
+	api := New(svc, log, Config{Datacenter: "test-dc", CAPEM: caPEM, ConvergeTimeout: converge})
 	hs := httptest.NewUnstartedServer(api.Handler())
 	hs.TLS = tlsCfg
 	hs.StartTLS()
 	t.Cleanup(hs.Close)
 
-	e := &testEnv{t: t, st: st, svc: svc, srv: hs, host: "tcp://" + hs.Listener.Addr().String(), caFile: ca.CAFile,
+	e := &testEnv{t: t, st: svc.Store, svc: svc, srv: hs, host: "tcp://" + hs.Listener.Addr().String(), caFile: ca.CAFile,
 		certDir: map[string]string{}, keys: map[string]ed25519.PrivateKey{}, home: t.TempDir(), docker: docker}
 	for _, login := range []string{"alice", "bob"} {
 		e.addAccount(ctx, login, caPEM)

@@ -4,13 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"io"
-	"log/slog"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,12 +20,12 @@ import (
 
 	"flotilla/agent"
 	"flotilla/agent/driver/runc"
-	"flotilla/api/agentapi"
-	"flotilla/api/auth"
 	"flotilla/api/service"
 	"flotilla/oci"
 	"flotilla/store"
 	"flotilla/store/storetest"
+
+	"flotilla/internal/testenv"
 )
 
 // shimEnv makes the test binary the runc driver's per-container shim: the
@@ -50,15 +45,9 @@ func needRunc(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: real containers need root (namespaces, cgroups, bridges)")
 	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("skipping: runc is not installed (apt-get install runc)")
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("skipping: /bin/busybox is not installed (apt-get install busybox-static)")
-	}
-	if _, err := exec.LookPath("docker"); err != nil {
-		t.Skip("skipping: the docker CLI is not installed; these tests drive it end to end")
-	}
+	testenv.NeedCommand(t, "runc", "runc")
+	testenv.NeedFile(t, "/bin/busybox", "busybox-static")
+	testenv.NeedCommand(t, "docker", "the docker CLI")
 }
 
 // runcEnv is a control plane with ONE real node (the runc driver behind an
@@ -79,10 +68,7 @@ func newRuncEnv(t *testing.T) *runcEnv {
 	st := storetest.New(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if os.Getenv("DOCKERAPI_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
+	log := testLogger()
 	must(t, service.EnsurePackages(ctx, st))
 	must(t, service.EnsureNetworks(ctx, st))
 	// A 64 MiB size so that -m 64m gets exactly that limit.
@@ -98,62 +84,17 @@ func newRuncEnv(t *testing.T) *runcEnv {
 	_, err = svc.ImportImage(ctx, nil, img, service.ImageMeta{Name: "busybox", Version: "latest", Type: service.ImageTypeDocker, Public: true})
 	must(t, err)
 
-	aapi := agentapi.New(st, log)
-	aapi.SetBlobs(blobs)
-	al, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	aapi.ImageRegistry = al.Addr().String()
-	as := &http.Server{Handler: aapi.Handler()}
-	go as.Serve(al)
-	go aapi.Listen(ctx)
-	t.Cleanup(func() { as.Close() })
-	tok := agentapi.NewToken()
-	must(t, st.CreateJoinToken(ctx, agentapi.HashToken(tok), nil))
-
+	apiURL, tok := startAgentAPI(t, ctx, st, log, blobs)
 	dataDir := t.TempDir()
 	images, err := agent.NewImageSource(agent.ImageSourceConfig{CacheDir: filepath.Join(dataDir, "images"), DataDir: dataDir})
 	must(t, err)
 	root := filepath.Join(dataDir, "runc")
 	drv, err := runc.New(runc.Config{Root: root, Images: images, ShimArgs: []string{}, ShimEnv: []string{shimEnv + "=1"}, Logger: log})
 	must(t, err)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		agent.Run(ctx, agent.Config{Name: "runc-1", DataDir: dataDir, APIURL: "http://" + al.Addr().String(), JoinToken: tok,
-			Address: "127.0.0.1:0", Driver: drv, MemoryMiB: 8192, DiskMiB: 1 << 18, VCPUs: 8, HeartbeatInterval: time.Second,
-			WatchInterval: 100 * time.Millisecond, PollWait: 5 * time.Second, StopTimeout: 5 * time.Second, Logger: log})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		nodes, err := st.ListNodes(ctx)
-		if err == nil && len(nodes) == 1 && nodes[0].State == "running" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the runc node did not register")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	must(t, svc.Placer.Reload(ctx))
-
-	ca, err := auth.NewDevCA(t.TempDir())
-	must(t, err)
-	tlsCfg, err := ca.TLSConfig()
-	must(t, err)
-	caPEM, err := os.ReadFile(ca.CAFile)
-	must(t, err)
-	api := New(svc, log, Config{Datacenter: "test-dc", CAPEM: caPEM, ConvergeTimeout: 30 * time.Second})
-	hs := httptest.NewUnstartedServer(api.Handler())
-	hs.TLS = tlsCfg
-	hs.StartTLS()
-	t.Cleanup(hs.Close)
-
-	e := &testEnv{t: t, st: st, svc: svc, srv: hs, host: "tcp://" + hs.Listener.Addr().String(), caFile: ca.CAFile,
-		certDir: map[string]string{}, keys: map[string]ed25519.PrivateKey{}, home: t.TempDir(), docker: docker}
-	for _, login := range []string{"alice", "bob"} {
-		e.addAccount(ctx, login, caPEM)
-	}
+	startNode(t, ctx, svc, agent.Config{Name: "runc-1", DataDir: dataDir, APIURL: apiURL, JoinToken: tok,
+		Address: "127.0.0.1:0", Driver: drv, MemoryMiB: 8192, DiskMiB: 1 << 18, VCPUs: 8,
+		WatchInterval: 100 * time.Millisecond, StopTimeout: 5 * time.Second, Logger: log})
+	e := startDockerEndpoint(t, ctx, svc, log, docker, 30*time.Second)
 	re := &runcEnv{testEnv: e, drv: drv, root: root, img: img}
 	// Registered last, so it runs first: remove every container while the
 	// agent still runs, then check the node is clean.

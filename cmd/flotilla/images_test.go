@@ -10,14 +10,14 @@ import (
 	"time"
 
 	"flotilla/store/storetest"
+
+	"flotilla/internal/testenv"
 )
 
 func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
 
 func TestEnsureDevImages(t *testing.T) {
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("no /bin/busybox on this machine (install busybox-static)")
-	}
+	testenv.NeedFile(t, "/bin/busybox", "busybox-static")
 	if os.Getenv("FLOTILLA_VM_CACHE") == "" {
 		// Share the qemu tests' cache so the kernel is fetched once per machine.
 		t.Setenv("FLOTILLA_VM_CACHE", filepath.Join(os.TempDir(), "flotilla-vm-cache"))

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"flotilla/api/errdefs"
+
+	"flotilla/internal/testenv"
 )
 
 func TestParseQMPMessage(t *testing.T) {
@@ -159,9 +161,8 @@ func TestDialQMPNobodyListening(t *testing.T) {
 // needQEMU skips when qemu-system-x86_64 is not installed.
 func needQEMU(t testing.TB) {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 not installed (apt-get install -y qemu-system-x86 qemu-utils)")
-	}
+	testenv.NeedCommand(t, "qemu-system-x86_64", "qemu-system-x86")
+	testenv.NeedCommand(t, "qemu-img", "qemu-utils")
 }
 
 func TestQMPRealQEMU(t *testing.T) {

@@ -19,6 +19,8 @@ import (
 	"flotilla/agent/driver"
 	"flotilla/agent/network"
 	"flotilla/api/errdefs"
+
+	"flotilla/internal/testenv"
 )
 
 // memImages is an in-memory driver.ImageSource keyed by image id.
@@ -61,7 +63,7 @@ func needTiny(t testing.TB) TinyImage {
 	})
 	if tinyErr != nil {
 		if errdefs.CodeOf(tinyErr) == errdefs.Unavailable {
-			t.Skipf("tiny VM image unavailable: %v", tinyErr)
+			testenv.Need(t, false, fmt.Sprintf("the tiny VM image (%v)", tinyErr))
 		}
 		t.Fatal(tinyErr)
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,6 +19,8 @@ import (
 	"flotilla/agent/network"
 	"flotilla/api/errdefs"
 	"flotilla/oci"
+
+	"flotilla/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -49,12 +50,8 @@ func needRuntime(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: container tests need root")
 	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("skipping: runc not installed (apt-get install runc)")
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("skipping: /bin/busybox not installed (apt-get install busybox-static)")
-	}
+	testenv.NeedCommand(t, "runc", "runc")
+	testenv.NeedFile(t, "/bin/busybox", "busybox-static")
 	imgOnce.Do(func() { busybox, imgErr = oci.BusyboxImage("/bin/busybox") })
 	if imgErr != nil {
 		t.Fatal(imgErr)
