@@ -320,6 +320,15 @@ func sizeParams(r *http.Request) (h, w uint16, ok bool, err error) {
 	return uint16(hh), uint16(ww), true, nil
 }
 
+// resizeParams reads the h and w a resize request must carry.
+func resizeParams(r *http.Request) (h, w uint16, err error) {
+	h, w, ok, err := sizeParams(r)
+	if err == nil && !ok {
+		err = errdefs.InvalidArgument("resize needs h and w")
+	}
+	return h, w, err
+}
+
 // AppendFrame appends a stdcopy frame (stream 1 stdout, 2 stderr, 3 an
 // error) holding the concatenation of parts to buf.
 func AppendFrame(buf []byte, stream byte, parts ...[]byte) []byte {
@@ -661,12 +670,9 @@ func (s *StreamServer) resize(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	h, wd, ok, err := sizeParams(r)
+	h, wd, err := resizeParams(r)
 	if err != nil {
 		return err
-	}
-	if !ok {
-		return errdefs.InvalidArgument("resize needs h and w")
 	}
 	if err := str.Resize(r.Context(), r.PathValue("id"), h, wd); err != nil {
 		return err
@@ -1030,12 +1036,9 @@ func (s *StreamServer) execResize(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	h, wd, ok, err := sizeParams(r)
+	h, wd, err := resizeParams(r)
 	if err != nil {
 		return err
-	}
-	if !ok {
-		return errdefs.InvalidArgument("resize needs h and w")
 	}
 	e.mu.Lock()
 	proc := e.proc

@@ -403,18 +403,28 @@ func (s *Server) inspectImage(w http.ResponseWriter, r *http.Request) error {
 	return s.writeImageInspect(w, r, chi.URLParam(r, "name"))
 }
 
-func (s *Server) writeImageInspect(w http.ResponseWriter, r *http.Request, ref string) error {
+// pickImage resolves ref among the caller's images and decodes its config
+// (an image without one gives an empty config).
+func (s *Server) pickImage(r *http.Request, ref string) (*imageSet, store.Image, dockerspec.DockerOCIImage, error) {
+	var full dockerspec.DockerOCIImage
 	set, err := s.images(r.Context(), Caller(r))
 	if err != nil {
-		return err
+		return set, store.Image{}, full, err
 	}
 	img, _, err := set.pick(ref)
 	if err != nil {
-		return err
+		return set, store.Image{}, full, err
 	}
-	var full dockerspec.DockerOCIImage
 	if len(img.Config) > 0 {
 		json.Unmarshal(img.Config, &full)
+	}
+	return set, img, full, nil
+}
+
+func (s *Server) writeImageInspect(w http.ResponseWriter, r *http.Request, ref string) error {
+	set, img, full, err := s.pickImage(r, ref)
+	if err != nil {
+		return err
 	}
 	ic := imageConfigOf(img)
 	arch := full.Architecture
@@ -442,17 +452,9 @@ func (s *Server) imageHistory(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) writeImageHistory(w http.ResponseWriter, r *http.Request, ref string) error {
-	set, err := s.images(r.Context(), Caller(r))
+	set, img, full, err := s.pickImage(r, ref)
 	if err != nil {
 		return err
-	}
-	img, _, err := set.pick(ref)
-	if err != nil {
-		return err
-	}
-	var full dockerspec.DockerOCIImage
-	if len(img.Config) > 0 {
-		json.Unmarshal(img.Config, &full)
 	}
 	out := []image.HistoryResponseItem{}
 	for i := len(full.History) - 1; i >= 0; i-- {

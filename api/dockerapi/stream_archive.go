@@ -18,6 +18,8 @@ import (
 
 	"flotilla/api/agentapi/wire"
 	"flotilla/api/errdefs"
+	"flotilla/api/nodeclient"
+	"flotilla/store"
 )
 
 func (s *Server) archiveRoutes(r chi.Router) {
@@ -55,20 +57,38 @@ func setPathStat(w http.ResponseWriter, st wire.PathStat) {
 	w.Header().Set("X-Docker-Container-Path-Stat", base64.StdEncoding.EncodeToString(b))
 }
 
-func (s *Server) statArchivePath(w http.ResponseWriter, r *http.Request) error {
+// archiveTarget is what every archive request resolves first: the
+// container (by the caller's reference), the path in it, and its node.
+type archiveTarget struct {
+	ref  string
+	in   store.Instance
+	path string
+	node nodeclient.Node
+}
+
+func (s *Server) archiveTarget(r *http.Request) (archiveTarget, error) {
 	ref := chi.URLParam(r, "id")
 	in, err := s.ResolveContainer(r, ref)
 	if err != nil {
-		return err
+		return archiveTarget{}, err
 	}
 	p, err := archiveQueryPath(r)
 	if err != nil {
-		return err
+		return archiveTarget{}, err
 	}
 	node, err := s.nodeOf(r.Context(), in)
 	if err != nil {
+		return archiveTarget{}, err
+	}
+	return archiveTarget{ref: ref, in: in, path: p, node: node}, nil
+}
+
+func (s *Server) statArchivePath(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.archiveTarget(r)
+	if err != nil {
 		return err
 	}
+	ref, in, p, node := t.ref, t.in, t.path, t.node
 	st, err := nodes.StatPath(r.Context(), node, in.ID, p)
 	if err != nil {
 		return fileNotFound(err, p, ref)
@@ -79,19 +99,11 @@ func (s *Server) statArchivePath(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) getArchive(w http.ResponseWriter, r *http.Request) error {
-	ref := chi.URLParam(r, "id")
-	in, err := s.ResolveContainer(r, ref)
+	t, err := s.archiveTarget(r)
 	if err != nil {
 		return err
 	}
-	p, err := archiveQueryPath(r)
-	if err != nil {
-		return err
-	}
-	node, err := s.nodeOf(r.Context(), in)
-	if err != nil {
-		return err
-	}
+	ref, in, p, node := t.ref, t.in, t.path, t.node
 	st, body, err := nodes.Archive(r.Context(), node, in.ID, p)
 	if err != nil {
 		return fileNotFound(err, p, ref)
@@ -110,19 +122,11 @@ func (s *Server) getArchive(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) putArchive(w http.ResponseWriter, r *http.Request) error {
-	ref := chi.URLParam(r, "id")
-	in, err := s.ResolveContainer(r, ref)
+	t, err := s.archiveTarget(r)
 	if err != nil {
 		return err
 	}
-	p, err := archiveQueryPath(r)
-	if err != nil {
-		return err
-	}
-	node, err := s.nodeOf(r.Context(), in)
-	if err != nil {
-		return err
-	}
+	ref, in, p, node := t.ref, t.in, t.path, t.node
 	noOverwrite := boolParam(r.URL.Query().Get("noOverwriteDirNonDir"))
 	if err := nodes.Extract(r.Context(), node, in.ID, p, noOverwrite, r.Body); err != nil {
 		if errdefs.Is(err, errdefs.Invalid) && strings.HasPrefix(errdefs.MessageOf(err), "extraction point is not a directory") {
