@@ -225,35 +225,8 @@ func (s *StreamServer) handle(fn func(w http.ResponseWriter, r *http.Request) er
 func writeStreamError(w http.ResponseWriter, err error) {
 	code := errdefs.CodeOf(err)
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(StreamStatus(code))
+	w.WriteHeader(errdefs.HTTPStatus(code))
 	json.NewEncoder(w).Encode(map[string]string{"code": string(code), "message": errdefs.MessageOf(err)})
-}
-
-// StreamStatus is the HTTP status the stream API uses for an error code.
-func StreamStatus(c errdefs.Code) int {
-	switch c {
-	case errdefs.Invalid:
-		return http.StatusBadRequest
-	case errdefs.NotFound:
-		return http.StatusNotFound
-	case errdefs.Conflict:
-		return http.StatusConflict
-	case errdefs.Unauthorized:
-		return http.StatusUnauthorized
-	case errdefs.Forbidden:
-		return http.StatusForbidden
-	case errdefs.Gone:
-		return http.StatusGone
-	case errdefs.Unavailable:
-		return http.StatusServiceUnavailable
-	case errdefs.NotImplemented:
-		return http.StatusNotImplemented
-	case errdefs.TooManyRequests:
-		return http.StatusTooManyRequests
-	case errdefs.Unprocessable, errdefs.InsufficientCapacity:
-		return http.StatusUnprocessableEntity
-	}
-	return http.StatusInternalServerError
 }
 
 func (s *StreamServer) streamer() (driver.Streamer, error) {

@@ -83,15 +83,8 @@ func (s *Server) Handler() http.Handler {
 }
 
 func renderError(w http.ResponseWriter, r *http.Request, err error) {
-	status := map[errdefs.Code]int{
-		errdefs.Invalid: 400, errdefs.NotFound: 404, errdefs.Conflict: 409, errdefs.Unauthorized: 401,
-		errdefs.Forbidden: 403, errdefs.Gone: 410, errdefs.Unavailable: 503, errdefs.InsufficientCapacity: 409,
-		errdefs.NotImplemented: 501, errdefs.TooManyRequests: 429, errdefs.Unprocessable: 422,
-	}[errdefs.CodeOf(err)]
-	if status == 0 {
-		status = 500
-	}
-	httpx.WriteJSON(w, status, map[string]string{"code": string(errdefs.CodeOf(err)), "message": errdefs.MessageOf(err)})
+	code := errdefs.CodeOf(err)
+	httpx.WriteJSON(w, errdefs.HTTPStatus(code), map[string]string{"code": string(code), "message": errdefs.MessageOf(err)})
 }
 
 type ctxKey int

@@ -118,18 +118,7 @@ func restErr(status int, code, msg string) error { return &restError{status, cod
 // Unwrap classifies the error for errdefs.CodeOf, so that httpx does not log
 // a client's mistake as an internal error.
 func (e *restError) Unwrap() error {
-	code := errdefs.Invalid
-	switch e.status {
-	case http.StatusUnauthorized:
-		code = errdefs.Unauthorized
-	case http.StatusForbidden:
-		code = errdefs.Forbidden
-	case http.StatusNotFound:
-		code = errdefs.NotFound
-	case http.StatusTooManyRequests:
-		code = errdefs.TooManyRequests
-	}
-	return errdefs.New(code, "%s", e.msg)
+	return errdefs.New(errdefs.CodeForStatus(e.status), "%s", e.msg)
 }
 
 // statusOf maps an error to CloudAPI's status and restCode: classify once,

@@ -8,6 +8,7 @@ package errdefs
 import (
 	"errors"
 	"fmt"
+	"net/http"
 )
 
 // Code classifies an error independently of any wire protocol.
@@ -129,3 +130,59 @@ func ReasonOf(err error) string {
 
 // Is reports whether err carries the given code.
 func Is(err error, code Code) bool { return err != nil && CodeOf(err) == code }
+
+// HTTPStatus is the status Flotilla's own HTTP APIs (the agent API and the
+// node stream API) answer for a code, with {"code","message"} bodies. The
+// public dialects keep their own tables (CloudAPI, Docker).
+func HTTPStatus(c Code) int {
+	switch c {
+	case Invalid:
+		return http.StatusBadRequest
+	case NotFound:
+		return http.StatusNotFound
+	case Conflict, InsufficientCapacity:
+		return http.StatusConflict
+	case Unauthorized:
+		return http.StatusUnauthorized
+	case Forbidden:
+		return http.StatusForbidden
+	case Gone:
+		return http.StatusGone
+	case Unavailable:
+		return http.StatusServiceUnavailable
+	case NotImplemented:
+		return http.StatusNotImplemented
+	case TooManyRequests:
+		return http.StatusTooManyRequests
+	case Unprocessable:
+		return http.StatusUnprocessableEntity
+	}
+	return http.StatusInternalServerError
+}
+
+// CodeForStatus classifies an HTTP status whose body carried no code.
+func CodeForStatus(status int) Code {
+	switch status {
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusMethodNotAllowed:
+		return Invalid
+	case http.StatusNotFound:
+		return NotFound
+	case http.StatusConflict:
+		return Conflict
+	case http.StatusUnauthorized:
+		return Unauthorized
+	case http.StatusForbidden:
+		return Forbidden
+	case http.StatusGone:
+		return Gone
+	case http.StatusTooManyRequests:
+		return TooManyRequests
+	case http.StatusUnprocessableEntity:
+		return Unprocessable
+	case http.StatusNotImplemented:
+		return NotImplemented
+	case http.StatusServiceUnavailable, http.StatusBadGateway, http.StatusGatewayTimeout:
+		return Unavailable
+	}
+	return Internal
+}

@@ -43,3 +43,17 @@ func TestClassify(t *testing.T) {
 		t.Error("reason or detail lost through wrapping")
 	}
 }
+
+// Every code but internal survives a trip through Flotilla's own HTTP APIs
+// even when the body is lost; insufficient capacity travels as a conflict.
+func TestHTTPStatusRoundTrip(t *testing.T) {
+	for _, c := range []Code{Invalid, NotFound, Conflict, Unauthorized, Forbidden, Gone, Unavailable,
+		NotImplemented, TooManyRequests, Unprocessable} {
+		if got := CodeForStatus(HTTPStatus(c)); got != c {
+			t.Errorf("%s -> %d -> %s", c, HTTPStatus(c), got)
+		}
+	}
+	if HTTPStatus(InsufficientCapacity) != 409 || HTTPStatus(Internal) != 500 || CodeForStatus(502) != Unavailable {
+		t.Error("capacity must be 409, internal 500, a bad gateway unavailable")
+	}
+}

@@ -136,21 +136,7 @@ func decodeError(resp *http.Response) error {
 	if json.Unmarshal(b, &e) == nil && e.Code != "" {
 		return errdefs.New(errdefs.Code(e.Code), "%s", e.Message)
 	}
-	code := errdefs.Internal
-	switch resp.StatusCode {
-	case http.StatusBadRequest:
-		code = errdefs.Invalid
-	case http.StatusNotFound:
-		code = errdefs.NotFound
-	case http.StatusConflict:
-		code = errdefs.Conflict
-	case http.StatusUnauthorized:
-		code = errdefs.Unauthorized
-	case http.StatusServiceUnavailable, http.StatusBadGateway:
-		code = errdefs.Unavailable
-	case http.StatusNotImplemented:
-		code = errdefs.NotImplemented
-	}
+	code := errdefs.CodeForStatus(resp.StatusCode)
 	return errdefs.Wrap(code, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b)), "the node answered %s", resp.Status)
 }
 
