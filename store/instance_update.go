@@ -236,9 +236,6 @@ func (s *Store) PurgeDeleted(ctx context.Context, retention time.Duration) (int6
 	return tag.RowsAffected(), nil
 }
 
-// Assignment is an instance as its node must see it.
-type Assignment = Instance
-
 const sqlAssignments = `SELECT ` + instanceColumns + ` FROM instances i
 WHERE i.node_id = $1 AND i.assign_rev > $2 AND ($2 > 0 OR i.state <> 'deleted') ORDER BY i.assign_rev LIMIT $3`
 

@@ -710,9 +710,7 @@ func (s *Server) deleteContainer(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if boolParam(r.URL.Query().Get("v")) {
-		// Anonymous volumes do not exist here: nothing more to remove.
-	}
+	// ?v=1 (remove anonymous volumes) needs nothing: there are none here.
 	if stateOf(in).Running && !boolParam(r.URL.Query().Get("force")) {
 		return errdefs.Conflictf("cannot remove container \"/%s\": container is running: stop the container before removing or force remove", in.Name)
 	}
