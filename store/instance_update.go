@@ -42,7 +42,7 @@ const sqlWriteInstance = `UPDATE instances SET name = $2, desired_state = $3, re
 	firewall_enabled = $7, deletion_protection = $8, package_id = $9, package_name = $10, memory_mib = $11,
 	disk_mib = $12, vcpus_milli = $13, spec = $14, generation = generation + 1, assign_rev = $15, updated_at = now(),
 	state = $16
-WHERE id = $1`
+WHERE id = $1 RETURNING generation, assign_rev, updated_at`
 
 const sqlBumpNodeRev = `UPDATE nodes SET assign_rev = assign_rev + 1 WHERE id = $1 RETURNING assign_rev`
 
@@ -58,6 +58,7 @@ func (s *Store) UpdateInstance(ctx context.Context, ownerID, id string, m Mutati
 	if !validUUID(id) {
 		return Instance{}, errdefs.NotFoundf("VM not found")
 	}
+	var out Instance
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		rows, _ := tx.Query(ctx, sqlLockInstance, ownerID, id)
 		in, err := pgx.CollectExactlyOneRow(rows, scanInstance)
@@ -91,9 +92,10 @@ func (s *Store) UpdateInstance(ctx context.Context, ownerID, id string, m Mutati
 		if len(in.Spec) == 0 {
 			in.Spec = json.RawMessage("{}")
 		}
-		_, err = tx.Exec(ctx, sqlWriteInstance, in.ID, in.Name, in.DesiredState, in.RebootCount, in.Metadata, in.Tags,
+		prevGeneration := in.Generation
+		err = tx.QueryRow(ctx, sqlWriteInstance, in.ID, in.Name, in.DesiredState, in.RebootCount, in.Metadata, in.Tags,
 			in.FirewallEnabled, in.DeletionProtection, in.PackageID, in.PackageName, in.MemoryMiB, in.DiskMiB,
-			in.VCPUsMilli, in.Spec, rev, in.State)
+			in.VCPUsMilli, in.Spec, rev, in.State).Scan(&in.Generation, &in.AssignRev, &in.UpdatedAt)
 		if err != nil {
 			if pgCode(err) == sqlUniqueViolation {
 				return errdefs.Conflictf("an instance named %q already exists", in.Name)
@@ -106,15 +108,17 @@ func (s *Store) UpdateInstance(ctx context.Context, ownerID, id string, m Mutati
 		}
 		// The job finishes when the node reports the new generation.
 		if err := appendAudit(ctx, tx, AuditEntry{OwnerID: in.OwnerID, InstanceID: &in.ID, Action: m.Action, Success: true,
-			Caller: m.Caller, Params: m.Params, Generation: in.Generation + 1, Pending: in.NodeID != nil}); err != nil {
+			Caller: m.Caller, Params: m.Params, Generation: prevGeneration + 1, Pending: in.NodeID != nil}); err != nil {
 			return err
 		}
-		return nil
+		// The row as written, with its NICs: no need to read it again.
+		out = in
+		return s.loadNICs(ctx, tx, []*Instance{&out})
 	})
 	if err != nil {
 		return Instance{}, err
 	}
-	return s.GetInstance(ctx, ownerID, id)
+	return out, nil
 }
 
 // StatusReport is what an agent observed about an instance.
