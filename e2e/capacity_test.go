@@ -32,7 +32,7 @@ func TestCapacityUnderContention(t *testing.T) {
 		t.Fatal(err)
 	}
 	figure("capacity: dev --nodes 20 first start to ready", "%s", time.Since(start).Round(time.Millisecond))
-	env, err := readEnvFile(filepath.Join(data, "env.sh"))
+	env, err := ReadEnvFile(filepath.Join(data, "env.sh"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,8 @@
 // with SIGKILL mid-flight, capacity under contention) checked in SQL.
 //
 // This file is the one piece that is not a test: Proc, a child process in its
-// own process group whose output is kept and can be waited on.
+// own process group whose output is kept and can be waited on, and the key
+// and env.sh helpers both end-to-end packages use.
 //
 // Imports: standard library only (the tests also use api/auth, store and pgx).
 package e2e
@@ -174,4 +175,38 @@ func (p *Proc) Stop(grace time.Duration) error {
 		p.Kill()
 		return fmt.Errorf("%s did not stop within %s; killed", p.Name, grace)
 	}
+}
+
+// SSHKeygen makes an unencrypted ed25519 key pair at path and returns the
+// public key's file name.
+func SSHKeygen(path, comment string) (string, error) {
+	out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("ssh-keygen (install openssh-client or run `make setup`): %v\n%s", err, out)
+	}
+	return path + ".pub", nil
+}
+
+// ReadEnvFile reads the `export K=V` lines of an env.sh; values that refer
+// to other variables are left out.
+func ReadEnvFile(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	env := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "export ")
+		if !ok {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.Contains(v, "$") || strings.Contains(v, " ") {
+			continue
+		}
+		env[k] = v
+	}
+	return env, sc.Err()
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -103,7 +102,7 @@ func setup() error {
 		return err
 	}
 	var err error
-	if keyFile, err = sshKeygen(filepath.Join(home, ".ssh", "id_ed25519"), "e2e"); err != nil {
+	if keyFile, err = SSHKeygen(filepath.Join(home, ".ssh", "id_ed25519"), "e2e"); err != nil {
 		return err
 	}
 	devData = filepath.Join(tmp, "data")
@@ -131,7 +130,7 @@ func setup() error {
 			return fmt.Errorf("flotilla dev took %s to be ready on an existing data directory; the target is under 5 s", took)
 		}
 	}
-	devEnv, err = readEnvFile(filepath.Join(devData, "env.sh"))
+	devEnv, err = ReadEnvFile(filepath.Join(devData, "env.sh"))
 	if err != nil {
 		return err
 	}
@@ -182,40 +181,6 @@ func requireTriton(t *testing.T) {
 		t.Fatal("the triton CLI is not installed: run `make setup` (it installs triton@7.17.0 with npm)")
 	}
 	t.Skip("the triton CLI is not installed (run `make setup`); skipping the triton end-to-end tests")
-}
-
-// sshKeygen makes an unencrypted ed25519 key pair at path and returns the
-// public key's file name.
-func sshKeygen(path, comment string) (string, error) {
-	out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("ssh-keygen (install openssh-client or run `make setup`): %v\n%s", err, out)
-	}
-	return path + ".pub", nil
-}
-
-// readEnvFile reads the `export K=V` lines of an env.sh; values that refer
-// to other variables are left out.
-func readEnvFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	env := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "export ")
-		if !ok {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok || strings.Contains(v, "$") || strings.Contains(v, " ") {
-			continue
-		}
-		env[k] = v
-	}
-	return env, sc.Err()
 }
 
 // baseEnv is the process environment without anything that would steer

@@ -54,7 +54,7 @@ func TestTritonAccount(t *testing.T) {
 		if len(keys) != 1 || field(keys[0], "fingerprint") != devEnv["TRITON_KEY_ID"] {
 			t.Fatalf("key ls = %v, want the one dev key %s", keys, devEnv["TRITON_KEY_ID"])
 		}
-		second, err := sshKeygen(filepath.Join(tmp, "second_key"), "second@e2e")
+		second, err := SSHKeygen(filepath.Join(tmp, "second_key"), "second@e2e")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,7 +173,7 @@ func TestTritonAccount(t *testing.T) {
 
 	t.Run("ActAs", func(t *testing.T) {
 		// A second, non-operator account whose private key triton finds in ~/.ssh.
-		otherPub, err := sshKeygen(filepath.Join(home, ".ssh", "id_other"), "other@e2e")
+		otherPub, err := SSHKeygen(filepath.Join(home, ".ssh", "id_other"), "other@e2e")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,6 @@
 package workloads
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -19,15 +18,18 @@ import (
 	"flotilla/agent/network"
 	"flotilla/api/auth"
 	"flotilla/e2e"
+	"flotilla/internal/testenv"
 	"flotilla/store/pglocal"
 )
 
 var (
-	bin      string // the flotilla binary built for this run
-	tmp      string // the run's scratch directory (short: QMP socket paths must fit 108 bytes)
-	vmCache  string // FLOTILLA_VM_CACHE: the kernel package survives between runs
-	lacking  string // the capability this machine lacks, if any (tests skip with it)
-	buildErr string
+	bin     string // the flotilla binary built for this run
+	tmp     string // the run's scratch directory (short: QMP socket paths must fit 108 bytes)
+	vmCache string // FLOTILLA_VM_CACHE: the kernel package survives between runs
+	lacking string // the capability this machine lacks, if any (tests skip with it)
+	// lackingSetup says `make setup` installs what is lacking.
+	lackingSetup bool
+	buildErr     string
 )
 
 var (
@@ -52,7 +54,7 @@ func TestMain(m *testing.M) {
 	if vmCache == "" {
 		vmCache = filepath.Join(os.TempDir(), "flotilla-vm-cache")
 	}
-	lacking = missingCapability()
+	lacking, lackingSetup = missingCapability()
 	if lacking == "" {
 		bin = filepath.Join(tmp, "flotilla")
 		build := exec.Command("go", "build", "-o", bin, "./cmd/flotilla")
@@ -80,30 +82,33 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// missingCapability names what this machine lacks for real workloads.
-func missingCapability() string {
+// missingCapability names what this machine lacks for real workloads, and
+// whether `make setup` would have installed it (then CI fails rather than skips).
+func missingCapability() (reason string, setup bool) {
 	if os.Geteuid() != 0 {
-		return "not root: containers and VMs need namespaces, cgroups and taps"
+		return "not root: containers and VMs need namespaces, cgroups and taps", false
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/memory"); err != nil {
+		return "no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory", false
 	}
 	for _, tool := range []string{"runc", "qemu-system-x86_64", "qemu-img", "busybox", "ip", "iptables", "ssh-keygen", "triton"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return tool + " is not installed (run `make setup`)"
+			return tool + " is not installed (run `make setup`)", true
 		}
 	}
-	if _, err := os.Stat("/sys/fs/cgroup/memory"); err != nil {
-		return "no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory"
-	}
 	if _, err := pglocal.BinDir(); err != nil {
-		return "PostgreSQL binaries not found: " + err.Error()
+		return "PostgreSQL binaries not found: " + err.Error(), true
 	}
-	return ""
+	return "", false
 }
 
 // need stops the test when the machine lacks a capability (a skip, with the
-// reason) or the binary did not build (a failure).
+// reason; a failure under CI when `make setup` should have provided it) or
+// the binary did not build (a failure).
 func need(t *testing.T) {
 	t.Helper()
 	if lacking != "" {
+		testenv.Need(t, !lackingSetup, lacking)
 		t.Skip("skipping: " + lacking)
 	}
 	if buildErr != "" {
@@ -136,11 +141,11 @@ func (c *cloud) newAccountKey(t *testing.T, login string) account {
 		t.Fatal(err)
 	}
 	priv := filepath.Join(c.Home, ".ssh", "id_"+login)
-	out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", login+"@workloads", "-f", priv).CombinedOutput()
+	pubFile, err := e2e.SSHKeygen(priv, login+"@workloads")
 	if err != nil {
-		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+		t.Fatal(err)
 	}
-	b, err := os.ReadFile(priv + ".pub")
+	b, err := os.ReadFile(pubFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +183,7 @@ func startDev(t *testing.T, name, drv string) *cloud {
 		t.Fatal(err)
 	}
 	figure("dev "+drv+" start to ready", "%.2fs", time.Since(start).Seconds())
-	env, err := readEnvFile(filepath.Join(c.Data, "env.sh"))
+	env, err := e2e.ReadEnvFile(filepath.Join(c.Data, "env.sh"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,27 +192,6 @@ func startDev(t *testing.T, name, drv string) *cloud {
 		t.Fatalf("env.sh lacks TRITON_URL or FLOTILLA_DB or names another key: %v", env)
 	}
 	return c
-}
-
-// readEnvFile reads the `export K=V` lines of an env.sh.
-func readEnvFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	env := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "export ")
-		if !ok {
-			continue
-		}
-		if k, v, ok := strings.Cut(line, "="); ok && !strings.ContainsAny(v, "$ ") {
-			env[k] = v
-		}
-	}
-	return env, sc.Err()
 }
 
 // env is the environment for triton as a.
