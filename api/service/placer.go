@@ -127,6 +127,19 @@ func SchedulerNode(n store.Node) scheduler.Node {
 	}
 }
 
+// trackLanded records the commits that land while node rows are being read
+// (see upsertNode) until the returned func is called.
+func (p *Placer) trackLanded() (stop func()) {
+	p.resMu.Lock()
+	p.landed = map[string][]landedCommit{}
+	p.resMu.Unlock()
+	return func() {
+		p.resMu.Lock()
+		p.landed = nil
+		p.resMu.Unlock()
+	}
+}
+
 // Reload replaces the snapshot's nodes from the database and catches up
 // with the change feed for residents.
 func (p *Placer) Reload(ctx context.Context) error {
@@ -136,14 +149,7 @@ func (p *Placer) Reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p.resMu.Lock()
-	p.landed = map[string][]landedCommit{}
-	p.resMu.Unlock()
-	defer func() {
-		p.resMu.Lock()
-		p.landed = nil
-		p.resMu.Unlock()
-	}()
+	defer p.trackLanded()()
 	nodes, err := p.st.ListNodes(ctx)
 	if err != nil {
 		return err
@@ -258,14 +264,7 @@ func (p *Placer) RefreshChanged(ctx context.Context) error {
 	if p.loaded.IsZero() {
 		return nil
 	}
-	p.resMu.Lock()
-	p.landed = map[string][]landedCommit{}
-	p.resMu.Unlock()
-	defer func() {
-		p.resMu.Lock()
-		p.landed = nil
-		p.resMu.Unlock()
-	}()
+	defer p.trackLanded()()
 	nodes, at, err := p.st.NodesUpdatedSince(ctx, p.changedSince)
 	if err != nil {
 		return err
