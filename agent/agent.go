@@ -126,6 +126,7 @@ type Agent struct {
 
 	streamToken string // sent at registration when the agent serves streams
 	streamAddr  string
+	streams     *StreamServer // nil when the agent serves no streams
 
 	mu       sync.Mutex
 	desired  map[string]wire.Assignment
@@ -479,7 +480,8 @@ func (a *Agent) process(ctx context.Context, id string) {
 		return
 	}
 	var we *workloadError
-	if errors.As(err, &we) && a.q.NumRequeues(id)+1 >= a.cfg.FailAfter {
+	// A command that cannot run (Invalid) will not run on a second try.
+	if errors.As(err, &we) && (a.q.NumRequeues(id)+1 >= a.cfg.FailAfter || errdefs.Is(err, errdefs.Invalid)) {
 		a.log.Error("giving up on instance", "instance", id, "generation", we.generation, "tries", a.q.NumRequeues(id)+1, "err", err)
 		a.mu.Lock()
 		a.failed[id] = failure{generation: we.generation, msg: errdefs.MessageOf(err)}

@@ -78,13 +78,18 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 	if failed {
 		if fail.generation == want.Generation {
 			ap, _ := a.state.Get(id)
-			return a.report(ctx, id, wire.InstanceStatus{
+			rep := wire.InstanceStatus{
 				ObservedGeneration: want.Generation,
 				RebootCount:        ap.RebootCount,
 				State:              driver.StateFailed,
 				Error:              fail.msg,
 				Restarts:           ap.Restarts,
-			}, false)
+			}
+			if exists && st.State == driver.StateFailed {
+				// A command that could not run has an exit code (126, 127).
+				rep.ExitCode, rep.StartedAt, rep.FinishedAt = st.ExitCode, st.StartedAt, st.FinishedAt
+			}
+			return a.report(ctx, id, rep, false)
 		}
 		a.mu.Lock()
 		delete(a.failed, id) // a new generation gets new tries
@@ -112,7 +117,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 		}
 		ap = applied{RebootCount: want.RebootCount, Resources: resourcesOf(want.Spec), Restarts: ap.Restarts}
 		if want.DesiredState == wire.DesiredRunning {
-			if err := a.drv.Start(ctx, id); err != nil {
+			if err := a.start(ctx, id); err != nil {
 				return &workloadError{want.Generation, err}
 			}
 			ap.StartedGeneration = want.Generation
@@ -146,11 +151,11 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 			switch {
 			case want.RebootCount > ap.RebootCount:
 				if running {
-					if err := a.drv.Stop(ctx, id, a.cfg.StopTimeout); err != nil {
+					if err := a.drv.Stop(ctx, id, a.stopGrace(want.Spec)); err != nil {
 						return err
 					}
 				}
-				if err := a.drv.Start(ctx, id); err != nil {
+				if err := a.start(ctx, id); err != nil {
 					return &workloadError{want.Generation, err}
 				}
 				ap.RebootCount = want.RebootCount
@@ -160,13 +165,13 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 			case want.Spec.Autoboot && first:
 				// Found stopped when this agent started: the node went down
 				// under it. Boot it again, as Triton's autoboot does.
-				if err := a.drv.Start(ctx, id); err != nil {
+				if err := a.start(ctx, id); err != nil {
 					return &workloadError{want.Generation, err}
 				}
 				ap.StartedGeneration = want.Generation
 				log.Info("instance booted again after the node restarted")
 			case ap.StartedGeneration < want.Generation || st.State == driver.StateProvisioning:
-				if err := a.drv.Start(ctx, id); err != nil {
+				if err := a.start(ctx, id); err != nil {
 					return &workloadError{want.Generation, err}
 				}
 				ap.StartedGeneration = want.Generation
@@ -178,7 +183,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 						requeue = wait
 						break
 					}
-					if err := a.drv.Start(ctx, id); err != nil {
+					if err := a.start(ctx, id); err != nil {
 						return err
 					}
 					ap.Restarts++
@@ -187,7 +192,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 			}
 		case wire.DesiredStopped:
 			if running {
-				if err := a.drv.Stop(ctx, id, a.cfg.StopTimeout); err != nil {
+				if err := a.drv.Stop(ctx, id, a.stopGrace(want.Spec)); err != nil {
 					return err
 				}
 				log.Info("instance stopped")
@@ -227,6 +232,33 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 		a.q.AddAfter(id, requeue)
 	}
 	return err
+}
+
+// start starts an instance, holding its run for the attach streams that are
+// waiting for it when the driver can.
+func (a *Agent) start(ctx context.Context, id string) error {
+	a.mu.Lock()
+	streams := a.streams
+	a.mu.Unlock()
+	if as, ok := a.drv.(driver.AttachStarter); ok && streams != nil {
+		if n := streams.PendingAttaches(id); n > 0 {
+			return as.StartWith(ctx, id, driver.StartOptions{Attachers: n})
+		}
+	}
+	return a.drv.Start(ctx, id)
+}
+
+// stopGrace is how long an instance gets to stop before SIGKILL: its own
+// stop timeout (Docker's --stop-timeout; negative waits for ever), else
+// the agent's.
+func (a *Agent) stopGrace(spec driver.Spec) time.Duration {
+	if spec.StopTimeout == nil {
+		return a.cfg.StopTimeout
+	}
+	if *spec.StopTimeout < 0 {
+		return 24 * time.Hour
+	}
+	return time.Duration(*spec.StopTimeout) * time.Second
 }
 
 // report sends st unless the same status was reported recently. A 404

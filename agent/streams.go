@@ -89,11 +89,16 @@ type StreamServer struct {
 	// Poll is how often a waiting attach retries and a wait first looks at
 	// the driver (default 10ms; waits slow down to 20 times that).
 	Poll time.Duration
+	// Exited, when set, is told that an instance's main process has ended
+	// (seen by a wait, a stop or a kill), so that the exit is reported at
+	// once rather than at the next watch.
+	Exited func(id string)
 
-	mu     sync.Mutex
-	execs  map[string]*execEntry
-	conns  map[net.Conn]struct{} // hijacked, closed by Serve's end
-	closed bool
+	mu      sync.Mutex
+	pending map[string]int // attaches waiting for their process, by instance
+	execs   map[string]*execEntry
+	conns   map[net.Conn]struct{} // hijacked, closed by Serve's end
+	closed  bool
 }
 
 // NewStreamServer returns a server for drv that accepts requests bearing
@@ -104,7 +109,7 @@ func NewStreamServer(drv driver.Driver, token string, log *slog.Logger) *StreamS
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &StreamServer{drv: drv, token: []byte(token), log: log, Poll: 10 * time.Millisecond,
-		execs: map[string]*execEntry{}, conns: map[net.Conn]struct{}{}}
+		execs: map[string]*execEntry{}, conns: map[net.Conn]struct{}{}, pending: map[string]int{}}
 	s.str, _ = drv.(driver.Streamer)
 	s.stats, _ = drv.(driver.StatsReader)
 	s.arch, _ = drv.(driver.Archiver)
@@ -115,6 +120,8 @@ func NewStreamServer(drv driver.Driver, token string, log *slog.Logger) *StreamS
 	m.HandleFunc("POST "+p+"/resize", s.handle(s.resize))
 	m.HandleFunc("GET "+p+"/wait", s.handle(s.wait))
 	m.HandleFunc("GET "+p+"/top", s.handle(s.top))
+	m.HandleFunc("POST "+p+"/kill", s.handle(s.kill))
+	m.HandleFunc("POST "+p+"/stop", s.handle(s.stop))
 	m.HandleFunc("GET "+p+"/stats", s.handle(s.statsStream))
 	m.HandleFunc("POST "+p+"/exec", s.handle(s.execCreate))
 	m.HandleFunc("POST "+p+"/exec/{exec}/start", s.handle(s.execStart))
@@ -188,6 +195,9 @@ func (a *Agent) serveStreams(ctx context.Context) (stop func(), err error) {
 		x, ok := a.desired[id]
 		return x.Spec, ok
 	}
+	// An exit seen by a stream is synced (and reported) now: `docker run`
+	// returns at the exit, and `docker rm` right after must find it.
+	srv.Exited = func(id string) { a.q.AddNow(id) }
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -197,7 +207,7 @@ func (a *Agent) serveStreams(ctx context.Context) (stop func(), err error) {
 		}
 	}()
 	a.mu.Lock()
-	a.streamToken, a.streamAddr = token, a.cfg.Address
+	a.streamToken, a.streamAddr, a.streams = token, a.cfg.Address, srv
 	a.mu.Unlock()
 	a.log.Info("serving instance streams", "address", a.cfg.Address)
 	return func() { cancel(); <-done }, nil
@@ -495,6 +505,19 @@ func (s *StreamServer) attach(w http.ResponseWriter, r *http.Request) error {
 	opts := driver.AttachOptions{Stdin: flag(r, "stdin"), Stdout: flag(r, "stdout"), Stderr: flag(r, "stderr"), Stream: true}
 	st0, err0 := s.drv.Inspect(r.Context(), id)
 	requested := time.Now()
+	// Counted before the 101: the caller starts the instance only after
+	// it, and a start holds the run for the attaches it finds pending.
+	s.mu.Lock()
+	s.pending[id]++
+	s.mu.Unlock()
+	joined := sync.OnceFunc(func() {
+		s.mu.Lock()
+		if s.pending[id]--; s.pending[id] <= 0 {
+			delete(s.pending, id)
+		}
+		s.mu.Unlock()
+	})
+	defer joined()
 	conn, br, err := s.upgrade(w, r)
 	if err != nil || conn == nil {
 		return err
@@ -507,6 +530,7 @@ func (s *StreamServer) attach(w http.ResponseWriter, r *http.Request) error {
 	stdin := clientInput(br, opts.Stdin, cancel)
 
 	streams, missed, err := s.waitAttach(ctx, str, id, opts, st0, err0)
+	joined()
 	if err != nil {
 		if ctx.Err() == nil && !s.tty(id) {
 			conn.Write(AppendFrame(nil, 3, []byte(errdefs.MessageOf(err))))
@@ -540,6 +564,101 @@ func (s *StreamServer) attach(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	pumpOutput(conn, &streams.Streams)
+	return nil
+}
+
+// PendingAttaches returns how many attaches to instance id are waiting for
+// its process to run.
+func (s *StreamServer) PendingAttaches(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pending[id]
+}
+
+func (s *StreamServer) exited(id string) {
+	if s.Exited != nil {
+		s.Exited(id)
+	}
+}
+
+func (s *StreamServer) signaler() (driver.Signaler, error) {
+	sg, ok := s.drv.(driver.Signaler)
+	if !ok {
+		return nil, errdefs.New(errdefs.NotImplemented, "the %s driver cannot deliver signals", s.drv.Name())
+	}
+	return sg, nil
+}
+
+func signalParam(r *http.Request) (int, error) {
+	v := r.URL.Query().Get("signal")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > 64 {
+		return 0, errdefs.InvalidArgument("signal must be a Linux signal number, not %q", v)
+	}
+	return n, nil
+}
+
+// kill delivers a signal to the main process. When it ends the process,
+// the exit is reported at once.
+func (s *StreamServer) kill(w http.ResponseWriter, r *http.Request) error {
+	sg, err := s.signaler()
+	if err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	sig, err := signalParam(r)
+	if err != nil {
+		return err
+	}
+	if sig == 0 {
+		return errdefs.InvalidArgument("kill needs a signal")
+	}
+	if err := sg.Signal(r.Context(), id, sig, flag(r, "stop")); err != nil {
+		return err
+	}
+	go func() {
+		// Report the exit as soon as the signal has ended the process.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for ctx.Err() == nil {
+			if st, err := s.drv.Inspect(ctx, id); err != nil || st.State != driver.StateRunning {
+				s.exited(id)
+				return
+			}
+			time.Sleep(s.Poll)
+		}
+	}()
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// stop stops the main process with a signal and a grace before SIGKILL,
+// answering when it has ended.
+func (s *StreamServer) stop(w http.ResponseWriter, r *http.Request) error {
+	sg, err := s.signaler()
+	if err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	sig, err := signalParam(r)
+	if err != nil {
+		return err
+	}
+	grace := 10 * time.Second
+	if v := r.URL.Query().Get("t"); v != "" {
+		if grace, err = time.ParseDuration(v); err != nil || grace < 0 {
+			return errdefs.InvalidArgument("t must be a duration such as 10s, not %q", v)
+		}
+	}
+	err = sg.StopSignal(r.Context(), id, sig, grace)
+	s.exited(id)
+	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
@@ -667,6 +786,7 @@ func (s *StreamServer) wait(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	s.exited(id)
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(res)
 }

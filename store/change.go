@@ -205,3 +205,12 @@ func (s *Store) listenOnce(ctx context.Context, channel string, onConnect func()
 		fn(n.Payload)
 	}
 }
+
+// RecordEvent appends an event to the owner's change feed (kind "event"):
+// something that happened to an object without changing its row, such as
+// a signal delivered to a container or an attach, for Docker's event
+// stream. detail says what (the Docker endpoint keeps "type", "action" and
+// "attributes" there). Errors are Internal or Unavailable.
+func (s *Store) RecordEvent(ctx context.Context, ownerID, objectID, action string, detail map[string]any) error {
+	return appendChange(ctx, s.pool, Change{Kind: "event", ObjectID: objectID, OwnerID: &ownerID, Action: action, Detail: detail})
+}

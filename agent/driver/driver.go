@@ -96,6 +96,11 @@ type Spec struct {
 
 	NICs    []NIC
 	Restart RestartPolicy
+	// StopSignal is the signal that asks the main process to stop (a Linux
+	// signal number; 0 is SIGTERM). StopTimeout, when set, is the grace in
+	// seconds before SIGKILL, instead of the agent's default.
+	StopSignal  int  `json:",omitempty"`
+	StopTimeout *int `json:",omitempty"`
 	// Autoboot starts the instance again when its node's agent starts and
 	// finds it stopped while it is desired running (a node reboot), as
 	// Triton's autoboot does. Docker containers use Restart instead.
@@ -230,4 +235,30 @@ type Stats struct {
 // StatsReader is implemented by drivers that can sample resource usage.
 type StatsReader interface {
 	Stats(ctx context.Context, id string) (Stats, error)
+}
+
+// StartOptions change how a driver starts an instance.
+type StartOptions struct {
+	// Attachers is how many attach streams are on their way (`docker run`
+	// attaches before it starts): the process is held until that many have
+	// joined, or a few seconds have passed, so none of its input or output
+	// is lost.
+	Attachers int
+}
+
+// AttachStarter is implemented by drivers that can hold a new run until
+// its attach streams have joined it.
+type AttachStarter interface {
+	StartWith(ctx context.Context, id string, opts StartOptions) error
+}
+
+// Signaler is implemented by drivers that can deliver signals to an
+// instance's main process. Methods return Conflict when it is not running.
+type Signaler interface {
+	// Signal delivers sig (a Linux signal number) to the main process.
+	// With stop, the instance is first marked stopped on purpose, so that
+	// its restart policy does not start it again when the signal ends it.
+	Signal(ctx context.Context, id string, sig int, stop bool) error
+	// StopSignal is Stop with the signal to send first (0: SIGTERM).
+	StopSignal(ctx context.Context, id string, sig int, grace time.Duration) error
 }

@@ -415,6 +415,10 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name strin
 	if hc.NanoCPUs < 0 || hc.Memory < 0 {
 		return service.CreateRequest{}, nil, errdefs.InvalidArgument("memory and CPUs cannot be negative")
 	}
+	stopSignal, err := parseSignal(cfg.StopSignal, 0)
+	if err != nil {
+		return service.CreateRequest{}, nil, errdefs.InvalidArgument("invalid --stop-signal %q: use a signal name (TERM, SIGUSR1) or number", cfg.StopSignal)
+	}
 	memMiB := (hc.Memory + mib - 1) / mib
 	extra, _ := json.Marshal(dockerExtra{Config: &cfg, HostConfig: &hc, ImageRef: cfg.Image})
 	start := false
@@ -424,7 +428,7 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name strin
 		Process: &service.ProcessSpec{
 			Entrypoint: entrypoint, Cmd: cmd, Env: env, WorkingDir: cfg.WorkingDir, User: cfg.User,
 			Hostname: cfg.Hostname, Tty: cfg.Tty, OpenStdin: cfg.OpenStdin, StdinOnce: cfg.StdinOnce,
-			Labels: labels, Restart: restart, Extra: extra,
+			Labels: labels, Restart: restart, Extra: extra, StopSignal: stopSignal, StopTimeout: cfg.StopTimeout,
 		},
 	}, warnings, nil
 }
@@ -589,31 +593,69 @@ func (s *Server) startContainer(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if in.State == "failed" {
-		msg := in.Error
-		if msg == "" {
-			msg = "the node could not start it"
-		}
-		return errdefs.New(errdefs.Internal, "failed to start container %s: %s", ref, msg)
+		return startFailure(in)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
-func stopTimeout(r *http.Request) time.Duration {
-	t, err := strconv.Atoi(r.URL.Query().Get("t"))
-	if err != nil || t < 0 {
-		t = 10
+// startFailure is the error of a start the node could not make. A command
+// that cannot be executed is the client's mistake (400) with runc's words,
+// from which the CLI derives exit code 127 or 126 as with dockerd.
+func startFailure(in store.Instance) error {
+	msg := in.Error
+	if msg == "" {
+		msg = "the node could not start it"
 	}
-	return time.Duration(t) * time.Second
+	if in.ExitCode != nil && (*in.ExitCode == 126 || *in.ExitCode == 127) {
+		return errdefs.InvalidArgument("%s", msg)
+	}
+	return errdefs.New(errdefs.Unavailable, "failed to start container %s: %s", ContainerID(in.ID), msg)
 }
 
-func (s *Server) stop(r *http.Request, in store.Instance) error {
+// stopTimeout is the grace a stop gives: ?t= (docker stop -t), else the
+// container's --stop-timeout, else dockerd's 10 s. Negative waits for ever.
+func stopTimeout(r *http.Request, p service.ProcessSpec) (time.Duration, error) {
+	v := r.URL.Query().Get("t")
+	t := 10
+	if v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return 0, errdefs.InvalidArgument("invalid stop timeout %q: give whole seconds", v)
+		}
+		t = n
+	} else if p.StopTimeout != nil {
+		t = *p.StopTimeout
+	}
+	if t < 0 {
+		return 24 * time.Hour, nil
+	}
+	return time.Duration(t) * time.Second, nil
+}
+
+// stop stops a container with signal sig (0: its stop signal) and the
+// request's grace: on the node first, so that the grace and signal are the
+// client's, then as the desired state, waiting for the node's report.
+func (s *Server) stop(r *http.Request, in store.Instance, sig int) error {
 	c := Caller(r)
-	in, err := s.Service.Stop(r.Context(), c, in.ID)
+	grace, err := stopTimeout(r, service.DecodeProcessSpec(in.Spec))
 	if err != nil {
 		return err
 	}
-	_, err = s.converge(r.Context(), c, in.ID, stopTimeout(r)+s.cfg.ConvergeTimeout, func(in store.Instance) bool {
+	if stateOf(in).Running {
+		if node, err := s.nodeOf(r.Context(), in); err == nil && node.Address != "" {
+			err := nodes.Stop(r.Context(), node, in.ID, sig, grace)
+			if err != nil && !errdefs.Is(err, errdefs.NotImplemented) && !errdefs.Is(err, errdefs.NotFound) &&
+				!errdefs.Is(err, errdefs.Conflict) {
+				return err
+			}
+		}
+	}
+	in, err = s.Service.Stop(r.Context(), c, in.ID)
+	if err != nil {
+		return err
+	}
+	_, err = s.converge(r.Context(), c, in.ID, grace+s.cfg.ConvergeTimeout, func(in store.Instance) bool {
 		return observed(in) && in.State == "stopped"
 	})
 	return err
@@ -627,9 +669,14 @@ func (s *Server) stopContainer(w http.ResponseWriter, r *http.Request) error {
 	if !stateOf(in).Running && in.DesiredState != "running" {
 		return errNotModified
 	}
-	if err := s.stop(r, in); err != nil {
+	sig, err := parseSignal(r.URL.Query().Get("signal"), 0)
+	if err != nil {
 		return err
 	}
+	if err := s.stop(r, in, sig); err != nil {
+		return err
+	}
+	s.recordEvent(r.Context(), Caller(r), in, "stop", nil)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -640,14 +687,24 @@ func (s *Server) restartContainer(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	grace, err := stopTimeout(r, service.DecodeProcessSpec(in.Spec))
+	if err != nil {
+		return err
+	}
 	if !stateOf(in).Running {
 		if in, err = s.Service.Start(r.Context(), c, in.ID); err != nil {
 			return err
 		}
-	} else if in, err = s.Service.Reboot(r.Context(), c, in.ID); err != nil {
-		return err
+	} else {
+		if node, err := s.nodeOf(r.Context(), in); err == nil && node.Address != "" && r.URL.Query().Get("t") != "" {
+			// The client's grace, not the node's default, for the stop half.
+			nodes.Stop(r.Context(), node, in.ID, 0, grace)
+		}
+		if in, err = s.Service.Reboot(r.Context(), c, in.ID); err != nil {
+			return err
+		}
 	}
-	if _, err := s.converge(r.Context(), c, in.ID, stopTimeout(r)+s.cfg.ConvergeTimeout, func(in store.Instance) bool {
+	if _, err := s.converge(r.Context(), c, in.ID, grace+s.cfg.ConvergeTimeout, func(in store.Instance) bool {
 		return observed(in) && in.State == "running" && in.ObservedRebootCount >= in.RebootCount
 	}); err != nil {
 		return err
@@ -656,24 +713,52 @@ func (s *Server) restartContainer(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-// stopSignals are the signals kill can deliver: each stops the container.
-var stopSignals = map[string]bool{"": true, "KILL": true, "9": true, "TERM": true, "15": true, "INT": true, "2": true, "QUIT": true, "3": true}
-
+// killContainer delivers a signal (default KILL) to the container's main
+// process, as dockerd does. KILL also records the container as stopped, so
+// that its restart policy leaves it so; other signals are only delivered:
+// the process decides what to do (an exit is reported like any other).
 func (s *Server) killContainer(w http.ResponseWriter, r *http.Request) error {
+	c := Caller(r)
 	ref := chi.URLParam(r, "id")
-	in, err := s.resolveContainer(r.Context(), Caller(r), ref)
+	in, err := s.resolveContainer(r.Context(), c, ref)
 	if err != nil {
 		return err
 	}
-	sig := strings.TrimPrefix(strings.ToUpper(r.URL.Query().Get("signal")), "SIG")
-	if !stopSignals[sig] {
-		return errdefs.New(errdefs.NotImplemented, "signal %s cannot be delivered to containers of this cloud yet: use KILL, TERM, INT or QUIT (each stops the container)", r.URL.Query().Get("signal"))
+	sig, err := parseSignal(r.URL.Query().Get("signal"), sigKILL)
+	if err != nil {
+		return err
 	}
 	if !stateOf(in).Running {
 		return errdefs.Conflictf("Cannot kill container: %s: Container %s is not running", ref, ContainerID(in.ID))
 	}
-	if err := s.stop(r, in); err != nil {
+	kills := sig == sigKILL
+	node, err := s.nodeOf(r.Context(), in)
+	if err == nil {
+		err = nodes.Kill(r.Context(), node, in.ID, sig, kills)
+	}
+	switch {
+	case errdefs.Is(err, errdefs.NotImplemented):
+		// A node that cannot signal can still stop.
+		if !kills && sig != sigTERM {
+			return errdefs.New(errdefs.NotImplemented, "the node of container %s cannot deliver signal %s: only KILL and TERM (which stop it)", ref, r.URL.Query().Get("signal"))
+		}
+		kills = true
+	case errdefs.Is(err, errdefs.Conflict):
+		return errdefs.Conflictf("Cannot kill container: %s: Container %s is not running", ref, ContainerID(in.ID))
+	case err != nil:
 		return err
+	}
+	s.recordEvent(r.Context(), c, in, "kill", map[string]string{"signal": strconv.Itoa(sig)})
+	if kills {
+		in, err := s.Service.Stop(r.Context(), c, in.ID)
+		if err != nil {
+			return err
+		}
+		if _, err := s.converge(r.Context(), c, in.ID, s.cfg.ConvergeTimeout, func(in store.Instance) bool {
+			return observed(in) && in.State == "stopped"
+		}); err != nil {
+			return err
+		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

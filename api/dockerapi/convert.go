@@ -80,6 +80,10 @@ func stateOf(in store.Instance) container.State {
 			st.Status = container.StateRestarting
 			st.Restarting = true
 		}
+	case in.State == "failed" && in.ExitCode != nil:
+		// Its command could not be executed (126, 127): dockerd leaves
+		// such a container "created", with the exit code and the error.
+		st.Status = container.StateCreated
 	case in.State == "failed":
 		st.Status = container.StateDead
 		st.Dead = true

@@ -121,7 +121,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		case <-tick.C:
 		}
-		changes, err := s.store.ChangesSince(ctx, seq, c.AccountID, "instance", 500)
+		changes, err := s.store.ChangesSince(ctx, seq, c.AccountID, "", 500)
 		if err != nil {
 			return nil
 		}
@@ -136,6 +136,34 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 		if len(changes) > 0 {
 			flush()
 		}
+	}
+}
+
+// recordEvent records a container event that changes no row (kill, attach,
+// stop) in the owner's change feed, for the event stream. A failure is
+// logged, not returned: the action it describes has happened.
+func (s *Server) recordEvent(ctx context.Context, c service.Caller, in store.Instance, action string, attrs map[string]string) {
+	a := map[string]any{}
+	for k, v := range attrs {
+		a[k] = v
+	}
+	detail := map[string]any{"type": string(events.ContainerEventType), "action": action, "attributes": a}
+	if err := s.store.RecordEvent(context.WithoutCancel(ctx), c.AccountID, in.ID, action, detail); err != nil {
+		s.log.Warn("recording an event failed", "instance", in.ID, "action", action, "err", err)
+	}
+}
+
+// recordObjectEvent records an image, network or volume event (pull, tag,
+// delete, connect ...) of the caller's object objectID, shown with Docker id
+// dockerID.
+func (s *Server) recordObjectEvent(ctx context.Context, c service.Caller, objectID string, typ events.Type, action events.Action, dockerID string, attrs map[string]string) {
+	a := map[string]any{}
+	for k, v := range attrs {
+		a[k] = v
+	}
+	detail := map[string]any{"type": string(typ), "action": string(action), "id": dockerID, "attributes": a}
+	if err := s.store.RecordEvent(context.WithoutCancel(ctx), c.AccountID, objectID, string(action), detail); err != nil {
+		s.log.Warn("recording an event failed", "object", objectID, "action", action, "err", err)
 	}
 }
 
@@ -168,13 +196,60 @@ func actionOf(ch store.Change) events.Action {
 }
 
 func (e *eventRenderer) render(ctx context.Context, ch store.Change) (events.Message, bool) {
-	if ch.Kind != "instance" {
+	switch ch.Kind {
+	case "instance":
+		action := actionOf(ch)
+		if action == "" {
+			return events.Message{}, false
+		}
+		return e.container(ctx, ch, action, nil)
+	case "event":
+		typ, _ := ch.Detail["type"].(string)
+		action, _ := ch.Detail["action"].(string)
+		attrs := map[string]string{}
+		if m, ok := ch.Detail["attributes"].(map[string]any); ok {
+			for k, v := range m {
+				if s, ok := v.(string); ok {
+					attrs[k] = s
+				}
+			}
+		}
+		if action == "" {
+			return events.Message{}, false
+		}
+		if typ == string(events.ContainerEventType) {
+			return e.container(ctx, ch, events.Action(action), attrs)
+		}
+		id, _ := ch.Detail["id"].(string)
+		return e.object(ch, events.Type(typ), events.Action(action), id, attrs)
+	}
+	return events.Message{}, false
+}
+
+// object renders an image, network or volume event.
+func (e *eventRenderer) object(ch store.Change, typ events.Type, action events.Action, id string, attrs map[string]string) (events.Message, bool) {
+	a := e.args
+	if !matchAny(a, "type", func(v string) bool { return v == string(typ) }) ||
+		!matchAny(a, "scope", func(v string) bool { return v == "local" }) ||
+		!matchAny(a, "event", func(v string) bool { return v == string(action) }) ||
+		a.Contains("container") ||
+		!matchAny(a, "image", func(v string) bool { return typ == events.ImageEventType && (v == id || v == attrs["name"]) }) ||
+		!matchAny(a, "network", func(v string) bool {
+			return typ == events.NetworkEventType && (strings.HasPrefix(id, v) || v == attrs["name"])
+		}) ||
+		!matchLabels(a, "label", attrs) || a.Contains("daemon") {
 		return events.Message{}, false
 	}
-	action := actionOf(ch)
-	if action == "" {
-		return events.Message{}, false
-	}
+	return events.Message{
+		Status: string(action), ID: id, Type: typ, Action: action,
+		Actor: events.Actor{ID: id, Attributes: attrs}, Scope: "local",
+		Time: ch.At.Unix(), TimeNano: ch.At.UnixNano(),
+	}, true
+}
+
+// container renders a container event; extra attributes (a signal, a
+// network) are added to the container's own.
+func (e *eventRenderer) container(ctx context.Context, ch store.Change, action events.Action, extra map[string]string) (events.Message, bool) {
 	in, ok := e.cache[ch.ObjectID]
 	if !ok {
 		var err error
@@ -200,6 +275,9 @@ func (e *eventRenderer) render(ctx context.Context, ch store.Change) (events.Mes
 	}
 	attrs := map[string]string{"name": name, "image": img}
 	for k, v := range labelsOf(in, p) {
+		attrs[k] = v
+	}
+	for k, v := range extra {
 		attrs[k] = v
 	}
 	if action == events.ActionDie {

@@ -152,6 +152,7 @@ func (s *Server) attachContainer(w http.ResponseWriter, r *http.Request) error {
 		agent.Close()
 		return err
 	}
+	s.recordEvent(r.Context(), Caller(r), in, "attach", nil)
 	proxy(client, early, agent)
 	return nil
 }
@@ -337,6 +338,11 @@ func (s *Server) waitExit(ctx context.Context, c service.Caller, in store.Instan
 	if nerr == nil && node.Address != "" {
 		go func() {
 			res, err := nodes.Wait(ctx, node, in.ID, cond)
+			if err == nil {
+				// Answer only once the exit is stored: a `docker rm` or
+				// inspect right after `docker run` must see it.
+				s.waitStored(ctx, c, in, cond)
+			}
 			done <- result{res.StatusCode, res.Error, err}
 		}()
 	}
@@ -374,6 +380,24 @@ func (s *Server) waitExit(ctx context.Context, c service.Caller, in store.Instan
 			}
 		}
 	}
+}
+
+// waitStored waits (up to ConvergeTimeout) until the instance's row shows
+// what the node's wait saw: not running, and for next-exit a run newer than
+// the one in `in` ended (or the row is gone).
+func (s *Server) waitStored(ctx context.Context, c service.Caller, in store.Instance, cond string) {
+	if p := service.DecodeProcessSpec(in.Spec).Restart.Name; p != "" && p != "no" {
+		return // restarted at once: the row may never show the exit
+	}
+	s.converge(ctx, c, in.ID, 5*time.Second, func(cur store.Instance) bool {
+		if stateOf(cur).Running || cur.State == "provisioning" {
+			return false
+		}
+		if cond != "next-exit" {
+			return true
+		}
+		return cur.ExitCode != nil && cur.FinishedAt != nil && (in.FinishedAt == nil || !cur.FinishedAt.Equal(*in.FinishedAt))
+	})
 }
 
 func exitOf(in store.Instance) int {

@@ -326,6 +326,22 @@ func (c *Client) Wait(ctx context.Context, n Node, id, condition string) (wire.W
 	return res, err
 }
 
+// Kill delivers signal sig (a Linux signal number) to an instance's main
+// process; with stop the instance is marked stopped first, so that its
+// restart policy leaves it stopped. Conflict when it is not running.
+func (c *Client) Kill(ctx context.Context, n Node, id string, sig int, stop bool) error {
+	q := flags("stop", stop)
+	q.Set("signal", strconv.Itoa(sig))
+	return c.doJSON(ctx, n, http.MethodPost, instancePath(id, "kill"), q, nil, nil)
+}
+
+// Stop stops an instance's main process: signal sig (0: its stop signal),
+// then SIGKILL after grace. It returns when the process has ended.
+func (c *Client) Stop(ctx context.Context, n Node, id string, sig int, grace time.Duration) error {
+	q := url.Values{"signal": {strconv.Itoa(sig)}, "t": {strconv.FormatInt(int64(grace/time.Millisecond), 10) + "ms"}}
+	return c.doJSON(ctx, n, http.MethodPost, instancePath(id, "stop"), q, nil, nil)
+}
+
 // Top lists an instance's processes.
 func (c *Client) Top(ctx context.Context, n Node, id, psArgs string) (wire.TopResult, error) {
 	var q url.Values

@@ -30,6 +30,10 @@ type ProcessSpec struct {
 	StdinOnce  bool                 `json:"stdin_once,omitempty"`
 	Labels     map[string]string    `json:"labels,omitempty"`
 	Restart    driver.RestartPolicy `json:"restart,omitempty"`
+	// StopSignal (a Linux signal number, 0 = SIGTERM) and StopTimeout
+	// (seconds, nil = the node's default) are how the instance is stopped.
+	StopSignal  int  `json:"stop_signal,omitempty"`
+	StopTimeout *int `json:"stop_timeout,omitempty"`
 	// Extra holds dialect-specific settings the Docker endpoint keeps for
 	// inspect (ports, host config) without the service needing to know them.
 	Extra json.RawMessage `json:"extra,omitempty"`

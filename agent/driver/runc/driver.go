@@ -88,9 +88,11 @@ type Driver struct {
 }
 
 var (
-	_ driver.Driver      = (*Driver)(nil)
-	_ driver.Streamer    = (*Driver)(nil)
-	_ driver.StatsReader = (*Driver)(nil)
+	_ driver.Driver        = (*Driver)(nil)
+	_ driver.AttachStarter = (*Driver)(nil)
+	_ driver.Signaler      = (*Driver)(nil)
+	_ driver.Streamer      = (*Driver)(nil)
+	_ driver.StatsReader   = (*Driver)(nil)
 )
 
 // New returns a driver over cfg.Root, creating its directories. It returns
@@ -452,6 +454,14 @@ func (d *Driver) List(ctx context.Context) ([]driver.Status, error) {
 // Start implements driver.Driver: it starts a new shim, which re-creates the
 // runc container from the bundle. Starting a running container is a no-op.
 func (d *Driver) Start(ctx context.Context, id string) error {
+	return d.StartWith(ctx, id, driver.StartOptions{})
+}
+
+// StartWith implements driver.AttachStarter: Start, with the first run held
+// by the shim until opts.Attachers attach streams have joined it. A command
+// that cannot be executed is an Invalid error with Docker's message (the
+// exit code, 126 or 127, is in the container's status).
+func (d *Driver) StartWith(ctx context.Context, id string, opts driver.StartOptions) error {
 	bundle, spec, err := d.loadSpec(id)
 	if err != nil {
 		return err
@@ -483,6 +493,9 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	if spec.Tty {
 		args = append(args, "-tty")
 	}
+	if opts.Attachers > 0 {
+		args = append(args, "-wait-attach", strconv.Itoa(opts.Attachers))
+	}
 	logf, err := os.OpenFile(filepath.Join(bundle, fileShimLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "open shim log of %s", id)
@@ -508,6 +521,9 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		}
 		if readJSON(filepath.Join(bundle, fileExit), &s) == nil {
 			if s.Error != "" {
+				if s.ExitCode != nil && (*s.ExitCode == 126 || *s.ExitCode == 127) {
+					return errdefs.New(errdefs.Invalid, "%s", s.Error)
+				}
 				return errdefs.New(errdefs.Internal, "container %s failed to start: %s", id, s.Error)
 			}
 			return nil // it ran and exited already
@@ -523,14 +539,26 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	}
 }
 
-// Stop implements driver.Driver: SIGTERM to the container's init, then after
-// grace SIGKILL to every process of the container. A stopped container is
-// never restarted by its restart policy. Stopping a stopped container is a
-// no-op.
+// Stop implements driver.Driver: the container's stop signal (SIGTERM
+// unless its spec names another) to its init, then after grace SIGKILL to
+// every process of the container. A stopped container is never restarted
+// by its restart policy. Stopping a stopped container is a no-op.
 func (d *Driver) Stop(ctx context.Context, id string, grace time.Duration) error {
-	bundle, _, err := d.loadSpec(id)
+	return d.StopSignal(ctx, id, 0, grace)
+}
+
+// StopSignal implements driver.Signaler: Stop with sig (0: the container's
+// stop signal) sent first.
+func (d *Driver) StopSignal(ctx context.Context, id string, sig int, grace time.Duration) error {
+	bundle, spec, err := d.loadSpec(id)
 	if err != nil {
 		return err
+	}
+	if sig <= 0 {
+		sig = spec.StopSignal
+	}
+	if sig <= 0 {
+		sig = int(unix.SIGTERM)
 	}
 	if err := os.WriteFile(filepath.Join(bundle, fileStop), nil, 0o600); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "mark %s stopped", id)
@@ -541,8 +569,8 @@ func (d *Driver) Stop(ctx context.Context, id string, grace time.Duration) error
 		d.rc.Kill(ctx, id, int(unix.SIGKILL), &gorunc.KillOpts{All: true})
 		return nil
 	}
-	if grace > 0 {
-		d.rc.Kill(ctx, id, int(unix.SIGTERM), nil)
+	if grace > 0 && sig != int(unix.SIGKILL) {
+		d.rc.Kill(ctx, id, sig, nil)
 		if waitShim(ctx, bundle, grace) {
 			return nil
 		}
@@ -552,6 +580,33 @@ func (d *Driver) Stop(ctx context.Context, id string, grace time.Duration) error
 		return nil
 	}
 	return errdefs.New(errdefs.Unavailable, "container %s did not stop after SIGKILL within 10 s", id)
+}
+
+// Signal implements driver.Signaler: sig to the container's init, as
+// `docker kill` sends it. With stop the container is marked stopped first.
+func (d *Driver) Signal(ctx context.Context, id string, sig int, stop bool) error {
+	bundle, _, err := d.loadSpec(id)
+	if err != nil {
+		return err
+	}
+	if sig <= 0 || sig > 64 {
+		return errdefs.InvalidArgument("invalid signal %d", sig)
+	}
+	if _, alive := shimAlive(bundle); !alive {
+		return errdefs.Conflictf("container %s is not running", id)
+	}
+	if stop {
+		if err := os.WriteFile(filepath.Join(bundle, fileStop), nil, 0o600); err != nil {
+			return errdefs.Wrap(errdefs.Internal, err, "mark %s stopped", id)
+		}
+	}
+	if err := d.rc.Kill(ctx, id, sig, nil); err != nil {
+		if _, alive := shimAlive(bundle); !alive {
+			return errdefs.Conflictf("container %s is not running", id)
+		}
+		return errdefs.Wrap(errdefs.Conflict, err, "signal %d to container %s", sig, id)
+	}
+	return nil
 }
 
 func waitShim(ctx context.Context, bundle string, d time.Duration) bool {

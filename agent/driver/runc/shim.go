@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,6 +126,7 @@ func ShimMain(args []string) int {
 	fs.BoolVar(&c.stdin, "stdin", false, "keep stdin open")
 	fs.BoolVar(&c.stdinOnce, "stdin-once", false, "close stdin when the first attach ends")
 	fs.BoolVar(&c.tty, "tty", false, "allocate a tty")
+	fs.IntVar(&c.waitAttach, "wait-attach", 0, "hold the first run until this many attach streams joined (at most attachWait)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -133,15 +135,46 @@ func ShimMain(args []string) int {
 		return 2
 	}
 	s := &shim{shimConfig: c, subs: map[*subscriber]struct{}{}}
-	if err := s.run(); err != nil {
+	s.cond = sync.NewCond(&s.mu)
+	err := s.run()
+	s.mu.Lock()
+	s.ended = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "runc-shim %s: %v\n", c.id, err)
-		code := -1
+		code, msg := -1, err.Error()
+		if c, m, ok := execFailure(msg); ok {
+			code, msg = c, m
+		}
 		writeJSONAtomic(filepath.Join(c.bundle, fileExit), shimStatus{
-			State: "exited", ExitCode: &code, FinishedAt: time.Now().UTC(), Error: err.Error(), Restarts: s.restarts})
+			State: "exited", ExitCode: &code, FinishedAt: time.Now().UTC(), Error: msg, Restarts: s.restarts})
 		return 1
 	}
 	return 0
 }
+
+// execFailures are runc's words for a command that cannot be executed, as
+// Docker reports them: 127 for a missing one, 126 for one that is not
+// executable.
+var execFailures = regexp.MustCompile(`exec: "[^"]*": (executable file not found in \$PATH|no such file or directory|permission denied|is a directory)`)
+
+// execFailure recognises a run that failed because its command could not
+// be executed, and returns Docker's exit code and message for it.
+func execFailure(msg string) (int, string, bool) {
+	m := execFailures.FindStringSubmatch(strings.ReplaceAll(msg, `\"`, `"`))
+	if m == nil {
+		return 0, "", false
+	}
+	code := 127
+	if m[1] == "permission denied" || m[1] == "is a directory" {
+		code = 126
+	}
+	return code, "failed to create task for container: OCI runtime create failed: runc create failed: unable to start container process: " + m[0] + ": unknown", true
+}
+
+// attachWait bounds how long a first run is held for its attach streams.
+const attachWait = 5 * time.Second
 
 type shimConfig struct {
 	bundle, id, runcRoot, runcBin string
@@ -149,6 +182,7 @@ type shimConfig struct {
 	logMax                        int64
 	logKeep                       int
 	stdin, stdinOnce, tty         bool
+	waitAttach                    int
 }
 
 type shim struct {
@@ -157,10 +191,13 @@ type shim struct {
 	log      *logWriter
 	restarts int
 
-	mu      sync.Mutex
-	subs    map[*subscriber]struct{}
-	stdinW  io.WriteCloser  // container stdin (pipe) for this run
-	console console.Console // pty master for this run
+	mu       sync.Mutex
+	cond     *sync.Cond // on mu: stdin ready, attach joined, shim ended
+	subs     map[*subscriber]struct{}
+	stdinW   io.WriteCloser  // container stdin (pipe) for this run
+	console  console.Console // pty master for this run
+	attached int             // attach streams joined since the shim started
+	ended    bool            // no run will follow
 }
 
 type subscriber struct {
@@ -280,6 +317,7 @@ func (s *shim) runOnce() (int, time.Time, error) {
 			pio.stdinR = stdinR
 			s.mu.Lock()
 			s.stdinW = stdinW
+			s.cond.Broadcast()
 			s.mu.Unlock()
 		}
 		opts.IO = pio
@@ -311,6 +349,7 @@ func (s *shim) runOnce() (int, time.Time, error) {
 			}
 			s.mu.Lock()
 			s.console = m
+			s.cond.Broadcast()
 			s.mu.Unlock()
 			copiers.Add(1)
 			go func() { defer copiers.Done(); s.pump("stdout", m) }()
@@ -329,6 +368,9 @@ func (s *shim) runOnce() (int, time.Time, error) {
 	pid, err := strconv.Atoi(strings.TrimSpace(string(pidData)))
 	if err != nil {
 		return 0, time.Time{}, fmt.Errorf("bad init pid %q", pidData)
+	}
+	if s.restarts == 0 && s.waitAttach > 0 {
+		s.awaitAttachers()
 	}
 	if err := s.rc.Start(ctx, s.id); err != nil {
 		s.rc.Delete(ctx, s.id, &gorunc.DeleteOpts{Force: true})
@@ -367,6 +409,44 @@ func (s *shim) runOnce() (int, time.Time, error) {
 	}
 	s.rc.Delete(ctx, s.id, &gorunc.DeleteOpts{Force: true})
 	return code, started, nil
+}
+
+// awaitAttachers holds the first run until the attach streams the agent
+// announced have joined, or attachWait has passed: `docker run` attaches
+// before it starts, and dockerd loses none of such a run's input or output.
+func (s *shim) awaitAttachers() {
+	timeout := time.AfterFunc(attachWait, func() {
+		s.mu.Lock()
+		s.waitAttach = 0
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer timeout.Stop()
+	s.mu.Lock()
+	for s.attached < s.waitAttach {
+		s.cond.Wait()
+	}
+	s.mu.Unlock()
+}
+
+// stdinWriter waits until the current run has stdin (a pipe, or the pty
+// master) and returns it, or nil once no run will follow. Input is never
+// read from a client before it can be delivered, so none is dropped.
+func (s *shim) stdinWriter() io.Writer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if s.console != nil {
+			return s.console
+		}
+		if s.stdinW != nil {
+			return s.stdinW
+		}
+		if s.ended {
+			return nil
+		}
+		s.cond.Wait()
+	}
 }
 
 // waitExit reaps pid (reparented to this subreaper) and returns its exit
@@ -505,9 +585,16 @@ func (s *shim) handleAttach(conn net.Conn) {
 	}
 	s.mu.Lock()
 	s.subs[sub] = struct{}{}
+	s.attached++
+	s.cond.Broadcast()
 	s.mu.Unlock()
-	if !req.Stdin {
+	if !req.Stdin || !s.stdin && !s.tty {
 		// Nothing to read; notice the client going away.
+		io.Copy(io.Discard, br)
+		return
+	}
+	w := s.stdinWriter()
+	if w == nil {
 		io.Copy(io.Discard, br)
 		return
 	}
@@ -515,16 +602,10 @@ func (s *shim) handleAttach(conn net.Conn) {
 	for {
 		n, err := br.Read(buf)
 		if n > 0 {
-			s.mu.Lock()
-			var w io.Writer
-			if s.console != nil {
-				w = s.console
-			} else if s.stdinW != nil {
-				w = s.stdinW
-			}
-			s.mu.Unlock()
-			if w != nil {
-				w.Write(buf[:n])
+			// A failed write (the process closed its stdin, or exited)
+			// drops the rest; keep reading to notice the end.
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				w = io.Discard
 			}
 		}
 		if err != nil {

@@ -22,6 +22,12 @@ import "time"
 //	     Blocks until the condition holds: not-running returns at once when
 //	     the main process is not running; next-exit waits for the end of
 //	     the current run, or of the next one when none is running.
+//	POST /streams/v1/instances/{id}/kill?signal=N&stop=1              -> 204
+//	     Delivers signal N to the main process; stop=1 first marks the
+//	     instance stopped on purpose (its restart policy leaves it so).
+//	POST /streams/v1/instances/{id}/stop?signal=N&t=DURATION          -> 204
+//	     Signal N (0: the instance's stop signal), SIGKILL after t; answers
+//	     when the process has ended.
 //	GET  /streams/v1/instances/{id}/top?ps_args=-ef                   -> 200 TopResult
 //	GET  /streams/v1/instances/{id}/stats?stream=1&interval=1s        -> 200 StatsSample per line
 //	POST /streams/v1/instances/{id}/exec    body ExecCreate           -> 201 ExecCreated

@@ -1,0 +1,164 @@
+package dockerapi
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runIn runs the docker CLI as login with stdin.
+func (e *testEnv) runIn(login string, stdin []byte, args ...string) (string, string, int) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.docker, args...)
+	cmd.Env = []string{"HOME=" + e.home, "DOCKER_HOST=" + e.host, "DOCKER_TLS_VERIFY=1",
+		"DOCKER_CERT_PATH=" + e.certDir[login], "DOCKER_CONFIG=" + filepath.Join(e.home, ".docker")}
+	var out, errb bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &out, &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		e.t.Fatalf("docker %v hung (killed after 60 s); stdout %q stderr %q", args, out.String(), errb.String())
+	}
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("docker %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// waitLogs waits until the container's logs contain want.
+func (e *testEnv) waitLogs(login, ref, want string) string {
+	e.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, errOut, _ := e.run(login, "logs", ref)
+		if strings.Contains(out, want) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("logs of %s never showed %q: stdout %q stderr %q", ref, want, out, errOut)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestDockerRuncLifecycle runs what the docker CLI exposes of a container's
+// lifecycle against a real runc node: piped stdin, exits visible as soon as
+// the CLI returns, signals, stop timeouts, commands that cannot run.
+func TestDockerRuncLifecycle(t *testing.T) {
+	re := newRuncEnv(t)
+	e := re.testEnv
+
+	t.Run("StdinPiped", func(t *testing.T) {
+		e := e.with(t)
+		for i := range 3 {
+			out, errOut, code := e.runIn("alice", []byte("a\nb\n"), "run", "-i", "--rm", "busybox", "cat")
+			if code != 0 || out != "a\nb\n" {
+				t.Fatalf("run %d: printf 'a\\nb\\n' | docker run -i --rm busybox cat: exit %d stdout %q stderr %q", i, code, out, errOut)
+			}
+		}
+		big := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+		out, errOut, code := e.runIn("alice", big, "run", "-i", "--rm", "busybox", "wc", "-c")
+		if code != 0 || strings.TrimSpace(out) != "1048576" {
+			t.Fatalf("1 MiB through docker run -i busybox wc -c: exit %d stdout %q stderr %q", code, out, errOut)
+		}
+	})
+	t.Run("OutputBeforeAttachIsKept", func(t *testing.T) {
+		e := e.with(t)
+		out := e.ok("alice", "run", "--rm", "busybox", "sh", "-c", "seq 1 20000; echo done >&2")
+		if n := strings.Count(out, "\n"); n != 20000 || !strings.HasPrefix(out, "1\n2\n") {
+			t.Fatalf("docker run busybox seq 1 20000 printed %d lines (%.40q...)", n, out)
+		}
+	})
+	t.Run("ExitVisibleAtOnce", func(t *testing.T) {
+		e := e.with(t)
+		for i := range 3 {
+			if _, errOut, code := e.run("alice", "run", "--name", "x3", "busybox", "sh", "-c", "exit 3"); code != 3 {
+				t.Fatalf("run %d: exit code %d, want 3: %s", i, code, errOut)
+			}
+			if out := e.ok("alice", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "x3"); out != "exited 3\n" {
+				t.Fatalf("run %d: inspect right after docker run returned: %q", i, out)
+			}
+			e.ok("alice", "rm", "x3")
+		}
+		id := strings.TrimSpace(e.ok("alice", "run", "-d", "busybox", "sh", "-c", "sleep 0.3; exit 4"))
+		if out := e.ok("alice", "wait", id); out != "4\n" {
+			t.Fatalf("docker wait: %q", out)
+		}
+		e.ok("alice", "rm", id)
+	})
+	t.Run("KillSignals", func(t *testing.T) {
+		e := e.with(t)
+		e.ok("alice", "run", "-d", "--name", "sig", "busybox", "sh", "-c",
+			"trap 'echo got HUP' HUP; trap 'echo got USR1' USR1; trap 'echo got USR2' USR2; echo ready; while :; do sleep 1 & wait; done")
+		e.waitLogs("alice", "sig", "ready")
+		e.ok("alice", "kill", "-s", "HUP", "sig")
+		e.waitLogs("alice", "sig", "got HUP")
+		e.ok("alice", "kill", "-s", "SIGUSR1", "sig")
+		e.waitLogs("alice", "sig", "got USR1")
+		e.ok("alice", "kill", "-s", "12", "sig")
+		e.waitLogs("alice", "sig", "got USR2")
+		if out := e.ok("alice", "inspect", "-f", "{{.State.Status}}", "sig"); out != "running\n" {
+			t.Fatalf("after trapped signals: %q", out)
+		}
+		e.fails("alice", 1, "invalid signal", "kill", "-s", "NOPE", "sig")
+		e.ok("alice", "kill", "sig")
+		if out := e.ok("alice", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "sig"); out != "exited 137\n" {
+			t.Fatalf("after docker kill (KILL): %q", out)
+		}
+		e.ok("alice", "rm", "sig")
+	})
+	t.Run("StopTimeout", func(t *testing.T) {
+		e := e.with(t)
+		e.ok("alice", "run", "-d", "--name", "stubborn", "busybox", "sh", "-c",
+			"trap 'echo ignoring TERM' TERM; echo ready; while :; do sleep 1 & wait; done")
+		e.waitLogs("alice", "stubborn", "ready")
+		start := time.Now()
+		e.ok("alice", "stop", "-t", "1", "stubborn")
+		if d := time.Since(start); d < 900*time.Millisecond || d > 4*time.Second {
+			t.Errorf("docker stop -t 1 of a process ignoring TERM took %v, want about 1 s", d)
+		}
+		if out := e.ok("alice", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "stubborn"); out != "exited 137\n" {
+			t.Fatalf("after stop -t 1: %q", out)
+		}
+		e.ok("alice", "rm", "stubborn")
+
+		e.ok("alice", "run", "-d", "--name", "custom", "--stop-timeout", "1", "--stop-signal", "USR1", "busybox", "sh", "-c",
+			"trap 'echo got USR1' USR1; trap 'echo ignoring TERM' TERM; echo ready; while :; do sleep 1 & wait; done")
+		e.waitLogs("alice", "custom", "ready")
+		if out := e.ok("alice", "inspect", "-f", "{{.Config.StopSignal}} {{.Config.StopTimeout}}", "custom"); out != "USR1 1\n" {
+			t.Fatalf("inspect of --stop-signal/--stop-timeout: %q", out)
+		}
+		start = time.Now()
+		e.ok("alice", "stop", "custom")
+		if d := time.Since(start); d < 900*time.Millisecond || d > 4*time.Second {
+			t.Errorf("docker stop of a --stop-timeout 1 container took %v", d)
+		}
+		if out := e.waitLogs("alice", "custom", "got USR1"); strings.Contains(out, "ignoring TERM") {
+			t.Errorf("stop sent TERM, not the --stop-signal: %q", out)
+		}
+		e.ok("alice", "rm", "custom")
+	})
+	t.Run("CommandCannotRun", func(t *testing.T) {
+		e := e.with(t)
+		out, errOut, code := e.run("alice", "run", "--name", "nocmd", "busybox", "nosuchcmd")
+		if code != 127 || !strings.Contains(errOut, `exec: "nosuchcmd": executable file not found in $PATH`) {
+			t.Fatalf("docker run busybox nosuchcmd: exit %d stdout %q stderr %q", code, out, errOut)
+		}
+		if out := e.ok("alice", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "nocmd"); out != "created 127\n" {
+			t.Fatalf("inspect of a container whose command is missing: %q", out)
+		}
+		e.ok("alice", "rm", "nocmd")
+		out, errOut, code = e.run("alice", "run", "--rm", "busybox", "/etc/passwd")
+		if code != 126 || !strings.Contains(errOut, "permission denied") {
+			t.Fatalf("docker run busybox /etc/passwd: exit %d stdout %q stderr %q", code, out, errOut)
+		}
+	})
+}
