@@ -101,6 +101,8 @@ type Spec struct {
 	// seconds before SIGKILL, instead of the agent's default.
 	StopSignal  int  `json:",omitempty"`
 	StopTimeout *int `json:",omitempty"`
+	// Options are a container's Docker run options beyond the image's.
+	Options ContainerOptions `json:",omitzero"`
 	// Autoboot starts the instance again when its node's agent starts and
 	// finds it stopped while it is desired running (a node reboot), as
 	// Triton's autoboot does. Docker containers use Restart instead.
@@ -261,4 +263,23 @@ type Signaler interface {
 	Signal(ctx context.Context, id string, sig int, stop bool) error
 	// StopSignal is Stop with the signal to send first (0: SIGTERM).
 	StopSignal(ctx context.Context, id string, sig int, grace time.Duration) error
+}
+
+// ContainerOptions are the Docker run options a container driver applies
+// (--read-only, --tmpfs, --shm-size, --ulimit, --cap-add, --cap-drop). The
+// control plane has checked them; drivers check again and return Invalid.
+type ContainerOptions struct {
+	ReadOnly bool              `json:",omitempty"` // read-only root filesystem
+	Tmpfs    map[string]string `json:",omitempty"` // mount point -> mount options ("size=64m,mode=1777")
+	ShmSize  int64             `json:",omitempty"` // bytes of /dev/shm; 0 = 64 MiB
+	Ulimits  []Ulimit          `json:",omitempty"`
+	CapAdd   []string          `json:",omitempty"` // "NET_ADMIN" form, no CAP_ prefix
+	CapDrop  []string          `json:",omitempty"` // or "ALL"
+}
+
+// Ulimit is one resource limit (setrlimit) of a container's processes.
+type Ulimit struct {
+	Name string // nofile, nproc, core, ... as docker run --ulimit names them
+	Soft int64
+	Hard int64
 }

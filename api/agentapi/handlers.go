@@ -139,7 +139,7 @@ func (s *Server) assignment(r *http.Request, in store.Instance, images map[strin
 		Entrypoint: proc.Entrypoint, Cmd: proc.Cmd, Env: proc.Env, WorkingDir: proc.WorkingDir, User: proc.User,
 		Hostname: proc.Hostname, Tty: proc.Tty, OpenStdin: proc.OpenStdin, StdinOnce: proc.StdinOnce,
 		Labels: proc.Labels, Metadata: md, Restart: proc.Restart, Autoboot: !in.Docker,
-		StopSignal: proc.StopSignal, StopTimeout: proc.StopTimeout,
+		StopSignal: proc.StopSignal, StopTimeout: proc.StopTimeout, Options: proc.Options,
 	}
 	if spec.Hostname == "" {
 		spec.Hostname = in.Name

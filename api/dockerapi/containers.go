@@ -288,7 +288,7 @@ func (s *Server) createContainer(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.InvalidArgument("Invalid container name (%s), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", name)
 	}
 	name = strings.TrimPrefix(name, "/")
-	cr, warnings, err := s.createRequest(ctx, c, name, req)
+	cr, warnings, err := s.createRequest(ctx, c, name, r.URL.Query().Get("platform"), req)
 	if err != nil {
 		return err
 	}
@@ -325,7 +325,7 @@ const mib = 1 << 20
 // createRequest turns a Docker create into the service's request: image
 // defaults merged in, affinity rules and the package label consumed,
 // published ports checked (no remapping: each container has its own IP).
-func (s *Server) createRequest(ctx context.Context, c service.Caller, name string, req container.CreateRequest) (service.CreateRequest, []string, error) {
+func (s *Server) createRequest(ctx context.Context, c service.Caller, name, platform string, req container.CreateRequest) (service.CreateRequest, []string, error) {
 	cfg := *req.Config
 	hc := container.HostConfig{}
 	if req.HostConfig != nil {
@@ -342,6 +342,10 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name strin
 		return service.CreateRequest{}, nil, errdefs.InvalidArgument("privileged containers are not supported by this cloud")
 	}
 	if err := checkPortBindings(hc.PortBindings); err != nil {
+		return service.CreateRequest{}, nil, err
+	}
+	opts, err := runOptions(hc, req.NetworkingConfig, platform)
+	if err != nil {
 		return service.CreateRequest{}, nil, err
 	}
 	nets, err := s.networksFor(ctx, c, hc.NetworkMode, req.NetworkingConfig)
@@ -429,6 +433,7 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name strin
 			Entrypoint: entrypoint, Cmd: cmd, Env: env, WorkingDir: cfg.WorkingDir, User: cfg.User,
 			Hostname: cfg.Hostname, Tty: cfg.Tty, OpenStdin: cfg.OpenStdin, StdinOnce: cfg.StdinOnce,
 			Labels: labels, Restart: restart, Extra: extra, StopSignal: stopSignal, StopTimeout: cfg.StopTimeout,
+			Options: opts,
 		},
 	}, warnings, nil
 }

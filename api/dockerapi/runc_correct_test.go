@@ -162,3 +162,47 @@ func TestDockerRuncLifecycle(t *testing.T) {
 		}
 	})
 }
+
+// TestDockerRuncRunOptions runs the run options this cloud implements
+// through the real CLI on a runc node, and the refused ones.
+func TestDockerRuncRunOptions(t *testing.T) {
+	re := newRuncEnv(t)
+	e := re.testEnv
+	t.Run("ReadOnlyAndTmpfs", func(t *testing.T) {
+		e := e.with(t)
+		out, errOut, code := e.run("alice", "run", "--rm", "--read-only", "--tmpfs", "/scratch:size=1m", "busybox", "sh", "-c",
+			"touch /x 2>&1 || echo rootfs-ro; touch /scratch/y && echo scratch-rw; grep ' /scratch ' /proc/mounts")
+		if code != 0 || !strings.Contains(out, "rootfs-ro") || !strings.Contains(out, "scratch-rw") || !strings.Contains(out, "tmpfs /scratch tmpfs") || !strings.Contains(out, "size=1024k") {
+			t.Fatalf("--read-only --tmpfs: exit %d stdout %q stderr %q", code, out, errOut)
+		}
+	})
+	t.Run("ShmSize", func(t *testing.T) {
+		e := e.with(t)
+		if out := e.ok("alice", "run", "--rm", "--shm-size", "16m", "busybox", "grep", " /dev/shm ", "/proc/mounts"); !strings.Contains(out, "size=16384k") {
+			t.Fatalf("--shm-size 16m: %q", out)
+		}
+	})
+	t.Run("Ulimit", func(t *testing.T) {
+		e := e.with(t)
+		if out := e.ok("alice", "run", "--rm", "--ulimit", "nofile=1024:2048", "busybox", "sh", "-c", "ulimit -Sn; ulimit -Hn"); out != "1024\n2048\n" {
+			t.Fatalf("--ulimit nofile=1024:2048: %q", out)
+		}
+	})
+	t.Run("Capabilities", func(t *testing.T) {
+		e := e.with(t)
+		out, _, code := e.run("alice", "run", "--rm", "--cap-drop", "CHOWN", "busybox", "sh", "-c", "chown 1 /tmp && echo chowned")
+		if code == 0 || strings.Contains(out, "chowned") {
+			t.Fatalf("--cap-drop CHOWN still chowns: exit %d %q", code, out)
+		}
+		if out := e.ok("alice", "run", "--rm", "--cap-add", "SYS_NICE", "busybox", "grep", "CapEff", "/proc/self/status"); !strings.Contains(out, "CapEff:\t00000000a88425fb") {
+			t.Fatalf("--cap-add SYS_NICE: %q", out)
+		}
+		e.fails("alice", 125, "capability SYS_ADMIN cannot be added", "run", "--rm", "--cap-add", "SYS_ADMIN", "busybox", "true")
+	})
+	t.Run("Refused", func(t *testing.T) {
+		e := e.with(t)
+		e.fails("alice", 125, "--init is not supported", "run", "--rm", "--init", "busybox", "true")
+		e.fails("alice", 125, `platform "linux/arm64" is not supported`, "run", "--rm", "--platform", "linux/arm64", "busybox", "true")
+		e.ok("alice", "run", "--rm", "--platform", "linux/amd64", "busybox", "true")
+	})
+}

@@ -34,6 +34,8 @@ type ProcessSpec struct {
 	// (seconds, nil = the node's default) are how the instance is stopped.
 	StopSignal  int  `json:"stop_signal,omitempty"`
 	StopTimeout *int `json:"stop_timeout,omitempty"`
+	// Options are Docker run options applied by container drivers.
+	Options driver.ContainerOptions `json:"options,omitzero"`
 	// Extra holds dialect-specific settings the Docker endpoint keeps for
 	// inspect (ports, host config) without the service needing to know them.
 	Extra json.RawMessage `json:"extra,omitempty"`

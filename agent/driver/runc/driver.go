@@ -240,6 +240,9 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := applyOptions(s, spec.Options); err != nil {
+		return err
+	}
 	if err := writeNetworkFiles(bundle, s.Hostname, spec.NICs); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "write network files for %s", spec.ID)
 	}
