@@ -188,7 +188,13 @@ func actionOf(ch store.Change) events.Action {
 		switch ch.State {
 		case "running":
 			return events.ActionStart
-		case "stopped", "failed":
+		case "stopped":
+			// A created container is "stopped" too: only a run that
+			// ended has an exit code.
+			if _, ok := ch.Detail["exit_code"]; ok {
+				return events.ActionDie
+			}
+		case "failed":
 			return events.ActionDie
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/image"
 	units "github.com/docker/go-units"
 	"github.com/go-chi/chi/v5"
@@ -643,6 +644,7 @@ func (s *Server) pullImage(w http.ResponseWriter, r *http.Request) error {
 		ps.send(progressMessage{Status: "Status: Downloaded newer image for " + label})
 	}
 	s.log.Info("image pulled", "account", c.Login, "ref", ref, "image", li.Image.ID, "digest", li.Image.ManifestDigest)
+	s.recordObjectEvent(r.Context(), c, li.Image.ID, events.ImageEventType, events.ActionPull, label, map[string]string{"name": label})
 	return nil
 }
 
@@ -874,6 +876,7 @@ func (s *Server) writeTag(w http.ResponseWriter, r *http.Request, ref string) er
 	if err := s.Service.Tag(r.Context(), c.AccountID, img.ID, target); err != nil {
 		return err
 	}
+	s.recordObjectEvent(r.Context(), c, img.ID, events.ImageEventType, events.ActionTag, ImageID(img), map[string]string{"name": familiarRef(target)})
 	w.WriteHeader(http.StatusCreated)
 	return nil
 }
@@ -957,6 +960,7 @@ func (s *Server) deleteImage(w http.ResponseWriter, r *http.Request, ref string)
 			return err
 		}
 		out = append(out, image.DeleteResponse{Untagged: t})
+		s.recordObjectEvent(ctx, c, img.ID, events.ImageEventType, events.ActionUnTag, ImageID(img), map[string]string{"name": t})
 	}
 	if removeImage {
 		for _, d := range set.repoDigests(img) {
@@ -966,7 +970,15 @@ func (s *Server) deleteImage(w http.ResponseWriter, r *http.Request, ref string)
 			return err
 		}
 		out = append(out, image.DeleteResponse{Deleted: ImageID(img)})
+		s.recordObjectEvent(ctx, c, img.ID, events.ImageEventType, events.ActionDelete, ImageID(img), map[string]string{"name": ImageID(img)})
 		s.log.Info("image deleted", "account", c.Login, "image", img.ID)
 	}
 	return writeJSON(w, http.StatusOK, out)
+}
+
+// familiarRef is a reference as dockerd's events show it: without the
+// Docker Hub host and library/ ("busybox:1", not "docker.io/library/busybox:1").
+func familiarRef(ref string) string {
+	ref = strings.TrimPrefix(ref, "docker.io/")
+	return strings.TrimPrefix(ref, "library/")
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -163,9 +164,9 @@ func TestDockerRuncLifecycle(t *testing.T) {
 	})
 }
 
-// TestDockerRuncRunOptions runs the run options this cloud implements
+// TestRuncRunOpts runs the run options this cloud implements
 // through the real CLI on a runc node, and the refused ones.
-func TestDockerRuncRunOptions(t *testing.T) {
+func TestRuncRunOpts(t *testing.T) {
 	re := newRuncEnv(t)
 	e := re.testEnv
 	t.Run("ReadOnlyAndTmpfs", func(t *testing.T) {
@@ -205,4 +206,89 @@ func TestDockerRuncRunOptions(t *testing.T) {
 		e.fails("alice", 125, `platform "linux/arm64" is not supported`, "run", "--rm", "--platform", "linux/arm64", "busybox", "true")
 		e.ok("alice", "run", "--rm", "--platform", "linux/amd64", "busybox", "true")
 	})
+}
+
+// TestRuncPrune runs docker system df, the prunes and the
+// event stream of what they and the lifecycle commands did, through the
+// real CLI against a runc node.
+func TestRuncPrune(t *testing.T) {
+	re := newRuncEnv(t)
+	e := re.testEnv
+	start := time.Now().Add(-time.Second).Unix()
+
+	gone := strings.TrimSpace(e.ok("alice", "create", "--name", "gone", "busybox", "true"))
+	e.ok("alice", "start", "-a", "gone")
+	e.ok("alice", "run", "-d", "--name", "keep", "busybox", "sh", "-c", "trap 'echo hup' HUP; while :; do sleep 1 & wait; done")
+	e.ok("bob", "run", "--name", "bobs", "busybox", "true")
+
+	df := e.ok("alice", "system", "df", "--format", "{{.Type}} {{.TotalCount}} {{.Active}}")
+	for _, want := range []string{"Images 1 1\n", "Containers 2 1\n", "Local Volumes 0 0\n", "Build Cache 0 0\n"} {
+		if !strings.Contains(df, want) {
+			t.Fatalf("docker system df: %q, want a line %q", df, want)
+		}
+	}
+	if out := e.ok("alice", "system", "df", "-v"); !strings.Contains(out, "gone") || !strings.Contains(out, "busybox") {
+		t.Fatalf("docker system df -v: %q", out)
+	}
+
+	out := e.ok("alice", "container", "prune", "-f")
+	if !strings.Contains(out, gone) || strings.Contains(out, "keep") {
+		t.Fatalf("docker container prune -f: %q, want only %s", out, gone)
+	}
+	if out := e.ok("alice", "ps", "-a", "--format", "{{.Names}}"); out != "keep\n" {
+		t.Fatalf("after container prune: %q", out)
+	}
+	if out := e.ok("bob", "ps", "-a", "--format", "{{.Names}}"); out != "bobs\n" {
+		t.Fatalf("alice's prune touched bob's containers: %q", out)
+	}
+
+	// An image of alice's own, tagged and unused: image prune keeps it
+	// (not dangling), image prune -a removes it; the shared busybox stays.
+	dir := t.TempDir()
+	tarPath := filepath.Join(dir, "rootfs.tar")
+	cmd := exec.Command("tar", "-cf", tarPath, "-C", dir, ".")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, b)
+	}
+	e.ok("alice", "import", tarPath, "mine:1")
+	e.ok("alice", "tag", "mine:1", "mine:2")
+	if out := e.ok("alice", "image", "prune", "-f"); strings.Contains(out, "mine") {
+		t.Fatalf("docker image prune -f removed a tagged image: %q", out)
+	}
+	if out := e.ok("bob", "image", "prune", "-a", "-f"); strings.Contains(out, "mine") {
+		t.Fatalf("bob pruned alice's image: %q", out)
+	}
+	out = e.ok("alice", "image", "prune", "-a", "-f")
+	if !strings.Contains(out, "untagged: mine:1") || !strings.Contains(out, "deleted: sha256:") {
+		t.Fatalf("docker image prune -a -f: %q", out)
+	}
+	if out := e.ok("alice", "images", "--format", "{{.Repository}}"); out != "busybox\n" {
+		t.Fatalf("images after prune -a: %q", out)
+	}
+
+	e.ok("alice", "network", "create", "pnet")
+	if out := e.ok("alice", "network", "prune", "-f"); !strings.Contains(out, "pnet") {
+		t.Fatalf("docker network prune -f: %q", out)
+	}
+	e.ok("alice", "volume", "prune", "-f")
+
+	e.ok("alice", "kill", "-s", "HUP", "keep")
+	e.ok("alice", "stop", "-t", "0", "keep")
+	until := time.Now().Add(time.Second).Unix()
+	time.Sleep(1100 * time.Millisecond)
+	evs := e.ok("alice", "events", "--since", strconv.FormatInt(start, 10), "--until", strconv.FormatInt(until, 10),
+		"--format", "{{.Type}} {{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.signal}}")
+	for _, want := range []string{"container create gone", "container attach gone", "container start gone", "container die gone",
+		"container destroy gone", "image tag mine:2", "image untag mine:1", "image delete sha256:", "network destroy pnet",
+		"container kill keep 1", "container die keep", "container stop keep"} {
+		if !strings.Contains(evs, want) {
+			t.Errorf("docker events: no %q in\n%s", want, evs)
+		}
+	}
+	if n := strings.Count(evs, "container die gone"); n != 1 {
+		t.Errorf("docker events: %d die events of gone, want 1:\n%s", n, evs)
+	}
+	if strings.Contains(evs, "bobs") {
+		t.Errorf("alice's events show bob's container:\n%s", evs)
+	}
 }
