@@ -3,7 +3,7 @@
 // driver's instances match them with a level-triggered work queue keyed by
 // instance id, reporting what it observes.
 //
-// Imports: standard library, agent/driver, api/agentapi/wire and
+// Imports: standard library, agent/driver, agent/dns, api/agentapi/wire and
 // api/errdefs only. It never imports store or any other api package: it talks
 // to the control plane only over the agent API (Client), or through a
 // ControlPlane supplied by the caller.
@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"flotilla/agent/dns"
 	"flotilla/agent/driver"
 	"flotilla/api/agentapi/wire"
 	"flotilla/api/errdefs"
@@ -53,6 +54,10 @@ type Config struct {
 	// ControlPlane, when set, is used instead of an HTTP client built from
 	// APIURL, JoinToken and HTTPClient.
 	ControlPlane ControlPlane
+	// Resolver, when set, is the node's resolver: the agent keeps its names
+	// in step with the control plane (when that is a NameSource) and with
+	// its own assignments.
+	Resolver *dns.Feed
 
 	// ResyncInterval is how often every instance is synced (default 30s).
 	ResyncInterval time.Duration
@@ -265,6 +270,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	lwg.Go(func() { a.heartbeatLoop(loops) })
 	lwg.Go(func() { a.pollLoop(loops) })
 	lwg.Go(func() { a.tickLoop(loops) })
+	if src, ok := a.cp.(NameSource); ok && a.cfg.Resolver != nil {
+		lwg.Go(func() { a.namesLoop(loops, src) })
+	}
 	<-ctx.Done()
 	cancel()
 	lwg.Wait()
@@ -411,6 +419,9 @@ func (a *Agent) apply(as wire.Assignments) {
 		keys = append(keys, x.ID)
 	}
 	a.mu.Unlock()
+	for _, x := range as.Assignments {
+		a.putNames(x)
+	}
 	for _, k := range keys {
 		a.q.AddNow(k)
 	}

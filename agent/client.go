@@ -219,6 +219,18 @@ func (c *Client) Assignments(ctx context.Context, since int64, wait time.Duratio
 	return out, err
 }
 
+// Names long-polls the table of names the node's resolver answers.
+func (c *Client) Names(ctx context.Context, since string, wait time.Duration) (wire.Names, error) {
+	q := url.Values{}
+	q.Set("since", since)
+	q.Set("wait", strconv.Itoa(int(wait/time.Second)))
+	var out wire.Names
+	err := c.nodeCall(ctx, http.MethodGet, func(node string) string {
+		return "/agent/v1/nodes/" + url.PathEscape(node) + "/names"
+	}, q, nil, &out, wait)
+	return out, err
+}
+
 // ReportStatus reports one instance's status. It returns errdefs NotFound
 // when the instance is not assigned to this node.
 func (c *Client) ReportStatus(ctx context.Context, id string, st wire.InstanceStatus) error {

@@ -7,9 +7,9 @@
 // plane's CNS server, the rest to the host's nameservers, each with a short
 // timeout; without a reachable upstream the answer is a prompt SERVFAIL.
 //
-// The agent feeds it the control plane's table of names (Replace) and, so
-// that a container that has just been assigned can resolve at once, the
-// records of its own assignments (Put, Forget).
+// Each agent feeds it (Feed) the control plane's table of names (Replace)
+// and, so that a container that has just been assigned can resolve at once,
+// the records of its own assignments (Put, Forget).
 //
 // Imports: standard library, github.com/miekg/dns, vishvananda/netns and
 // golang.org/x/sys/unix only. Never store, api or the agent loop.
@@ -62,8 +62,7 @@ type Resolver struct {
 	fwd atomic.Pointer[forwarding]
 
 	mu        sync.Mutex
-	nets      []Network
-	recs      []Record
+	tables    map[string]fed // the control plane's tables, by feed
 	locals    map[string]local
 	listeners map[listenKey]*listener
 	pinned    map[listenKey]bool // served by Serve, kept whatever the table says
@@ -93,7 +92,8 @@ func New(cfg Config) *Resolver {
 	if cfg.Upstreams == nil {
 		cfg.Upstreams = HostNameservers("/etc/resolv.conf")
 	}
-	r := &Resolver{cfg: cfg, log: cfg.Logger, locals: map[string]local{}, listeners: map[listenKey]*listener{}, pinned: map[listenKey]bool{}}
+	r := &Resolver{cfg: cfg, log: cfg.Logger, locals: map[string]local{}, listeners: map[listenKey]*listener{}, pinned: map[listenKey]bool{},
+		tables: map[string]fed{}}
 	r.tab.Store(buildTable(nil, nil, nil))
 	r.storeForwarding()
 	return r
@@ -118,6 +118,9 @@ func HostNameservers(path string) []string {
 func (r *Resolver) SetCNS(suffix, addr string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.cnsSuffix == canonical(suffix) && r.cnsAddr == addr {
+		return
+	}
 	r.cnsSuffix, r.cnsAddr = canonical(suffix), addr
 	r.storeForwarding()
 }
@@ -142,12 +145,30 @@ func (r *Resolver) storeForwarding() {
 	r.fwd.Store(f)
 }
 
+// fed is one feed's table.
+type fed struct {
+	nets []Network
+	recs []Record
+}
+
+// Feed is one agent's view of a resolver. Several agents in one process
+// (flotilla dev) share the host's gateways, hence one resolver: each feeds
+// its own node's table and the resolver answers from all of them.
+type Feed struct {
+	r    *Resolver
+	name string
+}
+
+// Feed returns the feed called name (one per node).
+func (r *Resolver) Feed(name string) *Feed { return &Feed{r: r, name: name} }
+
 // Replace installs the control plane's table of the node's networks and
-// their records, and listens on exactly the gateways it (and the node's
-// recent assignments) needs.
-func (r *Resolver) Replace(nets []Network, recs []Record) {
+// their records, and listens on exactly the gateways the resolver's tables
+// (and the nodes' recent assignments) need.
+func (f *Feed) Replace(nets []Network, recs []Record) {
+	r := f.r
 	r.change(func() {
-		r.nets, r.recs = nets, recs
+		r.tables[f.name] = fed{nets: nets, recs: recs}
 		for id, l := range r.locals {
 			if time.Since(l.at) > LocalTTL {
 				delete(r.locals, id)
@@ -158,14 +179,19 @@ func (r *Resolver) Replace(nets []Network, recs []Record) {
 
 // Put adds the records of one of the node's own instances (from its
 // assignment) until the control plane's table has caught up.
-func (r *Resolver) Put(instanceID string, nets []Network, recs []Record) {
+func (f *Feed) Put(instanceID string, nets []Network, recs []Record) {
+	r := f.r
 	r.change(func() { r.locals[instanceID] = local{nets: nets, recs: recs, at: time.Now()} })
 }
 
 // Forget drops what Put added for an instance.
-func (r *Resolver) Forget(instanceID string) {
+func (f *Feed) Forget(instanceID string) {
+	r := f.r
 	r.change(func() { delete(r.locals, instanceID) })
 }
+
+// SetCNS is the resolver's SetCNS.
+func (f *Feed) SetCNS(suffix, addr string) { f.r.SetCNS(suffix, addr) }
 
 // change applies edit, makes a new table and reconciles the listeners with
 // it. Listeners are shut down after the lock is released: a shutdown waits
@@ -177,7 +203,13 @@ func (r *Resolver) change(edit func()) {
 		return
 	}
 	edit()
-	t := buildTable(r.nets, r.recs, r.locals)
+	var nets []Network
+	var recs []Record
+	for _, f := range r.tables {
+		nets = append(nets, f.nets...)
+		recs = append(recs, f.recs...)
+	}
+	t := buildTable(nets, recs, r.locals)
 	r.tab.Store(t)
 	for k := range t.networks {
 		if _, ok := r.listeners[k]; ok {

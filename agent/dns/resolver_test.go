@@ -122,7 +122,7 @@ func TestResolver(t *testing.T) {
 
 	// One network shared by two accounts, one of alice's own.
 	shared, own := newLoopNet("net-shared"), newLoopNet("net-alice")
-	r.Replace([]Network{shared.Network, own.Network}, []Record{
+	r.Feed("node").Replace([]Network{shared.Network, own.Network}, []Record{
 		{NetworkID: shared.ID, OwnerID: alice, InstanceID: "i-web", Names: []string{"web", "www"}, IP: shared.ip(10)},
 		{NetworkID: shared.ID, OwnerID: alice, InstanceID: "i-cli", Names: []string{"client"}, IP: shared.ip(11)},
 		{NetworkID: shared.ID, OwnerID: bob, InstanceID: "i-bob", Names: []string{"bobweb"}, IP: shared.ip(20)},
@@ -204,12 +204,12 @@ func TestResolver(t *testing.T) {
 	})
 	t.Run("PutAndForget", func(t *testing.T) {
 		fresh := newLoopNet("net-fresh")
-		r.Put("i-new", []Network{fresh.Network}, []Record{{NetworkID: fresh.ID, OwnerID: alice, InstanceID: "i-new", Names: []string{"new"}, IP: fresh.ip(5)}})
+		r.Feed("node").Put("i-new", []Network{fresh.Network}, []Record{{NetworkID: fresh.ID, OwnerID: alice, InstanceID: "i-new", Names: []string{"new"}, IP: fresh.ip(5)}})
 		m, _ := query(t, "udp", fresh.ip(5), fresh.Gateway, port, "new", dns.TypeA)
 		if got := answerIPs(m); len(got) != 1 || got[0] != fresh.ip(5).String() {
 			t.Fatalf("new = %v", got)
 		}
-		r.Forget("i-new")
+		r.Feed("node").Forget("i-new")
 		for _, ap := range r.Listening() {
 			if ap.Addr() == fresh.Gateway {
 				t.Fatalf("still listening on %s after the only instance was forgotten", ap)
@@ -231,7 +231,7 @@ func TestResolverNoUpstream(t *testing.T) {
 			r := New(Config{Port: port, Upstreams: ups, Timeout: 300 * time.Millisecond})
 			defer r.Close()
 			n := newLoopNet("net")
-			r.Replace([]Network{n.Network}, []Record{{NetworkID: n.ID, OwnerID: alice, InstanceID: "i", Names: []string{"a"}, IP: n.ip(2)}})
+			r.Feed("node").Replace([]Network{n.Network}, []Record{{NetworkID: n.ID, OwnerID: alice, InstanceID: "i", Names: []string{"a"}, IP: n.ip(2)}})
 			m, took := query(t, "udp", n.ip(2), n.Gateway, port, "nowhere.example", dns.TypeA)
 			if m.Rcode != dns.RcodeServerFailure {
 				t.Fatalf("rcode %s, want SERVFAIL", dns.RcodeToString[m.Rcode])

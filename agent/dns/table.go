@@ -2,6 +2,7 @@ package dns
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 )
@@ -71,13 +72,11 @@ func buildTable(nets []Network, recs []Record, locals map[string]local) *table {
 		k := listenKey{n.NetNS, n.Gateway}
 		t.networks[k] = append(t.networks[k], n)
 	}
-	seen := map[string]bool{} // instance/network pairs already added
 	addRec := func(r Record) {
 		n, ok := byID[r.NetworkID]
-		if !ok || !r.IP.IsValid() || seen[r.InstanceID+"/"+r.NetworkID] {
+		if !ok || !r.IP.IsValid() {
 			return
 		}
-		seen[r.InstanceID+"/"+r.NetworkID] = true
 		k := listenKey{n.NetNS, n.Gateway}
 		if t.clients[k] == nil {
 			t.clients[k] = map[netip.Addr]scope{}
@@ -88,13 +87,16 @@ func buildTable(nets []Network, recs []Record, locals map[string]local) *table {
 			t.names[sc] = map[string][]netip.Addr{}
 			t.ptrs[sc] = map[netip.Addr]string{}
 		}
+		// The same instance may come from the control plane's table and
+		// from the node's assignment (under a newer name): it answers to
+		// the names of both.
 		for i, name := range r.Names {
 			name = canonical(name)
-			if name == "" {
+			if name == "" || slices.Contains(t.names[sc][name], r.IP) {
 				continue
 			}
 			t.names[sc][name] = append(t.names[sc][name], r.IP)
-			if i == 0 {
+			if _, ok := t.ptrs[sc][r.IP]; !ok && i == 0 {
 				t.ptrs[sc][r.IP] = name
 			}
 		}

@@ -9,6 +9,7 @@ package driver
 import (
 	"context"
 	"io"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -47,6 +48,29 @@ type NIC struct {
 	// NAT asks for outbound masquerading of this network's subnet.
 	NAT       bool
 	Resolvers []string
+}
+
+// DNSConfig is resolv.conf's content: nameservers, search domains and
+// options (Docker's --dns, --dns-search, --dns-option).
+type DNSConfig struct {
+	Nameservers []string `json:"nameservers,omitempty"`
+	Search      []string `json:"search,omitempty"`
+	Options     []string `json:"options,omitempty"`
+}
+
+// ResolvConf renders c as an /etc/resolv.conf file.
+func (c DNSConfig) ResolvConf() string {
+	var b strings.Builder
+	for _, ns := range c.Nameservers {
+		b.WriteString("nameserver " + ns + "\n")
+	}
+	if len(c.Search) > 0 {
+		b.WriteString("search " + strings.Join(c.Search, " ") + "\n")
+	}
+	if len(c.Options) > 0 {
+		b.WriteString("options " + strings.Join(c.Options, " ") + "\n")
+	}
+	return b.String()
 }
 
 // RestartPolicy is Docker's restart policy, enforced by the agent.
@@ -94,7 +118,10 @@ type Spec struct {
 	// user-script, ...), delivered to VMs.
 	Metadata map[string]string
 
-	NICs    []NIC
+	NICs []NIC
+	// DNS is the container's /etc/resolv.conf: the node's resolver on the
+	// primary NIC's gateway unless the user chose nameservers (docker --dns).
+	DNS     DNSConfig
 	Restart RestartPolicy
 	// StopSignal is the signal that asks the main process to stop (a Linux
 	// signal number; 0 is SIGTERM). StopTimeout, when set, is the grace in

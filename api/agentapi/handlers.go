@@ -159,8 +159,35 @@ func (s *Server) assignment(r *http.Request, in store.Instance, images map[strin
 		}
 		spec.NICs = append(spec.NICs, nic)
 	}
+	spec.DNS = dnsConfig(proc.DNS, spec.NICs)
 	return wire.Assignment{ID: in.ID, Generation: in.Generation, DesiredState: in.DesiredState,
 		RebootCount: in.RebootCount, Spec: spec}, nil
+}
+
+// dnsConfig is the instance's resolv.conf: the user's nameservers if any,
+// else the node's resolver on the primary NIC's gateway (with ndots:0, as
+// Docker sets for its own resolver), else the network's resolvers.
+func dnsConfig(user driver.DNSConfig, nics []driver.NIC) driver.DNSConfig {
+	out := user
+	if len(out.Nameservers) > 0 || len(nics) == 0 {
+		return out
+	}
+	nic := nics[0]
+	for _, n := range nics {
+		if n.Primary {
+			nic = n
+			break
+		}
+	}
+	if nic.Gateway == "" {
+		out.Nameservers = nic.Resolvers
+		return out
+	}
+	out.Nameservers = []string{nic.Gateway}
+	if len(out.Options) == 0 {
+		out.Options = []string{"ndots:0"}
+	}
+	return out
 }
 
 func (s *Server) imageRef(im store.Image) string {

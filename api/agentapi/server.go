@@ -21,6 +21,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"flotilla/api/agentapi/wire"
 	"flotilla/api/errdefs"
 	"flotilla/api/httpx"
 	"flotilla/api/service"
@@ -38,6 +39,12 @@ type Server struct {
 	blobStore     oci.BlobStore // image content served to agents; see SetBlobs
 
 	waiters service.Waiters // long polls waiting for their node's assignments
+	names   service.Waiters // long polls of node resolvers' tables, woken by any node's change
+
+	// CNS, when its Address is set, tells node resolvers where names under
+	// its suffix go. An unspecified host (":53", "0.0.0.0:53") is replaced
+	// by the host the agent reached this API at.
+	CNS wire.CNS
 
 	credMu sync.Mutex
 	creds  map[string]cachedCredential // by credential hash
@@ -77,6 +84,7 @@ func (s *Server) Handler() http.Handler {
 		r.Use(s.nodeAuth)
 		r.Post("/agent/v1/nodes/{node}/heartbeat", httpx.Handle(renderError, s.heartbeat))
 		r.Get("/agent/v1/nodes/{node}/assignments", httpx.Handle(renderError, s.assignments))
+		r.Get("/agent/v1/nodes/{node}/names", httpx.Handle(renderError, s.nodeNames))
 		r.Put("/agent/v1/instances/{id}/status", httpx.Handle(renderError, s.status))
 	})
 	return r
@@ -163,7 +171,14 @@ func (s *Server) nodeByCredential(ctx context.Context, tok string) (string, erro
 // Listen wakes long polls when the database announces a node's change. It
 // returns when ctx ends.
 func (s *Server) Listen(ctx context.Context) {
-	s.store.Listen(ctx, "flotilla_node", s.waiters.WakeAll, s.waiters.Wake)
+	s.store.Listen(ctx, "flotilla_node", func() {
+		s.waiters.WakeAll()
+		s.names.WakeAll()
+	}, func(node string) {
+		s.waiters.Wake(node)
+		// A change on any node may change the names other nodes serve.
+		s.names.Wake(namesKey)
+	})
 }
 
 func queryInt(r *http.Request, key string, def int64) (int64, error) {

@@ -352,6 +352,14 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 	if err != nil {
 		return service.CreateRequest{}, nil, err
 	}
+	dnsCfg, err := dnsSettings(hc)
+	if err != nil {
+		return service.CreateRequest{}, nil, err
+	}
+	aliases, err := s.networkAliases(ctx, c, req.NetworkingConfig)
+	if err != nil {
+		return service.CreateRequest{}, nil, err
+	}
 	restart, err := restartPolicy(hc.RestartPolicy)
 	if err != nil {
 		return service.CreateRequest{}, nil, err
@@ -433,7 +441,7 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 			Entrypoint: entrypoint, Cmd: cmd, Env: env, WorkingDir: cfg.WorkingDir, User: cfg.User,
 			Hostname: cfg.Hostname, Tty: cfg.Tty, OpenStdin: cfg.OpenStdin, StdinOnce: cfg.StdinOnce,
 			Labels: labels, Restart: restart, Extra: extra, StopSignal: stopSignal, StopTimeout: cfg.StopTimeout,
-			Options: opts,
+			Options: opts, DNS: dnsCfg, NetworkAliases: aliases,
 		},
 	}, warnings, nil
 }

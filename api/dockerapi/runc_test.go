@@ -19,6 +19,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"flotilla/agent"
+	"flotilla/agent/dns"
 	"flotilla/agent/driver/runc"
 	"flotilla/api/service"
 	"flotilla/oci"
@@ -91,9 +92,12 @@ func newRuncEnv(t *testing.T) *runcEnv {
 	root := filepath.Join(dataDir, "runc")
 	drv, err := runc.New(runc.Config{Root: root, Images: images, ShimArgs: []string{}, ShimEnv: []string{shimEnv + "=1"}, Logger: log})
 	must(t, err)
+	// The node's resolver, on the gateways of the networks it has instances on.
+	resolver := dns.New(dns.Config{Logger: log})
+	t.Cleanup(resolver.Close)
 	startNode(t, ctx, svc, agent.Config{Name: "runc-1", DataDir: dataDir, APIURL: apiURL, JoinToken: tok,
 		Address: "127.0.0.1:0", Driver: drv, MemoryMiB: 8192, DiskMiB: 1 << 18, VCPUs: 8,
-		WatchInterval: 100 * time.Millisecond, StopTimeout: 5 * time.Second, Logger: log})
+		WatchInterval: 100 * time.Millisecond, StopTimeout: 5 * time.Second, Logger: log, Resolver: resolver.Feed("runc-1")})
 	e := startDockerEndpoint(t, ctx, svc, log, docker, 30*time.Second)
 	re := &runcEnv{testEnv: e, drv: drv, root: root, img: img}
 	// Registered last, so it runs first: remove every container while the

@@ -36,6 +36,12 @@ type ProcessSpec struct {
 	StopTimeout *int `json:"stop_timeout,omitempty"`
 	// Options are Docker run options applied by container drivers.
 	Options driver.ContainerOptions `json:"options,omitzero"`
+	// DNS is the user's resolv.conf choice (Docker --dns, --dns-search,
+	// --dns-option); empty nameservers mean the node's resolver.
+	DNS driver.DNSConfig `json:"dns,omitzero"`
+	// NetworkAliases are extra names per network id (Docker
+	// --network-alias), answered by the node resolvers.
+	NetworkAliases map[string][]string `json:"network_aliases,omitempty"`
 	// Extra holds dialect-specific settings the Docker endpoint keeps for
 	// inspect (ports, host config) without the service needing to know them.
 	Extra json.RawMessage `json:"extra,omitempty"`

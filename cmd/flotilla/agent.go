@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"flotilla/agent"
+	"flotilla/agent/dns"
 	"flotilla/agent/driver"
 	"flotilla/agent/driver/sim"
 )
@@ -26,6 +27,7 @@ type agentConfig struct {
 	JoinToken string
 	LogJSON   bool
 	Address   string // where instance streams are served
+	Resolver  bool   // serve names on the gateways (real drivers only)
 }
 
 func runAgent(ctx context.Context, args []string) error {
@@ -39,6 +41,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.Int64Var(&c.DiskMiB, "disk", 0, "disk to offer in MiB (0: detect)")
 	fs.Float64Var(&c.VCPUs, "cpus", 0, "vCPUs to offer (0: detect)")
 	fs.BoolVar(&c.LogJSON, "log-json", false, "log as JSON")
+	fs.BoolVar(&c.Resolver, "resolver", true, "serve DNS to containers on each network's gateway (port 53; runc and qemu drivers)")
 	fs.StringVar(&c.Address, "stream-address", "", "host:port to serve instance streams (logs, attach, exec) to the control plane on")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -54,8 +57,14 @@ func runAgent(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Printf("flotilla agent %s starting with driver %s\n", c.Name, c.Driver)
-	return agent.Run(ctx, agent.Config{Name: c.Name, DataDir: c.DataDir, APIURL: c.APIURL, JoinToken: c.JoinToken,
-		Driver: drv, Address: c.Address, MemoryMiB: c.MemoryMiB, DiskMiB: c.DiskMiB, VCPUs: c.VCPUs, Logger: log.With("node", c.Name)})
+	cfg := agent.Config{Name: c.Name, DataDir: c.DataDir, APIURL: c.APIURL, JoinToken: c.JoinToken,
+		Driver: drv, Address: c.Address, MemoryMiB: c.MemoryMiB, DiskMiB: c.DiskMiB, VCPUs: c.VCPUs, Logger: log.With("node", c.Name)}
+	if c.Resolver && c.Driver != "sim" {
+		res := dns.New(dns.Config{Logger: log})
+		defer res.Close()
+		cfg.Resolver = res.Feed(c.Name)
+	}
+	return agent.Run(ctx, cfg)
 }
 
 // newDriver builds the named driver with its state under dataDir.

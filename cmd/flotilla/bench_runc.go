@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"flotilla/agent"
+	"flotilla/agent/dns"
 	"flotilla/agent/driver/qemu"
 	"flotilla/agent/network"
 	"flotilla/api/agentapi"
@@ -109,6 +110,8 @@ func benchE2EReal(ctx context.Context, drv string, n int, asJSON bool) error {
 	if err != nil {
 		return err
 	}
+	resolver := dns.New(dns.Config{Logger: log})
+	defer resolver.Close()
 	actx, stopAgent := context.WithCancel(context.Background())
 	var awg sync.WaitGroup
 	defer func() { stopAgent(); awg.Wait() }()
@@ -116,7 +119,7 @@ func benchE2EReal(ctx context.Context, drv string, n int, asJSON bool) error {
 	go func() {
 		defer awg.Done()
 		agent.Run(actx, agent.Config{Name: "bench-" + drv, DataDir: nodeDir, APIURL: cp.AgentAPIURL, JoinToken: tok,
-			Driver: d, Address: "127.0.0.1:0", Logger: log})
+			Driver: d, Address: "127.0.0.1:0", Logger: log, Resolver: resolver.Feed("bench-" + drv)})
 	}()
 	if err := waitReady(ctx, cp, 1); err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"flotilla/agent"
+	"flotilla/agent/dns"
 	"flotilla/agent/driver"
 	"flotilla/api/agentapi"
 	"flotilla/api/auth"
@@ -213,9 +214,10 @@ func seedDev(ctx context.Context, st *store.Store, data, login string, key *auth
 }
 
 type agentGroup struct {
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	drivers []driver.Driver // real drivers whose workloads dev stops on exit
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	drivers  []driver.Driver // real drivers whose workloads dev stops on exit
+	resolver *dns.Resolver   // the nodes' resolver (real drivers)
 }
 
 // stop ends the agents and then the containers and VMs they run, so that
@@ -246,11 +248,20 @@ func (g *agentGroup) stop() {
 		}
 	}
 	wg.Wait()
+	if g.resolver != nil {
+		g.resolver.Close()
+	}
 }
 
 func startAgents(ctx context.Context, c devConfig, data, apiURL, token string, log *slog.Logger) (*agentGroup, error) {
 	actx, cancel := context.WithCancel(context.Background())
 	g := &agentGroup{cancel: cancel}
+	// The nodes share this host's bridges, so one resolver serves them all.
+	var res *dns.Resolver
+	if c.Driver != "sim" {
+		res = dns.New(dns.Config{Logger: log})
+		g.resolver = res
+	}
 	for i := 1; i <= c.Nodes; i++ {
 		dir := filepath.Join(data, "nodes", fmt.Sprintf("node-%d", i))
 		drv, err := newDriver(c.Driver, dir, log)
@@ -265,6 +276,8 @@ func startAgents(ctx context.Context, c devConfig, data, apiURL, token string, l
 			JoinToken: token, Driver: drv, Address: "127.0.0.1:0", Logger: log.With("node", i)}
 		if c.Driver == "sim" {
 			cfg.MemoryMiB, cfg.DiskMiB, cfg.VCPUs = c.NodeMemory, c.NodeDisk, c.NodeCPUs
+		} else {
+			cfg.Resolver = res.Feed(cfg.Name)
 		}
 		g.wg.Add(1)
 		go func() {

@@ -243,7 +243,7 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 	if err := applyOptions(s, spec.Options); err != nil {
 		return err
 	}
-	if err := writeNetworkFiles(bundle, s.Hostname, spec.NICs); err != nil {
+	if err := writeNetworkFiles(bundle, s.Hostname, spec.NICs, spec.DNS); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "write network files for %s", spec.ID)
 	}
 	if err := writeJSONAtomic(filepath.Join(bundle, fileConfig), s); err != nil {

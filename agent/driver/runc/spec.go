@@ -238,8 +238,9 @@ func lookupFile(rootfs, name string, match func([]string) bool) ([]string, bool)
 }
 
 // writeNetworkFiles writes the hosts, resolv.conf and hostname files the
-// container bind-mounts.
-func writeNetworkFiles(bundle, hostname string, nics []driver.NIC) error {
+// container bind-mounts. resolv.conf is dns (the network's resolvers when
+// it names no nameserver).
+func writeNetworkFiles(bundle, hostname string, nics []driver.NIC, dns driver.DNSConfig) error {
 	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 	var resolvers []string
 	for _, n := range nics {
@@ -248,10 +249,10 @@ func writeNetworkFiles(bundle, hostname string, nics []driver.NIC) error {
 			resolvers = n.Resolvers
 		}
 	}
-	resolv := ""
-	for _, r := range resolvers {
-		resolv += "nameserver " + r + "\n"
+	if len(dns.Nameservers) == 0 {
+		dns.Nameservers = resolvers
 	}
+	resolv := dns.ResolvConf()
 	for name, data := range map[string]string{"hosts": hosts, "resolv.conf": resolv, "hostname": hostname + "\n"} {
 		if err := os.WriteFile(filepath.Join(bundle, name), []byte(data), 0o644); err != nil {
 			return err

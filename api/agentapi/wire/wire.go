@@ -14,6 +14,10 @@
 //	     the instances whose generation changed after REV. Long-polls up to
 //	     wait seconds (default 30, max 60) when nothing changed; answers with
 //	     an empty list and the same revision on timeout.
+//	GET  /agent/v1/nodes/{node}/names?since=REV&wait=SECONDS
+//	     -> 200 Names: the names the node's resolver answers (every running
+//	     instance on the networks, and of the accounts, that the node hosts).
+//	     Long-polls like assignments while the table's revision is still REV.
 //	PUT  /agent/v1/instances/{id}/status     body InstanceStatus -> 204
 //	     A node may only report instances assigned to it (404 otherwise).
 //
@@ -100,3 +104,39 @@ type InstanceStatus struct {
 
 // StateDeleted is reported once an instance desired "deleted" is gone from the node.
 const StateDeleted = "deleted"
+
+// Names is the table of names a node's resolver answers: for every network
+// the node has instances on, the running instances of the same accounts on
+// it. A client on a network sees only its own account's records.
+type Names struct {
+	// Revision identifies the table's content; polling with it waits for a
+	// different table.
+	Revision string        `json:"revision"`
+	Networks []NameNetwork `json:"networks"`
+	Records  []NameRecord  `json:"records"`
+	// CNS, when set, is where names under its suffix are forwarded.
+	CNS *CNS `json:"cns,omitempty"`
+}
+
+// NameNetwork is a network the node serves names on, at its gateway.
+type NameNetwork struct {
+	ID      string `json:"id"`
+	Gateway string `json:"gateway"`
+	Subnet  string `json:"subnet"`
+}
+
+// NameRecord is one instance's address on a network and its names there
+// (the instance name first, then Docker network aliases).
+type NameRecord struct {
+	NetworkID  string   `json:"network_id"`
+	OwnerID    string   `json:"owner_id"`
+	InstanceID string   `json:"instance_id"`
+	Names      []string `json:"names"`
+	IP         string   `json:"ip"`
+}
+
+// CNS locates the control plane's CNS server.
+type CNS struct {
+	Suffix  string `json:"suffix"`
+	Address string `json:"address"` // host:port
+}
