@@ -461,3 +461,47 @@ func TestAgentServesStreams(t *testing.T) {
 		t.Fatalf("top through the agent: %d", resp.StatusCode)
 	}
 }
+
+func TestStreamPendingAttachesAndExited(t *testing.T) {
+	d := MustSim(t, sim.Config{})
+	ss := NewStreamServer(d, testToken, nil)
+	exited := make(chan string, 4)
+	ss.Exited = func(id string) { exited <- id }
+	srv := httptest.NewServer(ss)
+	t.Cleanup(srv.Close)
+	e := &streamEnv{d: d, srv: srv, url: srv.URL + wire.StreamPathPrefix}
+	e.create(t, "p", false, "SIM_EXIT=0", "SIM_EXIT_AFTER=50ms")
+	_, br := e.upgrade(t, "/instances/p/attach?stdout=1")
+	if n := ss.PendingAttaches("p"); n != 1 {
+		t.Fatalf("pending attaches before start: %d, want 1", n)
+	}
+	if err := d.Start(context.Background(), "p"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the attach to join", func() bool { return ss.PendingAttaches("p") == 0 })
+	if code, b := e.get(t, "/instances/p/wait?condition=next-exit"); code != 200 {
+		t.Fatalf("wait: %d %s", code, b)
+	}
+	select {
+	case id := <-exited:
+		if id != "p" {
+			t.Fatalf("Exited(%q), want p", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a wait that saw the exit did not call Exited")
+	}
+	demux(t, br)
+}
+
+func TestStreamKillStop(t *testing.T) {
+	e := newStreamEnv(t)
+	e.create(t, "k", true)
+	// The sim driver delivers no signals: the control plane falls back to
+	// a plain stop when it is told so.
+	if code, b := e.post(t, "/instances/k/kill?signal=1", nil); code != http.StatusNotImplemented {
+		t.Fatalf("kill on sim: %d %s", code, b)
+	}
+	if code, b := e.post(t, "/instances/k/stop?t=1s", nil); code != http.StatusNotImplemented {
+		t.Fatalf("stop on sim: %d %s", code, b)
+	}
+}

@@ -70,6 +70,15 @@ func TestDockerRuncLifecycle(t *testing.T) {
 		if code != 0 || strings.TrimSpace(out) != "1048576" {
 			t.Fatalf("1 MiB through docker run -i busybox wc -c: exit %d stdout %q stderr %q", code, out, errOut)
 		}
+		// A process that reads little or nothing of its input must not
+		// make the CLI hang on the rest.
+		out, errOut, code = e.runIn("alice", big, "run", "-i", "--rm", "busybox", "head", "-c", "5")
+		if code != 0 || out != "01234" {
+			t.Fatalf("1 MiB into docker run -i busybox head -c 5: exit %d stdout %q stderr %q", code, out, errOut)
+		}
+		if _, errOut, code = e.runIn("alice", big, "run", "-i", "--rm", "busybox", "sh", "-c", "exit 2"); code != 2 {
+			t.Fatalf("1 MiB into docker run -i busybox sh -c 'exit 2': exit %d stderr %q", code, errOut)
+		}
 	})
 	t.Run("OutputBeforeAttachIsKept", func(t *testing.T) {
 		e := e.with(t)
