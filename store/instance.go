@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -67,6 +68,10 @@ type NIC struct {
 	InternetNAT bool     `db:"internet_nat"`
 	Resolvers   []string `db:"resolvers"`
 	NetworkName string   `db:"network_name"`
+	// Fabric NICs are on an account's VLAN, carried between nodes under VNI.
+	Fabric bool `db:"fabric"`
+	VLANID int  `db:"vlan_id"`
+	VNI    int  `db:"vni"`
 }
 
 const instanceColumns = `i.id::text, i.owner_id::text, i.name, i.brand, i.image_id::text, i.package_id::text, i.package_name,
@@ -76,7 +81,7 @@ const instanceColumns = `i.id::text, i.owner_id::text, i.name, i.brand, i.image_
 	i.started_at, i.finished_at, i.created_at, i.updated_at, i.deleted_at`
 
 const nicColumns = `n.mac, n.instance_id::text, n.network_id::text, host(n.ip), n.is_primary, n.position,
-	w.subnet::text, host(w.gateway), w.bridge, w.public, w.internet_nat, w.resolvers, w.name`
+	w.subnet::text, host(w.gateway), w.bridge, w.public, w.internet_nat, w.resolvers, w.name, w.fabric, w.vlan_id, w.vni`
 
 func scanInstance(row pgx.CollectableRow) (Instance, error) {
 	return pgx.RowToStructByPos[Instance](row)
@@ -86,8 +91,11 @@ func scanInstance(row pgx.CollectableRow) (Instance, error) {
 // placed: Candidates are node ids in order of preference.
 type NewInstance struct {
 	Instance
-	Networks   []string // network ids; the first is primary
-	Candidates []string
+	Networks []string // network ids; the first is primary
+	// DefaultFabric adds a NIC on the owner's default network (created on
+	// first use, in the create transaction) after those of Networks.
+	DefaultFabric bool
+	Candidates    []string
 	// CheckNode, when set, is called for each candidate node under a lock on
 	// (owner, node) with the owner's live instances on that node; an error
 	// rejects the node (strict affinity).
@@ -130,6 +138,15 @@ func (s *Store) CreateInstance(ctx context.Context, in NewInstance) (Instance, b
 		// row is locked only for the last statements of the transaction.
 		if err := insertInstance(ctx, tx, &in.Instance); err != nil {
 			return err
+		}
+		if in.DefaultFabric {
+			id, err := ensureDefaultFabric(ctx, tx, in.OwnerID)
+			if err != nil {
+				return err
+			}
+			if !slices.Contains(in.Networks, id) {
+				in.Networks = append(in.Networks, id)
+			}
 		}
 		for i, netID := range in.Networks {
 			ip, err := allocateIP(ctx, tx, netID, in.ID, in.OwnerID)

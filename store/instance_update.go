@@ -24,6 +24,8 @@ type Mutation struct {
 	// Resources, when set, are the instance's new memory/disk/vCPUs: the
 	// difference is claimed on (or released from) its node in the same transaction.
 	Resources *Resources
+	// applyTx runs after Apply inside the transaction (NIC changes).
+	applyTx func(ctx context.Context, tx pgx.Tx, in *Instance) error
 }
 
 // Resources are an instance's sized resources.
@@ -70,6 +72,11 @@ func (s *Store) UpdateInstance(ctx context.Context, ownerID, id string, m Mutati
 		}
 		if m.Apply != nil {
 			if err := m.Apply(&in); err != nil {
+				return err
+			}
+		}
+		if m.applyTx != nil {
+			if err := m.applyTx(ctx, tx, &in); err != nil {
 				return err
 			}
 		}

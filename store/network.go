@@ -32,10 +32,13 @@ type Network struct {
 	InternetNAT    bool           `db:"internet_nat"`
 	Bridge         string         `db:"bridge"`
 	CreatedAt      time.Time      `db:"created_at"`
+	// VNI is the VXLAN network identifier of a fabric network's VLAN (0 for
+	// shared networks): nodes carry the VLAN between them under it.
+	VNI int `db:"vni"`
 }
 
 const networkColumns = `id::text, owner_id::text, name, public, description, subnet::text, host(gateway),
-	host(provision_start), host(provision_end), resolvers, routes, fabric, vlan_id, internet_nat, bridge, created_at`
+	host(provision_start), host(provision_end), resolvers, routes, fabric, vlan_id, internet_nat, bridge, created_at, vni`
 
 // BridgeName is the Linux bridge that carries a network on every node.
 func BridgeName(networkID string) string {
@@ -43,21 +46,33 @@ func BridgeName(networkID string) string {
 }
 
 const sqlCreateNetwork = `INSERT INTO networks (id, owner_id, name, public, description, subnet, gateway,
-	provision_start, provision_end, resolvers, routes, fabric, vlan_id, internet_nat, bridge)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING ` + networkColumns
+	provision_start, provision_end, resolvers, routes, fabric, vlan_id, internet_nat, bridge, vni)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING ` + networkColumns
 
 // CreateNetwork validates and records a network. Missing provision bounds
-// default to the subnet's usable range after the gateway.
+// default to the subnet's usable range after the gateway. A network with an
+// owner is a fabric network on the owner's VLAN n.VLANID (see
+// CreateFabricNetwork); one without is shared, offered by the operator.
+// Errors: Invalid (bad or reserved subnet, addresses outside it), Conflict
+// (name taken, overlap), NotFound (no such VLAN).
 func (s *Store) CreateNetwork(ctx context.Context, n Network) (Network, error) {
+	if n.OwnerID != nil {
+		return s.CreateFabricNetwork(ctx, *n.OwnerID, n.VLANID, n)
+	}
 	if n.ID == "" {
 		n.ID = uuid.NewString()
 	}
 	if err := normaliseNetwork(&n); err != nil {
 		return Network{}, err
 	}
+	n.Fabric, n.VLANID = false, 0
+	return insertNetwork(ctx, s.pool, n)
+}
+
+func insertNetwork(ctx context.Context, q querier, n Network) (Network, error) {
 	n.Bridge = BridgeName(n.ID)
-	rows, _ := s.pool.Query(ctx, sqlCreateNetwork, n.ID, n.OwnerID, n.Name, n.Public, n.Description, n.Subnet, n.Gateway,
-		n.ProvisionStart, n.ProvisionEnd, n.Resolvers, n.Routes, n.Fabric, n.VLANID, n.InternetNAT, n.Bridge)
+	rows, _ := q.Query(ctx, sqlCreateNetwork, n.ID, n.OwnerID, n.Name, n.Public, n.Description, n.Subnet, n.Gateway,
+		n.ProvisionStart, n.ProvisionEnd, n.Resolvers, n.Routes, n.Fabric, n.VLANID, n.InternetNAT, n.Bridge, n.VNI)
 	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Network])
 	if err != nil {
 		switch pgCode(err) {
@@ -83,6 +98,9 @@ func normaliseNetwork(n *Network) error {
 	if prefix.Bits() > 29 {
 		return errdefs.InvalidArgument("subnet %s is too small: use /29 or larger", prefix)
 	}
+	if err := checkUsableSubnet(prefix); err != nil {
+		return err
+	}
 	n.Subnet = prefix.String()
 	first := prefix.Addr().Next()
 	last := lastAddr(prefix).Prev() // skip broadcast
@@ -91,6 +109,8 @@ func normaliseNetwork(n *Network) error {
 		n.Gateway = &g
 	} else if gw, err := netip.ParseAddr(*n.Gateway); err != nil || !prefix.Contains(gw) {
 		return errdefs.InvalidArgument("gateway %s is not inside subnet %s", *n.Gateway, prefix)
+	} else if gw == prefix.Addr() || gw == lastAddr(prefix) {
+		return errdefs.InvalidArgument("gateway %s is the network or broadcast address of %s: use a host address such as %s", gw, prefix, first)
 	}
 	gw, _ := netip.ParseAddr(*n.Gateway)
 	if n.ProvisionStart == "" {
@@ -103,11 +123,19 @@ func normaliseNetwork(n *Network) error {
 	if n.ProvisionEnd == "" {
 		n.ProvisionEnd = last.String()
 	}
-	for _, a := range []string{n.ProvisionStart, n.ProvisionEnd} {
+	var bounds [2]netip.Addr
+	for i, a := range []string{n.ProvisionStart, n.ProvisionEnd} {
 		ip, err := netip.ParseAddr(a)
 		if err != nil || !prefix.Contains(ip) {
 			return errdefs.InvalidArgument("provision address %q is not inside subnet %s", a, prefix)
 		}
+		if ip == prefix.Addr() || ip == lastAddr(prefix) {
+			return errdefs.InvalidArgument("provision address %s is the network or broadcast address of %s", ip, prefix)
+		}
+		bounds[i] = ip
+	}
+	if bounds[1].Less(bounds[0]) {
+		return errdefs.InvalidArgument("provision range %s-%s is backwards: the start must not come after the end", bounds[0], bounds[1])
 	}
 	if n.Resolvers == nil {
 		n.Resolvers = []string{}

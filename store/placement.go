@@ -24,11 +24,12 @@ type PlacementResult struct {
 }
 
 // GroupCommittable reports whether CommitPlacements can take in: creates
-// with an Idempotency-Key, a strict-affinity check or networks must go
+// with an Idempotency-Key, a strict-affinity check or networks (the default
+// fabric network included) must go
 // through CreateInstance, which locks per (owner, node) and allocates
 // addresses.
 func GroupCommittable(in NewInstance) bool {
-	return in.IdempotencyKey == "" && in.CheckNode == nil && len(in.Networks) == 0
+	return in.IdempotencyKey == "" && in.CheckNode == nil && len(in.Networks) == 0 && !in.DefaultFabric
 }
 
 // sqlCommitPlacements commits a batch in one statement. Each create goes to

@@ -437,6 +437,7 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 	return service.CreateRequest{
 		Name: name, Image: img.ID, Package: pkg, MemoryMiB: memMiB, VCPUs: float64(hc.NanoCPUs) / 1e9,
 		Networks: nets, Rules: rules, Docker: true, Tags: tags, Start: &start, FirewallEnabled: false,
+		PublicNIC: len(hc.PortBindings) > 0 || hc.PublishAllPorts,
 		Process: &service.ProcessSpec{
 			Entrypoint: entrypoint, Cmd: cmd, Env: env, WorkingDir: cfg.WorkingDir, User: cfg.User,
 			Hostname: cfg.Hostname, Tty: cfg.Tty, OpenStdin: cfg.OpenStdin, StdinOnce: cfg.StdinOnce,

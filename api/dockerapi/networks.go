@@ -170,48 +170,41 @@ func (s *Server) createNetwork(w http.ResponseWriter, r *http.Request) error {
 	if req.EnableIPv6 != nil && *req.EnableIPv6 {
 		return errdefs.InvalidArgument("IPv6 networks are not supported yet")
 	}
-	list, err := s.store.ListNetworks(r.Context(), c.AccountID)
-	if err != nil {
-		return err
-	}
-	for _, n := range list {
-		if n.Name == req.Name && n.OwnerID != nil {
-			return errdefs.Conflictf("network with name %s already exists", req.Name)
-		}
-	}
-	n := store.Network{Name: req.Name, OwnerID: &c.AccountID, Fabric: true, InternetNAT: !req.Internal,
+	n := store.Network{Name: req.Name, InternetNAT: !req.Internal,
 		Description: "Docker network " + req.Name, Resolvers: []string{}, Routes: map[string]any{}}
 	if req.IPAM != nil && len(req.IPAM.Config) > 0 {
 		if len(req.IPAM.Config) > 1 {
 			return errdefs.InvalidArgument("only one IPAM subnet per network is supported")
 		}
 		cfg := req.IPAM.Config[0]
-		n.Subnet = cfg.Subnet
+		if cfg.Subnet == "" && (cfg.Gateway != "" || cfg.IPRange != "") {
+			return errdefs.InvalidArgument("a gateway or IP range needs a subnet: give --subnet too")
+		}
+		if cfg.Subnet != "" {
+			p, err := store.ParseSubnet(cfg.Subnet, false)
+			if err != nil {
+				return err
+			}
+			n.Subnet = p.String()
+		}
 		if cfg.Gateway != "" {
 			gw := cfg.Gateway
 			n.Gateway = &gw
 		}
 		if cfg.IPRange != "" {
 			p, err := netip.ParsePrefix(cfg.IPRange)
-			if err != nil {
-				return errdefs.InvalidArgument("invalid IP range %q: %v", cfg.IPRange, err)
+			if err != nil || !p.Addr().Is4() {
+				return errdefs.InvalidArgument("invalid IP range %q: use IPv4 CIDR notation inside the subnet, such as 192.168.10.128/25", cfg.IPRange)
 			}
 			n.ProvisionStart = p.Masked().Addr().Next().String()
 			n.ProvisionEnd = lastHost(p).String()
 		}
 	}
-	if n.Subnet == "" {
-		n.Subnet = freeSubnet(list)
-		if n.Subnet == "" {
-			return errdefs.New(errdefs.InsufficientCapacity, "no free 192.168.x.0/24 subnet is left for this account: give one with --subnet")
-		}
-	}
-	if _, err := netip.ParsePrefix(n.Subnet); err != nil {
-		return errdefs.InvalidArgument("invalid subnet %q: use CIDR notation such as 192.168.10.0/24", n.Subnet)
-	}
-	created, err := s.store.CreateNetwork(r.Context(), n)
+	// Docker networks are fabric networks on the account's default VLAN
+	// (as sdc-docker made them), numbered from the operator's subnet pool.
+	created, err := s.Service.CreateDockerNetwork(r.Context(), c, n)
 	if err != nil {
-		if errdefs.Is(err, errdefs.Conflict) {
+		if errdefs.Is(err, errdefs.Conflict) && strings.Contains(errdefs.MessageOf(err), "already exists") {
 			return errdefs.Conflictf("network with name %s already exists", req.Name)
 		}
 		return err
@@ -226,30 +219,6 @@ func lastHost(p netip.Prefix) netip.Addr {
 		a[i/8] |= 1 << (7 - i%8)
 	}
 	return netip.AddrFrom4(a).Prev()
-}
-
-// freeSubnet picks a 192.168.x.0/24 that overlaps none of list.
-func freeSubnet(list []store.Network) string {
-	var used []netip.Prefix
-	for _, n := range list {
-		if p, err := netip.ParsePrefix(n.Subnet); err == nil {
-			used = append(used, p)
-		}
-	}
-	for x := 0; x < 256; x++ {
-		cand := netip.MustParsePrefix(fmt.Sprintf("192.168.%d.0/24", x))
-		free := true
-		for _, u := range used {
-			if u.Overlaps(cand) {
-				free = false
-				break
-			}
-		}
-		if free {
-			return cand.String()
-		}
-	}
-	return ""
 }
 
 func (s *Server) deleteNetwork(w http.ResponseWriter, r *http.Request) error {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -58,12 +59,16 @@ func DecodeProcessSpec(raw json.RawMessage) ProcessSpec {
 
 // CreateRequest is a validated-enough create from either API.
 type CreateRequest struct {
-	Name               string
-	Image              string // uuid
-	Package            string // uuid or name; empty with MemoryMiB set picks the smallest that fits
-	MemoryMiB          int64  // Docker -m
-	VCPUs              float64
-	Networks           []string // ids or names; empty = defaults
+	Name      string
+	Image     string // uuid
+	Package   string // uuid or name; empty with MemoryMiB set picks the smallest that fits
+	MemoryMiB int64  // Docker -m
+	VCPUs     float64
+	Networks  []string // ids or names; empty = defaults
+	// PublicNIC also gives the instance a NIC on the first public network,
+	// made its primary (Docker's published ports, as sdc-docker did),
+	// unless it already has one.
+	PublicNIC          bool
 	Metadata           map[string]any
 	Tags               map[string]any
 	Affinity           []string
@@ -150,6 +155,16 @@ func (s *Service) CreateInstance(ctx context.Context, c Caller, req CreateReques
 	if err != nil {
 		return store.Instance{}, false, err
 	}
+	defaultFabric := len(nets) == 0
+	if req.PublicNIC {
+		pub, err := s.firstPublicNetwork(ctx, acct.ID, nets)
+		if err != nil {
+			return store.Instance{}, false, err
+		}
+		if pub != "" {
+			nets = append([]string{pub}, nets...)
+		}
+	}
 	rules := append([]scheduler.Rule(nil), req.Rules...)
 	if len(req.Affinity) > 0 {
 		if req.Locality != nil {
@@ -212,7 +227,7 @@ func (s *Service) CreateInstance(ctx context.Context, c Caller, req CreateReques
 			DesiredState: desired, Docker: req.Docker, Spec: mustJSON(proc), Metadata: metadata, Tags: tags,
 			Affinity: affinity, FirewallEnabled: req.FirewallEnabled, DeletionProtection: req.DeletionProtection,
 		},
-		Networks: nets, Caller: c.Audit(), IdempotencyKey: req.IdempotencyKey, RequestHash: req.RequestHash,
+		Networks: nets, DefaultFabric: defaultFabric, Caller: c.Audit(), IdempotencyKey: req.IdempotencyKey, RequestHash: req.RequestHash,
 	}
 	sreq := scheduler.Request{InstanceID: id, OwnerID: c.AccountID, Name: name, Brand: brand, MemoryMiB: pkg.MemoryMiB,
 		DiskMiB: pkg.DiskMiB, VCPUs: float64(vcpusMilli) / 1000, Rules: rules}
@@ -307,12 +322,32 @@ func (s *Service) resolveNetworks(ctx context.Context, acct store.Account, wante
 			return []string{n.ID}, nil
 		}
 	}
-	nets, err := s.Store.ListNetworks(ctx, acct.ID)
+	// No network asked for and no default yet: the store puts the instance
+	// on the account's own default fabric network, made on first use.
+	return nil, nil
+}
+
+// firstPublicNetwork returns the first public network the account may use,
+// or "" when nets already has one.
+func (s *Service) firstPublicNetwork(ctx context.Context, ownerID string, nets []string) (string, error) {
+	list, err := s.Store.ListNetworks(ctx, ownerID)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	if len(nets) == 0 {
-		return nil, errdefs.InvalidArgument("Invalid Networks: no network is available to this account; ask an operator to create one")
+	first := ""
+	for _, n := range list {
+		if !n.Public {
+			continue
+		}
+		if slices.Contains(nets, n.ID) {
+			return "", nil
+		}
+		if first == "" {
+			first = n.ID
+		}
 	}
-	return []string{nets[0].ID}, nil // public networks sort first
+	if first == "" {
+		return "", errdefs.InvalidArgument("publishing ports needs a public network and this cloud offers none: ask an operator to create one")
+	}
+	return first, nil
 }

@@ -23,8 +23,9 @@ const adminUsage = `Usage: flotilla admin [--db URL] TOPIC ACTION ...
   key add LOGIN FILE [--name NAME]
   package create --name N --memory MiB --disk MiB --vcpus N [--version V] [--group G] [--default]
   package list
-  network create --name N --subnet CIDR [--gateway IP] [--public] [--owner LOGIN] [--no-nat]
+  network create --name N --subnet CIDR [--gateway IP] [--public] [--owner LOGIN [--vlan ID]] [--no-nat]
   network list [--owner LOGIN]
+  network pool list | add CIDR | remove CIDR   (address space for tenant fabric networks)
   image import|load|pull|list ... (see 'flotilla admin image -h')
   node list [--json] | drain NAME | undrain NAME | join-token [--ttl DURATION]
   placement INSTANCE
@@ -95,6 +96,8 @@ func runAdmin(ctx context.Context, args []string) error {
 		return adminNetworkCreate(ctx, st, rest)
 	case "network list":
 		return adminNetworkList(ctx, st, rest)
+	case "network pool":
+		return adminNetworkPool(ctx, st, rest)
 	case "node list":
 		return adminNodeList(ctx, st, rest)
 	case "node drain", "node undrain":
@@ -276,7 +279,8 @@ func adminNetworkCreate(ctx context.Context, st *store.Store, args []string) err
 	fs.StringVar(&n.ProvisionStart, "start", "", "first provisionable address")
 	fs.StringVar(&n.ProvisionEnd, "end", "", "last provisionable address")
 	fs.BoolVar(&n.Public, "public", false, "a public network")
-	fs.StringVar(&owner, "owner", "", "owning account login (default: shared by all)")
+	fs.StringVar(&owner, "owner", "", "owning account login (default: shared by all); makes a fabric network of that account")
+	fs.IntVar(&n.VLANID, "vlan", store.DefaultFabricVLANID, "the owner's fabric VLAN (made if missing)")
 	fs.StringVar(&n.Description, "description", "", "description")
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err
@@ -294,6 +298,13 @@ func adminNetworkCreate(ctx context.Context, st *store.Store, args []string) err
 			return errorText(err)
 		}
 		n.OwnerID = &a.ID
+		name := fmt.Sprintf("VLAN-%d", n.VLANID)
+		if n.VLANID == store.DefaultFabricVLANID {
+			name = store.DefaultFabricVLANName
+		}
+		if _, err := st.EnsureFabricVLAN(ctx, store.FabricVLAN{OwnerID: a.ID, VLANID: n.VLANID, Name: name}); err != nil {
+			return errorText(err)
+		}
 	}
 	out, err := st.CreateNetwork(ctx, n)
 	if err != nil {
@@ -400,4 +411,35 @@ func adminPlacement(ctx context.Context, st *store.Store, id string) error {
 	}
 	fmt.Println(d.Explain())
 	return nil
+}
+
+func adminNetworkPool(ctx context.Context, st *store.Store, args []string) error {
+	if len(args) == 0 {
+		return usagef("network pool needs list, add CIDR or remove CIDR")
+	}
+	switch {
+	case args[0] == "list" && len(args) == 1:
+		pool, err := st.SubnetPool(ctx)
+		if err != nil {
+			return errorText(err)
+		}
+		for _, p := range pool {
+			fmt.Println(p)
+		}
+		return nil
+	case args[0] == "add" && len(args) == 2:
+		p, err := st.AddSubnetPool(ctx, args[1])
+		if err != nil {
+			return errorText(err)
+		}
+		fmt.Printf("%s added to the tenant subnet pool\n", p)
+		return nil
+	case args[0] == "remove" && len(args) == 2:
+		if err := st.RemoveSubnetPool(ctx, args[1]); err != nil {
+			return errorText(err)
+		}
+		fmt.Printf("%s removed from the tenant subnet pool\n", args[1])
+		return nil
+	}
+	return usagef("network pool needs list, add CIDR or remove CIDR")
 }

@@ -1,0 +1,54 @@
+package service
+
+import (
+	"context"
+
+	"flotilla/api/errdefs"
+	"flotilla/store"
+)
+
+// CreateDockerNetwork makes a Docker network: a fabric network of the
+// caller's on the account's default VLAN (made on first use, as the default
+// fabric network is), numbered from the operator's subnet pool when n has
+// no subnet. The subnet rules are the store's (CreateFabricNetwork).
+func (s *Service) CreateDockerNetwork(ctx context.Context, c Caller, n store.Network) (store.Network, error) {
+	if _, err := s.Store.EnsureDefaultFabric(ctx, c.AccountID); err != nil {
+		return store.Network{}, err
+	}
+	return s.Store.CreateFabricNetwork(ctx, c.AccountID, store.DefaultFabricVLANID, n)
+}
+
+// AddNIC gives one of the caller's instances a NIC on the network named or
+// identified by networkRef. created is false when the instance already had
+// a NIC there (that NIC is returned). Errors: NotFound (instance), Invalid
+// (unknown network, a second public network), Gone (deleted instance).
+func (s *Service) AddNIC(ctx context.Context, c Caller, instanceID, networkRef string) (nic store.NIC, created bool, err error) {
+	in, err := s.Store.GetInstance(ctx, c.AccountID, instanceID)
+	if err != nil {
+		return store.NIC{}, false, err
+	}
+	if in.State == "deleted" || in.DesiredState == "deleted" {
+		return store.NIC{}, false, errdefs.New(errdefs.Gone, "VM %s has been deleted", in.ID)
+	}
+	n, err := s.Store.GetNetwork(ctx, c.AccountID, networkRef)
+	if err != nil {
+		if errdefs.Is(err, errdefs.NotFound) {
+			return store.NIC{}, false, &errdefs.Error{Code: errdefs.Invalid, Message: "network " + networkRef + " not found", Reason: "InvalidArgument"}
+		}
+		return store.NIC{}, false, err
+	}
+	if n.Public {
+		for _, x := range in.NICs {
+			if x.Public && x.NetworkID != n.ID {
+				return store.NIC{}, false, errdefs.InvalidArgument("Invalid Networks: only one public network is allowed (the instance is on %s)", x.NetworkName)
+			}
+		}
+	}
+	return s.Store.AddNIC(ctx, c.AccountID, in.ID, n.ID, c.Audit())
+}
+
+// RemoveNIC removes the NIC with mac from one of the caller's instances and
+// frees its address. Errors: NotFound (instance or NIC), Gone.
+func (s *Service) RemoveNIC(ctx context.Context, c Caller, instanceID, mac string) error {
+	return s.Store.RemoveNIC(ctx, c.AccountID, instanceID, mac, c.Audit())
+}
