@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/network"
 	"github.com/go-chi/chi/v5"
 
@@ -209,6 +210,7 @@ func (s *Server) createNetwork(w http.ResponseWriter, r *http.Request) error {
 		}
 		return err
 	}
+	s.recordObjectEvent(r.Context(), Caller(r), created.ID, events.NetworkEventType, events.ActionCreate, NetworkID(created.ID), map[string]string{"name": created.Name, "type": "bridge"})
 	return writeJSON(w, http.StatusCreated, network.CreateResponse{ID: NetworkID(created.ID), Warning: ""})
 }
 
@@ -237,6 +239,7 @@ func (s *Server) deleteNetwork(w http.ResponseWriter, r *http.Request) error {
 		}
 		return err
 	}
+	s.recordObjectEvent(r.Context(), c, n.ID, events.NetworkEventType, events.ActionDestroy, NetworkID(n.ID), map[string]string{"name": n.Name, "type": "bridge"})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -276,10 +276,19 @@ func TestRuncPrune(t *testing.T) {
 	}
 
 	e.ok("alice", "network", "create", "pnet")
+	e.ok("alice", "network", "create", "rmnet")
+	e.ok("alice", "network", "rm", "rmnet")
 	if out := e.ok("alice", "network", "prune", "-f"); !strings.Contains(out, "pnet") {
 		t.Fatalf("docker network prune -f: %q", out)
 	}
 	e.ok("alice", "volume", "prune", "-f")
+	e.ok("alice", "run", "--name", "sysprune", "busybox", "true")
+	if out := e.ok("alice", "system", "prune", "-f"); !strings.Contains(out, "Deleted Containers:") {
+		t.Fatalf("docker system prune -f: %q", out)
+	}
+	if out := e.ok("alice", "ps", "-a", "--format", "{{.Names}}"); out != "keep\n" {
+		t.Fatalf("after system prune: %q", out)
+	}
 
 	e.ok("alice", "kill", "-s", "HUP", "keep")
 	e.ok("alice", "stop", "-t", "0", "keep")
@@ -289,6 +298,7 @@ func TestRuncPrune(t *testing.T) {
 		"--format", "{{.Type}} {{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.signal}}")
 	for _, want := range []string{"container create gone", "container attach gone", "container start gone", "container die gone",
 		"container destroy gone", "image tag mine:2", "image untag mine:1", "image delete sha256:", "network destroy pnet",
+		"network create pnet", "network create rmnet", "network destroy rmnet",
 		"container kill keep 1", "container die keep", "container stop keep"} {
 		if !strings.Contains(evs, want) {
 			t.Errorf("docker events: no %q in\n%s", want, evs)

@@ -32,6 +32,7 @@ func (s *Server) systemRoutes(r chi.Router) {
 	r.Post("/images/prune", s.handle(s.pruneImages))
 	r.Post("/networks/prune", s.handle(s.pruneNetworks))
 	r.Post("/volumes/prune", s.handle(s.pruneVolumes))
+	r.Post("/build/prune", s.handle(s.pruneBuildCache))
 }
 
 func (s *Server) version(w http.ResponseWriter, r *http.Request) error {
@@ -330,4 +331,10 @@ func (s *Server) pruneVolumes(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, volume.PruneReport{VolumesDeleted: []string{}})
+}
+
+// pruneBuildCache is the build cache part of `docker system prune`: images
+// are not built here, so there is no cache to remove.
+func (s *Server) pruneBuildCache(w http.ResponseWriter, r *http.Request) error {
+	return writeJSON(w, http.StatusOK, build.CachePruneReport{CachesDeleted: []string{}})
 }
