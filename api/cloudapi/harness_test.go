@@ -314,6 +314,7 @@ type env struct {
 type envOptions struct {
 	RateLimit float64
 	Burst     int
+	CNS       service.CNSZone
 }
 
 func newEnv(t testing.TB, opts ...envOptions) *env {
@@ -334,7 +335,7 @@ func newEnv(t testing.TB, opts ...envOptions) *env {
 	e := &env{t: t, ctx: ctx, st: st, svc: svc, keys: sharedKeys(t)}
 	e.srv = httptest.NewServer(nil)
 	e.srv.Config.Handler = cloudapi.New(svc, log, cloudapi.Config{Datacenter: "test-1", URL: e.srv.URL,
-		RateLimit: o.RateLimit, Burst: o.Burst}).Handler()
+		RateLimit: o.RateLimit, Burst: o.Burst, CNS: o.CNS}).Handler()
 	t.Cleanup(e.srv.Close)
 	e.client = &http.Client{
 		Transport:     &validatingTransport{t: t, spec: cloud, base: http.DefaultTransport, cloud: true},

@@ -223,7 +223,15 @@ func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, r, http.StatusOK, machineJSON(in, r.URL.Query().Get("credentials") == "true"))
+	m := machineJSON(in, r.URL.Query().Get("credentials") == "true")
+	if s.cfg.CNS.Suffix != "" {
+		names := s.cfg.CNS.DNSNames(caller(r).Login, in.OwnerID, in.ID, in.Name, in.Tags)
+		if names == nil {
+			names = []string{}
+		}
+		m["dns_names"] = names
+	}
+	return writeJSON(w, r, http.StatusOK, m)
 }
 
 // createParams turns CreateMachine's merged params into a service request.

@@ -38,6 +38,9 @@ type Config struct {
 	// RateLimit is requests per second per account (0 = unlimited); Burst the bucket size.
 	RateLimit float64
 	Burst     int
+	// CNS, when its Suffix is set, is the zone of the CNS server: GetMachine
+	// lists the instance's names in it (dns_names), as Triton does.
+	CNS service.CNSZone
 }
 
 // Server is the CloudAPI HTTP server.

@@ -44,6 +44,8 @@ type devConfig struct {
 	NodeCPUs       float64
 	Verbose        bool
 	OfflineGrace   time.Duration
+	// CNS holds the CNS server's flags (CNSAddr, CNSSuffix, CNSDC).
+	CNS serveConfig
 }
 
 func defaultLogin() string {
@@ -81,6 +83,7 @@ func runDev(ctx context.Context, args []string) error {
 	fs.Float64Var(&c.NodeCPUs, "node-cpus", 16, "vCPUs per simulated node")
 	fs.DurationVar(&c.OfflineGrace, "offline-grace", 30*time.Second, "silence after which a node is offline")
 	fs.BoolVar(&c.Verbose, "verbose", false, "log every request")
+	c.CNS.cnsFlags(fs, "127.0.0.1:0")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -117,7 +120,8 @@ func runDev(ctx context.Context, args []string) error {
 		level = slog.LevelInfo
 	}
 	cp, err := startControlPlane(ctx, serveConfig{DB: dbURL, CloudAPIAddr: c.CloudAPIAddr, AgentAPIAddr: c.AgentAPIAddr,
-		DockerAddr: c.DockerAddr, DockerRegistry: c.DockerRegistry, DataDir: data, Datacenter: "flotilla-dev", OfflineGrace: c.OfflineGrace, Policy: "pack", Quiet: !c.Verbose})
+		DockerAddr: c.DockerAddr, DockerRegistry: c.DockerRegistry, DataDir: data, Datacenter: "flotilla-dev", OfflineGrace: c.OfflineGrace, Policy: "pack", Quiet: !c.Verbose,
+		CNSAddr: c.CNS.CNSAddr, CNSSuffix: c.CNS.CNSSuffix, CNSDC: c.CNS.CNSDC})
 	if err != nil {
 		return err
 	}
@@ -149,6 +153,9 @@ export FLOTILLA_JOIN_TOKEN=%s
 `, envFile, cp.CloudAPIURL, c.Login, key.MD5, dbURL, data, cp.AgentAPIURL, token)
 	if cp.Docker != nil {
 		env += fmt.Sprintf("export DOCKER_HOST=%s\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH=%s\n", cp.Docker.URL, cp.Docker.CertDir)
+	}
+	if cp.CNSAddr != "" {
+		env += fmt.Sprintf("export FLOTILLA_CNS=%s\n", cp.CNSAddr)
 	}
 	if err := os.WriteFile(envFile, []byte(env), 0o600); err != nil {
 		return err

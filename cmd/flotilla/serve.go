@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"flotilla/api/agentapi"
+	"flotilla/api/agentapi/wire"
 	"flotilla/api/cloudapi"
+	"flotilla/api/cns"
 	"flotilla/api/service"
 	"flotilla/scheduler"
 	"flotilla/store"
@@ -39,6 +41,11 @@ type serveConfig struct {
 	DataDir        string
 	LogJSON        bool
 	Quiet          bool
+	// CNSAddr is where the CNS server listens (UDP and TCP; empty: off),
+	// CNSSuffix its zone and CNSDC the datacenter label in its names.
+	CNSAddr   string
+	CNSSuffix string
+	CNSDC     string
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
@@ -56,6 +63,14 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Policy, "policy", "pack", "placement policy: pack or spread")
 	fs.BoolVar(&c.LogJSON, "log-json", false, "log as JSON")
 	fs.BoolVar(&c.Quiet, "quiet", false, "log warnings only (no access log)")
+	c.cnsFlags(fs, "")
+}
+
+// cnsFlags adds the CNS server's flags (serve and dev).
+func (c *serveConfig) cnsFlags(fs *flag.FlagSet, defaultAddr string) {
+	fs.StringVar(&c.CNSAddr, "cns-addr", defaultAddr, "CNS DNS server listen address, UDP and TCP (empty: off; nodes forward the CNS suffix to it)")
+	fs.StringVar(&c.CNSSuffix, "cns-suffix", service.DefaultCNSSuffix, "DNS zone the CNS server is authoritative for")
+	fs.StringVar(&c.CNSDC, "cns-dc", "", "datacenter label in CNS names (default: --datacenter)")
 }
 
 func runServe(ctx context.Context, args []string) error {
@@ -86,6 +101,7 @@ type controlPlane struct {
 	CloudAPIURL string
 	AgentAPIURL string
 	Docker      *dockerEndpoint
+	CNSAddr     string // the CNS server's bound address, "" when off
 	servers     []*http.Server
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup
@@ -160,8 +176,21 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 		cfg.PublicURL = cp.CloudAPIURL
 	}
 	ctx, cp.cancel = context.WithCancel(context.Background())
-	capi := cloudapi.New(svc, log, cloudapi.Config{Datacenter: cfg.Datacenter, URL: cfg.PublicURL, RateLimit: cfg.RateLimit})
+	ccfg := cloudapi.Config{Datacenter: cfg.Datacenter, URL: cfg.PublicURL, RateLimit: cfg.RateLimit}
 	aapi := agentapi.New(st, log)
+	if cfg.CNSAddr != "" {
+		zone, addr, err := cp.startCNS(ctx, cfg, log)
+		if err != nil {
+			cp.cancel()
+			cl.Close()
+			al.Close()
+			st.Close()
+			return nil, err
+		}
+		ccfg.CNS, cp.CNSAddr = zone, addr
+		aapi.CNS = wire.CNS{Suffix: zone.Suffix, Address: addr}
+	}
+	capi := cloudapi.New(svc, log, ccfg)
 	aapi.ImageRegistry = al.Addr().String()
 	aapi.SetBlobs(blobs)
 	cs := &http.Server{Handler: capi.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
@@ -201,6 +230,36 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 		svc.RunNodeMonitor(ctx, service.MonitorOptions{Holder: host + "/" + strings.ReplaceAll(cl.Addr().String(), ":", "_"), Grace: cfg.OfflineGrace})
 	}()
 	return cp, nil
+}
+
+// startCNS loads the CNS server and listens; it follows the change feed
+// until the control plane closes.
+func (cp *controlPlane) startCNS(ctx context.Context, cfg serveConfig, log *slog.Logger) (service.CNSZone, string, error) {
+	zone := service.CNSZone{Suffix: cfg.CNSSuffix, DC: cfg.CNSDC}
+	if zone.DC == "" {
+		zone.DC = cfg.Datacenter
+	}
+	srv, err := cns.New(cp.Store, cns.Config{CNSZone: zone, Logger: log})
+	if err != nil {
+		return zone, "", usagef("%v (see --cns-suffix, --cns-dc)", err)
+	}
+	zone.Suffix = strings.TrimSuffix(strings.ToLower(zone.Suffix), ".")
+	loaded := make(chan error, 1)
+	cp.wg.Add(1)
+	go func() {
+		defer cp.wg.Done()
+		loaded <- srv.Run(ctx)
+	}()
+	select {
+	case <-srv.Ready():
+	case err := <-loaded:
+		return zone, "", fmt.Errorf("CNS server: %w", err)
+	}
+	addr, err := srv.ListenAndServe(ctx, cfg.CNSAddr)
+	if err != nil {
+		return zone, "", err
+	}
+	return zone, addr.String(), nil
 }
 
 // Close stops the listeners (waiting briefly for requests in flight) and the loops.
