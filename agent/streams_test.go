@@ -470,16 +470,15 @@ func TestStreamPendingAttachesAndExited(t *testing.T) {
 	srv := httptest.NewServer(ss)
 	t.Cleanup(srv.Close)
 	e := &streamEnv{d: d, srv: srv, url: srv.URL + wire.StreamPathPrefix}
-	e.create(t, "p", false, "SIM_EXIT=0", "SIM_EXIT_AFTER=50ms")
+	// Attached before the instance exists on the node: pending until it runs.
 	_, br := e.upgrade(t, "/instances/p/attach?stdout=1")
+	time.Sleep(30 * time.Millisecond)
 	if n := ss.PendingAttaches("p"); n != 1 {
-		t.Fatalf("pending attaches before start: %d, want 1", n)
+		t.Fatalf("pending attaches before create: %d, want 1", n)
 	}
-	if err := d.Start(context.Background(), "p"); err != nil {
-		t.Fatal(err)
-	}
+	e.create(t, "p", true, "SIM_EXIT=0", "SIM_EXIT_AFTER=300ms")
 	waitFor(t, 5*time.Second, "the attach to join", func() bool { return ss.PendingAttaches("p") == 0 })
-	if code, b := e.get(t, "/instances/p/wait?condition=next-exit"); code != 200 {
+	if code, b := e.get(t, "/instances/p/wait?condition=not-running"); code != 200 {
 		t.Fatalf("wait: %d %s", code, b)
 	}
 	select {
