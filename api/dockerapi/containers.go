@@ -658,10 +658,11 @@ func (s *Server) stop(r *http.Request, in store.Instance, sig int) error {
 	}
 	if stateOf(in).Running {
 		if node, err := s.nodeOf(r.Context(), in); err == nil && node.Address != "" {
-			err := nodes.Stop(r.Context(), node, in.ID, sig, grace)
-			if err != nil && !errdefs.Is(err, errdefs.NotImplemented) && !errdefs.Is(err, errdefs.NotFound) &&
-				!errdefs.Is(err, errdefs.Conflict) {
-				return err
+			// Whatever the node says (it cannot signal, it is unreachable),
+			// the desired state below is recorded and the node applies it.
+			if err := nodes.Stop(r.Context(), node, in.ID, sig, grace); err != nil && r.Context().Err() == nil &&
+				!errdefs.Is(err, errdefs.NotImplemented) && !errdefs.Is(err, errdefs.Conflict) {
+				s.log.Warn("stop on the node failed; recording the desired state only", "instance", in.ID, "err", err)
 			}
 		}
 	}
@@ -751,8 +752,9 @@ func (s *Server) killContainer(w http.ResponseWriter, r *http.Request) error {
 		err = nodes.Kill(r.Context(), node, in.ID, sig, kills)
 	}
 	switch {
-	case errdefs.Is(err, errdefs.NotImplemented):
-		// A node that cannot signal can still stop.
+	case errdefs.Is(err, errdefs.NotImplemented) || errdefs.Is(err, errdefs.Unavailable) && kills:
+		// A node that cannot signal (or cannot be reached) can still be
+		// told to stop.
 		if !kills && sig != sigTERM {
 			return errdefs.New(errdefs.NotImplemented, "the node of container %s cannot deliver signal %s: only KILL and TERM (which stop it)", ref, r.URL.Query().Get("signal"))
 		}

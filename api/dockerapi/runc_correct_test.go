@@ -138,7 +138,17 @@ func TestDockerRuncLifecycle(t *testing.T) {
 		if out := e.ok("alice", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "stubborn"); out != "exited 137\n" {
 			t.Fatalf("after stop -t 1: %q", out)
 		}
-		e.ok("alice", "rm", "stubborn")
+		e.ok("alice", "start", "stubborn")
+		e.waitLogs("alice", "stubborn", "TERM\nready")
+		start = time.Now()
+		e.ok("alice", "restart", "-t", "1", "stubborn")
+		if d := time.Since(start); d < 900*time.Millisecond || d > 5*time.Second {
+			t.Errorf("docker restart -t 1 of a process ignoring TERM took %v, want about 1 s", d)
+		}
+		if out := e.ok("alice", "inspect", "-f", "{{.State.Status}}", "stubborn"); out != "running\n" {
+			t.Fatalf("after restart -t 1: %q", out)
+		}
+		e.ok("alice", "rm", "-f", "stubborn")
 
 		e.ok("alice", "run", "-d", "--name", "custom", "--stop-timeout", "1", "--stop-signal", "USR1", "busybox", "sh", "-c",
 			"trap 'echo got USR1' USR1; trap 'echo ignoring TERM' TERM; echo ready; while :; do sleep 1 & wait; done")
