@@ -7,7 +7,7 @@
 // a parenthesised list joined by OR. Protocols are tcp and udp with
 // `PORT <n>`, `PORT all`, `PORTS <n>, <lo> - <hi>` or `(PORT a AND PORT b)`,
 // and icmp with `TYPE <n> [CODE <m>]` or `TYPE all`. Keywords are
-// case-insensitive. Rule.String renders the canonical text, which parses back
+// case-insensitive. A rule may end with `PRIORITY <0-100>`. Rule.String renders the canonical text, which parses back
 // to the same rule.
 //
 // It is pure: no I/O. Imports: the standard library and api/errdefs.
@@ -71,6 +71,9 @@ type Rule struct {
 	// ICMPType and ICMPCode are set for icmp without TYPE all; ICMPCode is
 	// -1 when no CODE was given.
 	ICMPType, ICMPCode int
+	// Priority (0-100, `PRIORITY n`) orders rules on an instance: higher
+	// first; at equal priority BLOCK comes before ALLOW.
+	Priority int
 }
 
 // Matches reports whether target t selects an instance with the given id,
@@ -161,6 +164,9 @@ func (r Rule) String() string {
 				b.WriteString(" - " + strconv.Itoa(p.Hi))
 			}
 		}
+	}
+	if r.Priority > 0 {
+		b.WriteString(" PRIORITY " + strconv.Itoa(r.Priority))
 	}
 	return b.String()
 }
@@ -341,6 +347,14 @@ func (p *parser) rule() (Rule, error) {
 	}
 	if err != nil {
 		return r, err
+	}
+	if p.keyword("PRIORITY") {
+		t, err := p.next()
+		n, aerr := strconv.Atoi(t.text)
+		if err != nil || t.quoted || aerr != nil || n < 0 || n > 100 {
+			return r, fmt.Errorf("PRIORITY needs a number from 0 to 100")
+		}
+		r.Priority = n
 	}
 	if t, ok := p.peek(); ok {
 		return r, fmt.Errorf("unexpected %q after the end of the rule", t.text)

@@ -23,6 +23,8 @@ func TestParse(t *testing.T) {
 		{"OK/ICMPAll", `FROM any TO all vms ALLOW icmp TYPE all`, `FROM any TO all vms ALLOW icmp TYPE all`},
 		{"OK/QuotedEscapes", `FROM tag "a \"b\"" = "c\\d" TO all vms ALLOW tcp PORT 1`, `FROM tag "a \"b\"" = "c\\d" TO all vms ALLOW tcp PORT 1`},
 		{"OK/NumberTag", `FROM tag "n" = 5 TO all vms ALLOW tcp PORT 1`, `FROM tag "n" = "5" TO all vms ALLOW tcp PORT 1`},
+		{"OK/Priority", `FROM any TO all vms BLOCK tcp PORT 22 priority 10`, `FROM any TO all vms BLOCK tcp PORT 22 PRIORITY 10`},
+		{"ErrPriority", `FROM any TO all vms BLOCK tcp PORT 22 PRIORITY 101`, ""},
 		{"ErrNoInstances", `FROM any TO ip 10.0.0.1 ALLOW tcp PORT 80`, ""},
 		{"ErrPortRange", `FROM any TO all vms ALLOW tcp PORT 70000`, ""},
 		{"ErrBackwards", `FROM any TO all vms ALLOW tcp PORTS 90 - 80`, ""},
@@ -119,6 +121,59 @@ func FuzzParse(f *testing.F) {
 		}
 		if r2.String() != text {
 			t.Fatalf("render is unstable: %q -> %q -> %q", s, text, r2.String())
+		}
+	})
+}
+
+func TestResolve(t *testing.T) {
+	web := Member{ID: "w", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.2")}, Tags: map[string]any{"role": "web"}}
+	db := Member{ID: "d", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.3")}, Tags: map[string]any{"role": "db"}}
+	plain := Member{ID: "p", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.4")}}
+	account := []Member{web, db, plain}
+	parse := func(s string) Rule {
+		r, err := Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	t.Run("TagToAllVMs", func(t *testing.T) {
+		r := parse(`FROM (tag "role" = "web") TO all vms ALLOW tcp PORT 80`)
+		es := r.Resolve(db, account)
+		if len(es) != 1 || !es[0].Inbound || es[0].AnyPeer || len(es[0].Peers) != 1 || es[0].Peers[0].String() != "10.0.0.2/32" {
+			t.Fatalf("db entries = %+v, want one inbound from 10.0.0.2/32", es)
+		}
+		// web is in FROM (no outbound entry for ALLOW) and in TO.
+		if es := r.Resolve(web, account); len(es) != 1 || !es[0].Inbound {
+			t.Fatalf("web entries = %+v, want one inbound", es)
+		}
+	})
+	t.Run("OutboundBlock", func(t *testing.T) {
+		r := parse(`FROM tag "role" TO (ip 192.168.1.1 OR subnet 172.16.0.0/12) BLOCK udp PORT 53`)
+		es := r.Resolve(web, account)
+		if len(es) != 1 || es[0].Inbound || len(es[0].Peers) != 2 {
+			t.Fatalf("web entries = %+v, want one outbound block to two peers", es)
+		}
+		if es := r.Resolve(plain, account); len(es) != 0 {
+			t.Fatalf("untagged instance entries = %+v, want none", es)
+		}
+	})
+	t.Run("AnyInbound", func(t *testing.T) {
+		r := parse(`FROM any TO vm ` + "11111111-2222-3333-4444-555555555555" + ` ALLOW icmp TYPE 8`)
+		self := Member{ID: "11111111-2222-3333-4444-555555555555"}
+		es := r.Resolve(self, append(account, self))
+		if len(es) != 1 || !es[0].AnyPeer || es[0].ICMPType != 8 || es[0].ICMPCode != -1 {
+			t.Fatalf("entries = %+v", es)
+		}
+		if r.AppliesTo(web) || !r.AppliesTo(self) {
+			t.Fatal("AppliesTo: want only the named vm")
+		}
+	})
+	t.Run("Order", func(t *testing.T) {
+		es := []Entry{{Action: Allow}, {Action: Block}, {Action: Allow, Priority: 5}}
+		SortEntries(es)
+		if es[0].Priority != 5 || es[1].Action != Block || es[2].Action != Allow {
+			t.Fatalf("order = %+v", es)
 		}
 	})
 }
