@@ -29,8 +29,15 @@ VALUES ($1, $2, $3, $4, $5) RETURNING ` + fwruleColumns
 // CreateFirewallRule stores a new rule (the caller has parsed and
 // canonicalised its text).
 func (s *Store) CreateFirewallRule(ctx context.Context, r FirewallRule) (FirewallRule, error) {
-	rows, _ := s.pool.Query(ctx, sqlCreateFirewallRule, r.ID, r.OwnerID, r.Rule, r.Enabled, r.Description)
-	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[FirewallRule])
+	var out FirewallRule
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, _ := tx.Query(ctx, sqlCreateFirewallRule, r.ID, r.OwnerID, r.Rule, r.Enabled, r.Description)
+		var err error
+		if out, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[FirewallRule]); err != nil {
+			return err
+		}
+		return notifyFirewall(ctx, tx)
+	})
 	return out, translate(err)
 }
 
@@ -70,8 +77,15 @@ WHERE owner_id = $1 AND id::text = $2 RETURNING ` + fwruleColumns
 // UpdateFirewallRule changes the given fields of one of the account's rules
 // and returns the result. A rule that is not the account's is NotFound.
 func (s *Store) UpdateFirewallRule(ctx context.Context, ownerID, id string, u FirewallRuleUpdate) (FirewallRule, error) {
-	rows, _ := s.pool.Query(ctx, sqlUpdateFirewallRule, ownerID, id, u.Rule, u.Enabled, u.Description)
-	r, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[FirewallRule])
+	var r FirewallRule
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, _ := tx.Query(ctx, sqlUpdateFirewallRule, ownerID, id, u.Rule, u.Enabled, u.Description)
+		var err error
+		if r, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[FirewallRule]); err != nil {
+			return err
+		}
+		return notifyFirewall(ctx, tx)
+	})
 	if err != nil {
 		return FirewallRule{}, notFound(err, "firewall rule "+id+" not found")
 	}
@@ -80,14 +94,27 @@ func (s *Store) UpdateFirewallRule(ctx context.Context, ownerID, id string, u Fi
 
 // DeleteFirewallRule removes one of the account's rules.
 func (s *Store) DeleteFirewallRule(ctx context.Context, ownerID, id string) error {
-	tag, err := s.pool.Exec(ctx, `DELETE FROM fwrules WHERE owner_id = $1 AND id::text = $2`, ownerID, id)
-	if err != nil {
-		return translate(err)
-	}
-	if tag.RowsAffected() == 0 {
-		return errdefs.NotFoundf("firewall rule %s not found", id)
-	}
-	return nil
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM fwrules WHERE owner_id = $1 AND id::text = $2`, ownerID, id)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return errdefs.NotFoundf("firewall rule %s not found", id)
+		}
+		return notifyFirewall(ctx, tx)
+	})
+	return translate(err)
+}
+
+// FirewallNotice is the payload on channel flotilla_node that announces a
+// change of some account's firewall rules (node changes carry a node id).
+const FirewallNotice = "fwrules"
+
+// notifyFirewall tells listeners, at commit, that rules changed.
+func notifyFirewall(ctx context.Context, q querier) error {
+	_, err := q.Exec(ctx, `SELECT pg_notify('flotilla_node', $1)`, FirewallNotice)
+	return err
 }
 
 // FirewallMember is what rule resolution needs of a live instance: its

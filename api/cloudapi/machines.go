@@ -669,13 +669,6 @@ func (s *Server) getNic(w http.ResponseWriter, r *http.Request) error {
 	return errdefs.NotFoundf("nic %s not found", pathParam(r, "mac"))
 }
 
-func (s *Server) listMachineFwrules(w http.ResponseWriter, r *http.Request) error {
-	if _, err := s.getOwned(r); err != nil {
-		return err
-	}
-	return writeJSON(w, r, http.StatusOK, []any{})
-}
-
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.getOwned(r); err != nil {
 		return err

@@ -94,6 +94,7 @@ func (s *Server) Handler() http.Handler {
 		s.imageRoutes(r)
 		s.networkRoutes(r)
 		s.machineRoutes(r)
+		s.fwruleRoutes(r)
 		s.miscRoutes(r)
 	})
 	return r
