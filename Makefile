@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/flotilla
 DATA    ?= flotilla-data
 NODES   ?= 1
-DRIVER  ?= sim
+DRIVER  ?= auto
 DOCKER_ADDR ?= 127.0.0.1:2376
 
 .PHONY: all build setup dev test test-short vet fmt bench clean

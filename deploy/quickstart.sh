@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Quickstart: install what is missing, build, and start a one-machine cloud.
-# Usage: deploy/quickstart.sh [DRIVER] (sim by default; runc, qemu or runc,qemu as root)
+# Usage: deploy/quickstart.sh [DRIVER] (auto by default: runc as root, else sim; or sim, runc, qemu, runc,qemu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-driver="${1:-sim}"
+driver="${1:-auto}"
 if [ ! -f "$HOME/.ssh/id_ed25519.pub" ] && [ ! -f "$HOME/.ssh/id_rsa.pub" ]; then
   echo "quickstart: no SSH key found; creating ~/.ssh/id_ed25519"
   mkdir -p "$HOME/.ssh" && ssh-keygen -q -t ed25519 -N '' -f "$HOME/.ssh/id_ed25519"

@@ -21,7 +21,7 @@ func TestCapacityUnderContention(t *testing.T) {
 	data := filepath.Join(tmp, "capacity")
 	start := time.Now()
 	p, err := StartProc("flotilla dev (20 nodes)", tmp, devProcEnv(), filepath.Join(tmp, "capacity-dev.log"), bin, "dev",
-		"--data", data, "--key", keyFile, "--login", "e2e", "--nodes", fmt.Sprint(nodes), "--node-memory", "2048",
+		"--data", data, "--driver", "sim", "--key", keyFile, "--login", "e2e", "--nodes", fmt.Sprint(nodes), "--node-memory", "2048",
 		"--cloudapi-addr", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

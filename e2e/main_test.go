@@ -114,7 +114,7 @@ func setup() error {
 		}
 		start := time.Now()
 		dev, err = StartProc("flotilla dev", tmp, devProcEnv(), filepath.Join(tmp, "dev.log"),
-			bin, "dev", "--data", devData, "--key", keyFile, "--login", "e2e", "--nodes", "2", "--cloudapi-addr", "127.0.0.1:0")
+			bin, "dev", "--data", devData, "--driver", "sim", "--key", keyFile, "--login", "e2e", "--nodes", "2", "--cloudapi-addr", "127.0.0.1:0")
 		if err != nil {
 			return err
 		}

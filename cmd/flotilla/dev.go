@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"flotilla/agent"
 	"flotilla/agent/dns"
 	"flotilla/agent/driver"
+	"flotilla/agent/network"
 	"flotilla/api/agentapi"
 	"flotilla/api/auth"
 	"flotilla/api/errdefs"
@@ -55,15 +57,42 @@ func defaultLogin() string {
 	return "admin"
 }
 
+// defaultKeyFile is the user's first public key in ~/.ssh, or "" when
+// there is none.
 func defaultKeyFile() string {
-	home, _ := os.UserHomeDir()
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ""
+	}
 	for _, name := range []string{"id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"} {
 		p := filepath.Join(home, ".ssh", name)
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
 	}
-	return filepath.Join(home, ".ssh", "id_ed25519.pub")
+	return ""
+}
+
+// busyboxPath is the static busybox dev's container image is built from.
+const busyboxPath = "/bin/busybox"
+
+// chooseDriver resolves --driver auto: runc when this process is root and
+// runc and the static busybox the dev image is built from are installed,
+// sim otherwise. It returns the driver and why it was chosen.
+func chooseDriver(name string) (string, string) {
+	if name != "auto" {
+		return name, ""
+	}
+	if os.Geteuid() != 0 {
+		return "sim", "auto: not root"
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		return "sim", "auto: runc not installed"
+	}
+	if _, err := os.Stat(busyboxPath); err != nil {
+		return "sim", "auto: no " + busyboxPath
+	}
+	return "runc", "auto: root, runc and busybox found"
 }
 
 func runDev(ctx context.Context, args []string) error {
@@ -71,13 +100,13 @@ func runDev(ctx context.Context, args []string) error {
 	var c devConfig
 	fs.StringVar(&c.Data, "data", "flotilla-data", "directory for the database and node state (reused across runs)")
 	fs.IntVar(&c.Nodes, "nodes", 1, "number of in-process compute nodes")
-	fs.StringVar(&c.Driver, "driver", "sim", "workload driver for the nodes: sim, runc, qemu or runc,qemu")
+	fs.StringVar(&c.Driver, "driver", "auto", "workload driver for the nodes: auto (runc as root with runc installed, else sim), sim, runc, qemu or runc,qemu")
 	fs.StringVar(&c.CloudAPIAddr, "cloudapi-addr", "127.0.0.1:8080", "CloudAPI listen address")
 	fs.StringVar(&c.AgentAPIAddr, "agentapi-addr", "127.0.0.1:0", "agent API listen address (port 0: any free port)")
 	fs.StringVar(&c.DockerAddr, "docker-addr", "", "Docker API listen address (empty: off)")
 	fs.StringVar(&c.DockerRegistry, "docker-registry", "", "registry or mirror URL that Docker Hub images (docker pull busybox) come from (empty: Docker Hub)")
 	fs.StringVar(&c.Login, "login", defaultLogin(), "account to create")
-	fs.StringVar(&c.KeyFile, "key", defaultKeyFile(), "SSH public key for the account")
+	fs.StringVar(&c.KeyFile, "key", "", "SSH public key for the account (default: ~/.ssh/id_ed25519.pub, id_ecdsa.pub or id_rsa.pub; none: a key generated in DIR/ssh)")
 	fs.Int64Var(&c.NodeMemory, "node-memory", 32768, "memory per simulated node in MiB")
 	fs.Int64Var(&c.NodeDisk, "node-disk", 1048576, "disk per simulated node in MiB")
 	fs.Float64Var(&c.NodeCPUs, "node-cpus", 16, "vCPUs per simulated node")
@@ -91,10 +120,6 @@ func runDev(ctx context.Context, args []string) error {
 		return usagef("--nodes must not be negative")
 	}
 	start := time.Now()
-	key, err := readKey(c.KeyFile)
-	if err != nil {
-		return fmt.Errorf("%v\nCreate a key with `ssh-keygen -t ed25519` or pass --key FILE", err)
-	}
 	data, err := filepath.Abs(c.Data)
 	if err != nil {
 		return err
@@ -102,6 +127,16 @@ func runDev(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return err
 	}
+	keys, err := resolveDevKey(c.KeyFile, data)
+	if err != nil {
+		return err
+	}
+	key, err := readKey(keys.Pub)
+	if err != nil {
+		return fmt.Errorf("%v\nPass --key FILE with an SSH public key, or leave --key out to have one generated in %s", err, filepath.Join(data, "ssh"))
+	}
+	var why string
+	c.Driver, why = chooseDriver(c.Driver)
 	fmt.Printf("starting PostgreSQL in %s\n", filepath.Join(data, "pg"))
 	pg, err := pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(data, "pg"), Durable: true})
 	if err != nil {
@@ -119,9 +154,13 @@ func runDev(ctx context.Context, args []string) error {
 	if c.Verbose {
 		level = slog.LevelInfo
 	}
-	cp, err := startControlPlane(ctx, serveConfig{DB: dbURL, CloudAPIAddr: c.CloudAPIAddr, AgentAPIAddr: c.AgentAPIAddr,
+	scfg := serveConfig{DB: dbURL, CloudAPIAddr: c.CloudAPIAddr, AgentAPIAddr: c.AgentAPIAddr,
 		DockerAddr: c.DockerAddr, DockerRegistry: c.DockerRegistry, DataDir: data, Datacenter: "flotilla-dev", OfflineGrace: c.OfflineGrace, Policy: "pack", Quiet: !c.Verbose,
-		CNSAddr: c.CNS.CNSAddr, CNSSuffix: c.CNS.CNSSuffix, CNSDC: c.CNS.CNSDC})
+		CNSAddr: c.CNS.CNSAddr, CNSSuffix: c.CNS.CNSSuffix, CNSDC: c.CNS.CNSDC}
+	if keys.Priv != "" {
+		scfg.DockerClientKeys = []string{keys.Priv}
+	}
+	cp, err := startControlPlane(ctx, scfg)
 	if err != nil {
 		return err
 	}
@@ -141,7 +180,21 @@ func runDev(ctx context.Context, args []string) error {
 	}
 	envFile := filepath.Join(data, "env.sh")
 	env := fmt.Sprintf(`# Source this file to use the Flotilla dev cloud: . %s
-export TRITON_URL=%s
+`, envFile)
+	keyNote := ""
+	if keys.Generated {
+		sock := agentSocketPath(data)
+		if err := serveSSHAgent(ctx, sock, keys.Priv, log); err != nil {
+			return err
+		}
+		env += fmt.Sprintf(`# The account's key was generated in %s (no key was given and ~/.ssh has none).
+# The triton CLI finds keys only in ~/.ssh or an SSH agent, so flotilla dev serves
+# an agent holding just that key while it runs:
+export SSH_AUTH_SOCK=%s
+`, keys.Priv, sock)
+		keyNote = fmt.Sprintf(", key generated in %s", keys.Priv)
+	}
+	env += fmt.Sprintf(`export TRITON_URL=%s
 export TRITON_ACCOUNT=%s
 export TRITON_KEY_ID=%s
 export TRITON_TLS_INSECURE=1
@@ -150,7 +203,7 @@ export FLOTILLA_DB=%s
 export FLOTILLA_DATA=%s
 export FLOTILLA_AGENT_API=%s
 export FLOTILLA_JOIN_TOKEN=%s
-`, envFile, cp.CloudAPIURL, c.Login, key.MD5, dbURL, data, cp.AgentAPIURL, token)
+`, cp.CloudAPIURL, c.Login, key.MD5, dbURL, data, cp.AgentAPIURL, token)
 	if cp.Docker != nil {
 		env += fmt.Sprintf("export DOCKER_HOST=%s\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH=%s\n", cp.Docker.URL, cp.Docker.CertDir)
 	}
@@ -160,8 +213,11 @@ export FLOTILLA_JOIN_TOKEN=%s
 	if err := os.WriteFile(envFile, []byte(env), 0o600); err != nil {
 		return err
 	}
-	fmt.Printf("flotilla dev ready in %.1fs: cloudapi %s, %d %s node(s), account %s; run: . %s\n",
-		time.Since(start).Seconds(), cp.CloudAPIURL, c.Nodes, c.Driver, c.Login, envFile)
+	if why != "" {
+		why = " (" + why + ")"
+	}
+	fmt.Printf("flotilla dev ready in %.1fs: cloudapi %s, %d %s node(s)%s, account %s%s; run: . %s\n",
+		time.Since(start).Seconds(), cp.CloudAPIURL, c.Nodes, c.Driver, why, c.Login, keyNote, envFile)
 	<-ctx.Done()
 	fmt.Println("stopping")
 	return nil
@@ -225,11 +281,19 @@ type agentGroup struct {
 	wg       sync.WaitGroup
 	drivers  []driver.Driver // real drivers whose workloads dev stops on exit
 	resolver *dns.Resolver   // the nodes' resolver (real drivers)
+	// bridgesBefore are the Flotilla bridges that existed when dev started
+	// its nodes; dev deletes only bridges it made.
+	bridgesBefore map[string]int
+	log           *slog.Logger
 }
 
-// stop ends the agents and then the containers and VMs they run, so that
-// `flotilla dev` leaves nothing running; the next start brings back what
-// is desired running.
+// stop ends the agents, then stops the containers and VMs they run and
+// gives back what those hold on the host (overlay mounts, network
+// namespaces, veths, taps, cgroups), and deletes the bridges (with their
+// iptables rules) that this run created and nothing uses any more. So
+// `flotilla dev` leaves nothing of its own on the host and its data
+// directory can be removed; the next start brings back what is desired
+// running. A standalone agent never does this: it adopts running workloads.
 func (g *agentGroup) stop() {
 	g.cancel()
 	done := make(chan struct{})
@@ -238,36 +302,69 @@ func (g *agentGroup) stop() {
 	case <-done:
 	case <-time.After(5 * time.Second):
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	if len(g.drivers) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, d := range g.drivers {
 		list, err := d.List(ctx)
 		if err != nil {
+			g.log.Warn("listing instances to stop", "driver", d.Name(), "error", err)
 			continue
 		}
 		for _, st := range list {
-			if st.State != driver.StateRunning {
-				continue
-			}
 			wg.Add(1)
-			go func() { defer wg.Done(); d.Stop(ctx, st.ID, 5*time.Second) }()
+			go func() {
+				defer wg.Done()
+				if st.State == driver.StateRunning || st.State == driver.StateProvisioning {
+					if err := d.Stop(ctx, st.ID, 5*time.Second); err != nil {
+						g.log.Warn("stopping instance", "instance", st.ID, "error", err)
+					}
+				}
+				if r, ok := d.(driver.Releaser); ok {
+					if err := r.Release(ctx, st.ID); err != nil {
+						g.log.Warn("releasing instance's host resources", "instance", st.ID, "error", err)
+					}
+				}
+			}()
 		}
 	}
 	wg.Wait()
 	if g.resolver != nil {
 		g.resolver.Close()
 	}
+	g.deleteBridges()
+}
+
+// deleteBridges deletes the Flotilla bridges made since dev started that
+// have no links attached (other clouds on this host may share a bridge).
+func (g *agentGroup) deleteBridges() {
+	now, err := network.Bridges()
+	if err != nil {
+		g.log.Warn("listing bridges", "error", err)
+		return
+	}
+	for name, ports := range now {
+		if _, before := g.bridgesBefore[name]; before || ports > 0 {
+			continue
+		}
+		if err := network.DeleteBridge(name); err != nil {
+			g.log.Warn("deleting bridge", "bridge", name, "error", err)
+		}
+	}
 }
 
 func startAgents(ctx context.Context, c devConfig, data, apiURL, token string, log *slog.Logger) (*agentGroup, error) {
 	actx, cancel := context.WithCancel(context.Background())
-	g := &agentGroup{cancel: cancel}
+	g := &agentGroup{cancel: cancel, log: log}
 	// The nodes share this host's bridges, so one resolver serves them all.
 	var res *dns.Resolver
 	if c.Driver != "sim" {
 		res = dns.New(dns.Config{Logger: log})
 		g.resolver = res
+		g.bridgesBefore, _ = network.Bridges()
 	}
 	for i := 1; i <= c.Nodes; i++ {
 		dir := filepath.Join(data, "nodes", fmt.Sprintf("node-%d", i))

@@ -30,9 +30,11 @@ type dockerEndpoint struct {
 // with a server certificate from a CA kept under DataDir/docker, client
 // certificates checked against the accounts' SSH keys. Clients need ca.pem,
 // cert.pem and key.pem in DOCKER_CERT_PATH: `flotilla docker-cert` writes them.
-// When the user's default SSH private key (~/.ssh/id_ed25519 or id_rsa)
-// belongs to an account, its client certificate is written to CertDir as
-// soon as that account exists, so dev's env.sh works as is.
+// When one of cfg.DockerClientKeys (dev: the private key next to the
+// account's public key) or, without those, the user's default SSH private
+// key (~/.ssh/id_ed25519, id_ecdsa or id_rsa) belongs to an account, its
+// client certificate is written to CertDir as soon as that account exists,
+// so dev's env.sh works as is.
 func startDocker(ctx context.Context, cfg serveConfig, svc *service.Service, log *slog.Logger) (*dockerEndpoint, error) {
 	if cfg.DockerAddr == "" {
 		return nil, nil
@@ -80,7 +82,7 @@ func startDocker(ctx context.Context, cfg serveConfig, svc *service.Service, log
 	}
 	ep := &dockerEndpoint{URL: fmt.Sprintf("tcp://%s", net.JoinHostPort(urlHost, fmt.Sprint(addr.Port))), CertDir: dir}
 	wctx, cancel := context.WithCancel(ctx)
-	go writeDefaultClientCert(wctx, svc, dir, log)
+	go writeDefaultClientCert(wctx, svc, dir, cfg.DockerClientKeys, log)
 	ep.Close = func() error {
 		cancel()
 		sctx, done := context.WithTimeout(context.Background(), 3*time.Second)
@@ -93,21 +95,27 @@ func startDocker(ctx context.Context, cfg serveConfig, svc *service.Service, log
 	return ep, nil
 }
 
-// writeDefaultClientCert writes dir/key.pem and dir/cert.pem from the user's
-// default SSH private key once an account holding its public key exists
-// (dev seeds the account after the listener starts). It does nothing when
-// cert.pem exists or there is no such key.
-func writeDefaultClientCert(ctx context.Context, svc *service.Service, dir string, log *slog.Logger) {
+// writeDefaultClientCert writes dir/key.pem and dir/cert.pem from the first
+// readable private key of keyFiles (none: the user's default SSH private
+// key) once an account holding its public key exists (dev seeds the
+// account after the listener starts). It does nothing when cert.pem exists
+// or there is no such key.
+func writeDefaultClientCert(ctx context.Context, svc *service.Service, dir string, keyFiles []string, log *slog.Logger) {
 	if _, err := os.Stat(filepath.Join(dir, "cert.pem")); err == nil {
 		return
 	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return
+	if len(keyFiles) == 0 {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return
+		}
+		for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
+			keyFiles = append(keyFiles, filepath.Join(home, ".ssh", n))
+		}
 	}
 	var key crypto.Signer
-	for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
-		b, err := os.ReadFile(filepath.Join(home, ".ssh", n))
+	for _, f := range keyFiles {
+		b, err := os.ReadFile(f)
 		if err != nil {
 			continue
 		}

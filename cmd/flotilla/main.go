@@ -18,7 +18,7 @@ import (
 const usage = `flotilla: a cloud control plane for VMs and containers.
 
 Usage:
-  flotilla dev      [--data DIR] [--nodes N] [--driver sim|runc|qemu|runc,qemu] ...  a whole cloud on this machine
+  flotilla dev      [--data DIR] [--nodes N] [--driver auto|sim|runc|qemu] ...      a whole cloud on this machine
   flotilla serve    --db URL [--cloudapi-addr HOST:PORT] ...                       the control plane
   flotilla agent    --name NAME --driver sim|runc|qemu --data DIR ...               a compute-node agent
   flotilla migrate  up|down N|status --db URL                                       schema migrations

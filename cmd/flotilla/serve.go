@@ -31,16 +31,19 @@ type serveConfig struct {
 	DockerAddr   string
 	// DockerRegistry is the registry or mirror Docker Hub pulls go to.
 	DockerRegistry string
-	TLSCert        string
-	TLSKey         string
-	Datacenter     string
-	PublicURL      string
-	RateLimit      float64
-	OfflineGrace   time.Duration
-	Policy         string
-	DataDir        string
-	LogJSON        bool
-	Quiet          bool
+	// DockerClientKeys are private key files to make the Docker client
+	// certificate in DataDir/docker from (dev); empty: ~/.ssh's defaults.
+	DockerClientKeys []string
+	TLSCert          string
+	TLSKey           string
+	Datacenter       string
+	PublicURL        string
+	RateLimit        float64
+	OfflineGrace     time.Duration
+	Policy           string
+	DataDir          string
+	LogJSON          bool
+	Quiet            bool
 	// CNSAddr is where the CNS server listens (UDP and TCP; empty: off),
 	// CNSSuffix its zone and CNSDC the datacenter label in its names.
 	CNSAddr   string

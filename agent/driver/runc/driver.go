@@ -645,27 +645,7 @@ func (d *Driver) Delete(ctx context.Context, id string) error {
 }
 
 func (d *Driver) cleanup(ctx context.Context, id, bundle string) error {
-	var errs []error
-	d.rc.Delete(ctx, id, &gorunc.DeleteOpts{Force: true})
-	rootfs := filepath.Join(bundle, dirRootfs)
-	for isMountPoint(rootfs) {
-		if err := unix.Unmount(rootfs, unix.MNT_DETACH); err != nil {
-			errs = append(errs, fmt.Errorf("unmount rootfs: %w", err))
-			break
-		}
-	}
-	if err := network.TeardownInstanceNetNS(network.NetNSName(id), network.VethName(id, 0)); err != nil {
-		errs = append(errs, err)
-	}
-	ctrls, _ := os.ReadDir("/sys/fs/cgroup")
-	for _, c := range ctrls {
-		p := filepath.Join("/sys/fs/cgroup", c.Name(), CgroupParent, id)
-		if err := unix.Rmdir(p); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
-			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", p, err))
-		}
-		// The shared parent goes when its last container does (EBUSY otherwise).
-		unix.Rmdir(filepath.Dir(p))
-	}
+	errs := d.releaseHost(ctx, id, bundle)
 	if len(errs) == 0 {
 		if err := os.RemoveAll(bundle); err != nil {
 			errs = append(errs, err)
