@@ -58,6 +58,10 @@ type Config struct {
 	// in step with the control plane (when that is a NameSource) and with
 	// its own assignments.
 	Resolver *dns.Feed
+	// GatewayNetNS, when set, says in which network namespace (a path) a
+	// network's gateway address lives on this node, for the resolver to
+	// listen there; nil or "" means the host's.
+	GatewayNetNS func(networkID string) string
 
 	// ResyncInterval is how often every instance is synced (default 30s).
 	ResyncInterval time.Duration
@@ -419,9 +423,7 @@ func (a *Agent) apply(as wire.Assignments) {
 		keys = append(keys, x.ID)
 	}
 	a.mu.Unlock()
-	for _, x := range as.Assignments {
-		a.putNames(x)
-	}
+	a.putNames(as.Assignments)
 	for _, k := range keys {
 		a.q.AddNow(k)
 	}

@@ -40,7 +40,7 @@ func (a *Agent) namesLoop(ctx context.Context, src NameSource) {
 			a.cfg.Resolver.SetCNS(t.CNS.Suffix, t.CNS.Address)
 		}
 		if t.Revision != rev {
-			nets, recs := resolverTable(t)
+			nets, recs := resolverTable(t, a.gatewayNetNS)
 			a.cfg.Resolver.Replace(nets, recs)
 			rev = t.Revision
 		}
@@ -48,7 +48,7 @@ func (a *Agent) namesLoop(ctx context.Context, src NameSource) {
 }
 
 // resolverTable converts the wire table; malformed entries are skipped.
-func resolverTable(t wire.Names) ([]dns.Network, []dns.Record) {
+func resolverTable(t wire.Names, netnsOf func(networkID string) string) ([]dns.Network, []dns.Record) {
 	nets := make([]dns.Network, 0, len(t.Networks))
 	for _, n := range t.Networks {
 		gw, err1 := netip.ParseAddr(n.Gateway)
@@ -56,7 +56,7 @@ func resolverTable(t wire.Names) ([]dns.Network, []dns.Record) {
 		if err1 != nil || err2 != nil {
 			continue
 		}
-		nets = append(nets, dns.Network{ID: n.ID, Gateway: gw, Subnet: sub.Masked()})
+		nets = append(nets, dns.Network{ID: n.ID, Gateway: gw, Subnet: sub.Masked(), NetNS: netnsOf(n.ID)})
 	}
 	recs := make([]dns.Record, 0, len(t.Records))
 	for _, r := range t.Records {
@@ -69,32 +69,44 @@ func resolverTable(t wire.Names) ([]dns.Network, []dns.Record) {
 	return nets, recs
 }
 
-// putNames gives the resolver an assignment's own names at once, so that
-// a container just assigned is served before the control plane's table
-// includes it.
-func (a *Agent) putNames(x wire.Assignment) {
+// putNames gives the resolver a poll's assignments' own names at once, so
+// that a container just assigned is served before the control plane's
+// table includes it.
+func (a *Agent) putNames(as []wire.Assignment) {
 	r := a.cfg.Resolver
 	if r == nil {
 		return
 	}
-	if x.DesiredState != wire.DesiredRunning {
-		r.Forget(x.ID)
-		return
-	}
-	var nets []dns.Network
-	var recs []dns.Record
-	for _, n := range x.Spec.NICs {
-		gw, err1 := netip.ParseAddr(n.Gateway)
-		sub, err2 := netip.ParsePrefix(n.Subnet)
-		ip, err3 := netip.ParseAddr(n.IP)
-		if err1 != nil || err2 != nil || err3 != nil {
+	put := map[string]dns.Local{}
+	var forget []string
+	for _, x := range as {
+		if x.DesiredState != wire.DesiredRunning {
+			forget = append(forget, x.ID)
 			continue
 		}
-		nets = append(nets, dns.Network{ID: n.NetworkID, Gateway: gw, Subnet: sub.Masked()})
-		recs = append(recs, dns.Record{NetworkID: n.NetworkID, OwnerID: x.Spec.OwnerID, InstanceID: x.ID,
-			Names: []string{x.Spec.Name}, IP: ip})
+		var l dns.Local
+		for _, n := range x.Spec.NICs {
+			gw, err1 := netip.ParseAddr(n.Gateway)
+			sub, err2 := netip.ParsePrefix(n.Subnet)
+			ip, err3 := netip.ParseAddr(n.IP)
+			if err1 != nil || err2 != nil || err3 != nil {
+				continue
+			}
+			l.Networks = append(l.Networks, dns.Network{ID: n.NetworkID, Gateway: gw, Subnet: sub.Masked(), NetNS: a.gatewayNetNS(n.NetworkID)})
+			l.Records = append(l.Records, dns.Record{NetworkID: n.NetworkID, OwnerID: x.Spec.OwnerID, InstanceID: x.ID,
+				Names: []string{x.Spec.Name}, IP: ip})
+		}
+		if len(l.Networks) > 0 {
+			put[x.ID] = l
+		}
 	}
-	if len(nets) > 0 {
-		r.Put(x.ID, nets, recs)
+	r.Update(put, forget)
+}
+
+// gatewayNetNS is where a network's gateway lives on this node.
+func (a *Agent) gatewayNetNS(networkID string) string {
+	if a.cfg.GatewayNetNS == nil {
+		return ""
 	}
+	return a.cfg.GatewayNetNS(networkID)
 }

@@ -177,17 +177,38 @@ func (f *Feed) Replace(nets []Network, recs []Record) {
 	})
 }
 
+// Local is what a node knows of one of its own instances from its
+// assignment: its networks and its records on them.
+type Local struct {
+	Networks []Network
+	Records  []Record
+}
+
 // Put adds the records of one of the node's own instances (from its
 // assignment) until the control plane's table has caught up.
 func (f *Feed) Put(instanceID string, nets []Network, recs []Record) {
-	r := f.r
-	r.change(func() { r.locals[instanceID] = local{nets: nets, recs: recs, at: time.Now()} })
+	f.Update(map[string]Local{instanceID: {Networks: nets, Records: recs}}, nil)
 }
 
 // Forget drops what Put added for an instance.
-func (f *Feed) Forget(instanceID string) {
+func (f *Feed) Forget(instanceID string) { f.Update(nil, []string{instanceID}) }
+
+// Update puts and forgets several instances at once (one poll's
+// assignments), rebuilding the table once.
+func (f *Feed) Update(put map[string]Local, forget []string) {
+	if len(put) == 0 && len(forget) == 0 {
+		return
+	}
 	r := f.r
-	r.change(func() { delete(r.locals, instanceID) })
+	now := time.Now()
+	r.change(func() {
+		for _, id := range forget {
+			delete(r.locals, id)
+		}
+		for id, l := range put {
+			r.locals[id] = local{nets: l.Networks, recs: l.Records, at: now}
+		}
+	})
 }
 
 // SetCNS is the resolver's SetCNS.

@@ -77,12 +77,24 @@ func configDriveFiles(spec driver.Spec) map[string][]byte {
 		if nic.Gateway != "" && (nic.Primary || len(spec.NICs) == 1) {
 			fmt.Fprintf(&nc, "    gateway4: %s\n", yq(nic.Gateway))
 		}
-		if len(nic.Resolvers) > 0 {
-			var rs []string
-			for _, r := range nic.Resolvers {
+		// The primary NIC gets the instance's resolv.conf choice (the
+		// node's resolver on its gateway, unless the user chose servers).
+		resolvers, search := nic.Resolvers, []string(nil)
+		if (nic.Primary || len(spec.NICs) == 1) && len(spec.DNS.Nameservers) > 0 {
+			resolvers, search = spec.DNS.Nameservers, spec.DNS.Search
+		}
+		if len(resolvers) > 0 {
+			var rs, ss []string
+			for _, r := range resolvers {
 				rs = append(rs, yq(r))
 			}
 			fmt.Fprintf(&nc, "    nameservers:\n      addresses: [%s]\n", strings.Join(rs, ", "))
+			for _, d := range search {
+				ss = append(ss, yq(d))
+			}
+			if len(ss) > 0 {
+				fmt.Fprintf(&nc, "      search: [%s]\n", strings.Join(ss, ", "))
+			}
 		}
 		gw := nic.Gateway
 		if !(nic.Primary || len(spec.NICs) == 1) {
@@ -90,7 +102,7 @@ func configDriveFiles(spec driver.Spec) map[string][]byte {
 		}
 		files[fmt.Sprintf("flotilla/net%d.env", i)] = []byte(fmt.Sprintf(
 			"MAC=%s\nIP=%s\nPREFIX=%d\nGATEWAY=%s\nRESOLVERS=%s\nHOSTNAME=%s\n",
-			shq(mac), shq(nic.IP), nic.PrefixLen, shq(gw), shq(strings.Join(nic.Resolvers, " ")), shq(host)))
+			shq(mac), shq(nic.IP), nic.PrefixLen, shq(gw), shq(strings.Join(resolvers, " ")), shq(host)))
 	}
 	if len(spec.NICs) == 0 {
 		nc.Reset()

@@ -357,3 +357,29 @@ func TestCreateErrors(t *testing.T) {
 		t.Errorf("Delete unknown: %v", err)
 	}
 }
+
+// TestConfigDriveDNS checks that the primary NIC gets the instance's DNS
+// choice (the node's resolver on the gateway) and other NICs their
+// network's resolvers.
+func TestConfigDriveDNS(t *testing.T) {
+	spec := driver.Spec{ID: "abc", Name: "vm",
+		NICs: []driver.NIC{
+			{MAC: "90:b8:d0:00:00:01", IP: "10.214.1.5", PrefixLen: 24, Gateway: "10.214.1.1", Resolvers: []string{"10.214.1.2"}, Primary: true},
+			{MAC: "90:b8:d0:00:00:02", IP: "10.215.1.5", PrefixLen: 24, Gateway: "10.215.1.1", Resolvers: []string{"10.215.1.2"}},
+		},
+		DNS: driver.DNSConfig{Nameservers: []string{"10.214.1.1"}, Search: []string{"example.com"}, Options: []string{"ndots:0"}},
+	}
+	f := configDriveFiles(spec)
+	nc := string(f["network-config"])
+	for _, want := range []string{"addresses: [\"10.214.1.1\"]\n      search: [\"example.com\"]", `addresses: ["10.215.1.2"]`} {
+		if !strings.Contains(nc, want) {
+			t.Errorf("network-config lacks %q:\n%s", want, nc)
+		}
+	}
+	if strings.Contains(nc, `"10.214.1.2"`) {
+		t.Errorf("the primary NIC kept its network's resolver:\n%s", nc)
+	}
+	if env := string(f["flotilla/net0.env"]); !strings.Contains(env, "RESOLVERS='10.214.1.1'") {
+		t.Errorf("net0.env:\n%s", env)
+	}
+}
