@@ -29,7 +29,8 @@ import (
 type BlobStore interface {
 	// Put stores the content of r under dgst. It returns Invalid if the
 	// content does not hash to dgst (nothing is stored then). Putting a blob
-	// that exists is a no-op that still drains r.
+	// that exists stores nothing but still reads and verifies r, so a caller
+	// cannot claim a digest without holding its bytes.
 	Put(ctx context.Context, dgst v1.Hash, r io.Reader) error
 	// Get opens the blob; NotFound if it is not stored.
 	Get(ctx context.Context, dgst v1.Hash) (io.ReadCloser, error)
@@ -75,8 +76,14 @@ func (s *DirStore) Put(ctx context.Context, dgst v1.Hash, r io.Reader) error {
 		return err
 	}
 	if _, err := os.Stat(p); err == nil {
-		_, err := io.Copy(io.Discard, r)
-		return err
+		h := sha256.New()
+		if _, err := io.Copy(h, ctxReader{ctx, r}); err != nil {
+			return copyErr(err, "read blob %s", dgst)
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != dgst.Hex {
+			return errdefs.InvalidArgument("blob content hashes to sha256:%s, not %s", got, dgst)
+		}
+		return nil
 	}
 	tmp, err := os.CreateTemp(filepath.Join(s.root, "tmp"), dgst.Hex[:12]+"-*")
 	if err != nil {
@@ -86,7 +93,7 @@ func (s *DirStore) Put(ctx context.Context, dgst v1.Hash, r io.Reader) error {
 	defer tmp.Close()
 	h := sha256.New()
 	if _, err := io.Copy(io.MultiWriter(tmp, h), ctxReader{ctx, r}); err != nil {
-		return errdefs.Wrap(errdefs.Internal, err, "write blob %s", dgst)
+		return copyErr(err, "write blob %s", dgst)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != dgst.Hex {
 		return errdefs.InvalidArgument("blob content hashes to sha256:%s, not %s", got, dgst)
@@ -145,6 +152,16 @@ func (s *DirStore) Delete(_ context.Context, dgst v1.Hash) error {
 		return errdefs.Wrap(errdefs.Internal, err, "delete blob %s", dgst)
 	}
 	return nil
+}
+
+// copyErr keeps the code of an errdefs error from the source (a body over
+// its limit, say) and calls anything else Internal.
+func copyErr(err error, format string, args ...any) error {
+	var e *errdefs.Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return errdefs.Wrap(errdefs.Internal, err, format, args...)
 }
 
 // ctxReader stops a long copy when its context is cancelled.

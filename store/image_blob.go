@@ -164,3 +164,36 @@ func (s *Store) AllImages(ctx context.Context) ([]Image, error) {
 	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Image])
 	return out, translate(err)
 }
+
+const sqlLayerVisible = `SELECT EXISTS (SELECT 1 FROM images WHERE ` + visibleTo + `
+	AND manifest -> 'layers' @> jsonb_build_array(jsonb_build_object('digest', $2::text)))`
+
+// LayerVisible reports whether digest is a layer of an image owner (nil: an
+// operator, who sees all) can see. Only such a layer may be named by a
+// manifest owner writes without carrying its bytes: knowing a digest is
+// not the right to read it.
+func (s *Store) LayerVisible(ctx context.Context, owner *string, digest string) (bool, error) {
+	if owner != nil && !validUUID(*owner) {
+		return false, nil
+	}
+	var ok bool
+	if err := s.pool.QueryRow(ctx, sqlLayerVisible, owner, digest).Scan(&ok); err != nil {
+		return false, translate(err)
+	}
+	return ok, nil
+}
+
+const sqlAccountImageBytes = `SELECT coalesce(sum(size_bytes), 0)::bigint FROM images WHERE owner_id = $1`
+
+// AccountImageBytes is the total size of the images owner owns, what its
+// image quota counts.
+func (s *Store) AccountImageBytes(ctx context.Context, owner string) (int64, error) {
+	if !validUUID(owner) {
+		return 0, nil
+	}
+	var n int64
+	if err := s.pool.QueryRow(ctx, sqlAccountImageBytes, owner).Scan(&n); err != nil {
+		return 0, translate(err)
+	}
+	return n, nil
+}

@@ -673,9 +673,14 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) error {
 		meta.Name, meta.Version = repo, tag
 	}
 	owner := c.AccountID
-	im, err := s.Service.ImportRootfs(r.Context(), &owner, r.Body, meta)
+	body, err := s.uploads.body(r, owner, "root filesystem tarball")
 	if err != nil {
 		return err
+	}
+	defer body.release()
+	im, err := s.Service.ImportRootfs(r.Context(), &owner, body, meta)
+	if err != nil {
+		return body.limitErr(err)
 	}
 	if repo != "" {
 		if err := s.Service.Tag(r.Context(), owner, im.ID, repo+":"+tag); err != nil {
@@ -754,9 +759,14 @@ func importChanges(changes []string) (v1.Config, error) {
 func (s *Server) loadImages(w http.ResponseWriter, r *http.Request) error {
 	c := Caller(r)
 	owner := c.AccountID
-	loaded, err := s.Service.LoadArchiveReader(r.Context(), &owner, r.Body)
+	body, err := s.uploads.body(r, owner, "image archive")
 	if err != nil {
 		return err
+	}
+	defer body.release()
+	loaded, err := s.Service.LoadArchiveReader(r.Context(), &owner, body)
+	if err != nil {
+		return body.limitErr(err)
 	}
 	ps := &progressStream{w: w}
 	for _, li := range loaded {

@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"flotilla/api/auth"
+	"flotilla/api/service"
 	"flotilla/oci"
 )
 
@@ -82,6 +83,7 @@ func hubStandIn(t *testing.T) (url string, images map[string]v1.Image) {
 func TestDockerImageOperations(t *testing.T) {
 	base := newTestEnv(t)
 	base.svc.SetBlobs(mustDirStore(t))
+	base.svc.SetImagePolicy(service.ImagePolicy{RegistryAllowPrivate: true}) // the stand-in listens on loopback
 	hub, imgs := hubStandIn(t)
 	e := base.withEndpoint(Config{Registry: hub})
 	bbDigest, err := imgs["library/busybox:latest"].Digest()

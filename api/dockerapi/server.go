@@ -51,6 +51,14 @@ type Config struct {
 	// or "http(s)://host:port". Empty: Docker Hub itself. References that
 	// name another registry ("quay.io/org/app") go to that registry.
 	Registry string
+	// UploadMaxBytes bounds one request body of `docker load`, `docker
+	// import` and `docker cp` into a container (default 2 GiB; negative:
+	// no limit).
+	UploadMaxBytes int64
+	// UploadInflightBytes bounds what one account's such bodies add up to
+	// while they are being received (default 4 GiB; negative: no limit),
+	// so one tenant cannot fill the control plane's spool space.
+	UploadInflightBytes int64
 }
 
 // Server is the Docker Engine API server.
@@ -62,6 +70,7 @@ type Server struct {
 	cfg     Config
 	now     func() time.Time
 	auth    *authCache
+	uploads *uploadBudget
 }
 
 // New returns a Docker API server.
@@ -75,7 +84,8 @@ func New(svc *service.Service, log *slog.Logger, cfg Config) *Server {
 	if cfg.ConvergeTimeout <= 0 {
 		cfg.ConvergeTimeout = 60 * time.Second
 	}
-	return &Server{Service: svc, store: svc.Store, log: log, cfg: cfg, now: time.Now, auth: newAuthCache()}
+	return &Server{Service: svc, store: svc.Store, log: log, cfg: cfg, now: time.Now, auth: newAuthCache(),
+		uploads: newUploadBudget(cfg.UploadMaxBytes, cfg.UploadInflightBytes)}
 }
 
 // maxBody bounds JSON request bodies.

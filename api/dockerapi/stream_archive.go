@@ -128,7 +128,15 @@ func (s *Server) putArchive(w http.ResponseWriter, r *http.Request) error {
 	}
 	ref, in, p, node := t.ref, t.in, t.path, t.node
 	noOverwrite := boolParam(r.URL.Query().Get("noOverwriteDirNonDir"))
-	if err := nodes.Extract(r.Context(), node, in.ID, p, noOverwrite, r.Body); err != nil {
+	body, err := s.uploads.body(r, in.OwnerID, "archive")
+	if err != nil {
+		return err
+	}
+	defer body.release()
+	if err := nodes.Extract(r.Context(), node, in.ID, p, noOverwrite, body); err != nil {
+		if body.err != nil {
+			return body.err
+		}
 		if errdefs.Is(err, errdefs.Invalid) && strings.HasPrefix(errdefs.MessageOf(err), "extraction point is not a directory") {
 			return errdefs.Wrap(errdefs.Invalid, err, "extraction point is not a directory")
 		}

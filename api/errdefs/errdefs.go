@@ -11,6 +11,11 @@ import (
 	"net/http"
 )
 
+// ErrTooLarge marks an Invalid error about something over a size limit or
+// a quota (a request body, an image, an account's stored bytes): the APIs
+// answer it with 413 instead of 400.
+var ErrTooLarge = errors.New("request body too large")
+
 // Code classifies an error independently of any wire protocol.
 type Code string
 

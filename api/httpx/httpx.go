@@ -187,8 +187,9 @@ func DecodeJSON(r *http.Request, limit int64, strict bool, v any) error {
 	return nil
 }
 
-// ErrTooLarge is the code-carrying error for an oversized body.
-var ErrTooLarge = errors.New("request body too large")
+// ErrTooLarge is the code-carrying error for an oversized body (the same
+// sentinel as errdefs.ErrTooLarge, which layers without HTTP wrap).
+var ErrTooLarge = errdefs.ErrTooLarge
 
 // ReadBody reads at most limit bytes of the body; more is an Invalid error
 // wrapping ErrTooLarge.

@@ -147,9 +147,14 @@ type writtenImage struct {
 	size     int64
 }
 
-// writeImage stores every blob of img (layers, config, then the manifest, so
-// a manifest in the store always has its blobs) and verifies each digest.
-func (s *Service) writeImage(ctx context.Context, img v1.Image, progress func(PullProgress)) (writtenImage, error) {
+// writeImage stores every blob of img for owner (layers, config, then the
+// manifest, so a manifest in the store always has its blobs) and verifies
+// each digest. A layer already in the store is reused without its bytes
+// only when it belongs to an image owner can see; any other layer must be
+// supplied by img and hash to its digest, so knowing another account's
+// digest never makes its content readable. Sizes are checked against the
+// image policy and owner's quota before anything is fetched.
+func (s *Service) writeImage(ctx context.Context, owner *string, img v1.Image, progress func(PullProgress)) (writtenImage, error) {
 	blobs, err := s.Blobs()
 	if err != nil {
 		return writtenImage{}, err
@@ -172,22 +177,47 @@ func (s *Service) writeImage(ctx context.Context, img v1.Image, progress func(Pu
 	if m.MediaType != "" && !m.MediaType.IsImage() {
 		return writtenImage{}, errdefs.InvalidArgument("manifest %s has media type %s, not an image manifest", dgst, m.MediaType)
 	}
+	layerSizes := make([]int64, len(m.Layers))
+	for i, d := range m.Layers {
+		layerSizes[i] = d.Size
+	}
+	owned := false
+	if owner != nil {
+		_, err := s.Store.ImageByOwnerDigest(ctx, owner, dgst.String())
+		owned = err == nil
+	}
+	if !owned {
+		if _, err := s.checkImageSize(ctx, owner, len(raw), m.Config.Size, layerSizes); err != nil {
+			return writtenImage{}, err
+		}
+	}
 	cfg, err := img.RawConfigFile()
 	if err != nil {
 		return writtenImage{}, imageErr(err, "read the image config")
 	}
+	if h, _, err := v1.SHA256(bytes.NewReader(cfg)); err != nil || h != m.Config.Digest {
+		return writtenImage{}, errdefs.InvalidArgument("the image config hashes to %s, not %s as its manifest says", h, m.Config.Digest)
+	}
 	size := int64(len(cfg))
-	for _, d := range m.Layers {
+	reuse := make([]bool, len(m.Layers))
+	for i, d := range m.Layers {
 		size += d.Size
-		if _, err := blobs.Stat(ctx, d.Digest); err == nil {
+		if _, err := blobs.Stat(ctx, d.Digest); err != nil {
+			continue
+		}
+		visible, err := s.Store.LayerVisible(ctx, owner, d.Digest.String())
+		if err != nil {
+			return writtenImage{}, err
+		}
+		if reuse[i] = visible; visible {
 			progress(PullProgress{ID: shortDigest(d.Digest), Status: "Already exists"})
 		}
 	}
-	for _, d := range m.Layers {
-		id := shortDigest(d.Digest)
-		if _, err := blobs.Stat(ctx, d.Digest); err == nil {
+	for i, d := range m.Layers {
+		if reuse[i] {
 			continue
 		}
+		id := shortDigest(d.Digest)
 		progress(PullProgress{ID: id, Status: "Pulling fs layer"})
 		l, err := img.LayerByDigest(d.Digest)
 		if err != nil {
@@ -197,7 +227,7 @@ func (s *Service) writeImage(ctx context.Context, img v1.Image, progress func(Pu
 		if err != nil {
 			return writtenImage{}, imageErr(err, "fetch layer %s", d.Digest)
 		}
-		pr := &progressReader{r: rc, total: d.Size, report: func(cur int64) {
+		pr := &progressReader{r: io.LimitReader(rc, d.Size+1), total: d.Size, report: func(cur int64) {
 			progress(PullProgress{ID: id, Status: "Downloading", Current: cur, Total: d.Size})
 		}}
 		err = blobs.Put(ctx, d.Digest, pr)
@@ -260,7 +290,7 @@ func (p *progressReader) Read(b []byte) (int, error) {
 // that exists without content gets the content; a row with the same owner
 // and digest is reused (Existed).
 func (s *Service) recordImage(ctx context.Context, owner *string, img v1.Image, meta ImageMeta, progress func(PullProgress)) (store.Image, bool, error) {
-	w, err := s.writeImage(ctx, img, progress)
+	w, err := s.writeImage(ctx, owner, img, progress)
 	if err != nil {
 		return store.Image{}, false, err
 	}
@@ -344,7 +374,7 @@ func (s *Service) ImportRootfs(ctx context.Context, owner *string, rootfs io.Rea
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
 	if _, err := io.Copy(tmp, rootfs); err != nil {
-		return store.Image{}, errdefs.Wrap(errdefs.Invalid, err, "read the root filesystem tarball")
+		return store.Image{}, imageErr(err, "read the root filesystem tarball")
 	}
 	if err := checkTar(tmp.Name()); err != nil {
 		return store.Image{}, err
@@ -460,7 +490,7 @@ func (s *Service) LoadArchiveReader(ctx context.Context, owner *string, r io.Rea
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
 	if _, err := io.Copy(tmp, r); err != nil {
-		return nil, errdefs.Wrap(errdefs.Invalid, err, "read the image archive")
+		return nil, imageErr(err, "read the image archive")
 	}
 	return s.LoadArchive(ctx, owner, tmp.Name())
 }
@@ -606,8 +636,10 @@ func familiarRepo(r name.Repository) string {
 // (or opts.Registry for Docker Hub references), storing every blob, and
 // tags it. For a multi-platform index it takes linux on this host's
 // architecture. It returns NotFound when the registry has no such image,
-// Unauthorized when it refuses the credentials, Invalid for a bad reference,
-// Unavailable when it cannot be reached.
+// Unauthorized when it refuses the credentials, Invalid for a bad reference
+// or an image over a size limit (wrapping errdefs.ErrTooLarge), Forbidden
+// for a registry the image policy does not allow (not on the allowlist, or
+// at a private address), Unavailable when it cannot be reached.
 func (s *Service) Pull(ctx context.Context, owner *string, ref string, opts PullOptions) (LoadedImage, error) {
 	if _, err := s.Blobs(); err != nil {
 		return LoadedImage{}, err
@@ -640,7 +672,10 @@ func (s *Service) Pull(ctx context.Context, owner *string, ref string, opts Pull
 			return LoadedImage{}, errdefs.Wrap(errdefs.Invalid, err, "registry mirror %q", opts.Registry)
 		}
 	}
-	ropts := []remote.Option{remote.WithContext(ctx),
+	if err := s.imagePolicy.checkRegistry(r.Context().RegistryStr()); err != nil {
+		return LoadedImage{}, err
+	}
+	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(s.imagePolicy.pullTransport()),
 		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: runtime.GOARCH})}
 	if opts.Username != "" || opts.Password != "" {
 		ropts = append(ropts, remote.WithAuth(&authn.Basic{Username: opts.Username, Password: opts.Password}))

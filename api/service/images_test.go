@@ -201,6 +201,7 @@ func pushImage(t *testing.T, ref string, img v1.Image) {
 
 func TestPull(t *testing.T) {
 	e := newImageEnv(t)
+	e.svc.SetImagePolicy(ImagePolicy{RegistryAllowPrivate: true}) // the test registry is on loopback
 	ctx := context.Background()
 	host := startRegistry(t)
 	img := smallImage(t, "pulled\n")
@@ -297,6 +298,7 @@ func TestPull(t *testing.T) {
 
 func TestSaveLoadRoundTrip(t *testing.T) {
 	e := newImageEnv(t)
+	e.svc.SetImagePolicy(ImagePolicy{RegistryAllowPrivate: true}) // the test registry is on loopback
 	ctx := context.Background()
 	host := startRegistry(t)
 	img := smallImage(t, "round trip\n")

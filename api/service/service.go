@@ -22,8 +22,9 @@ type Service struct {
 	Placer *Placer
 	Log    *slog.Logger
 
-	blobs oci.BlobStore // image content; see SetBlobs
-	watch Waiters       // requests waiting for instances to change; see RunWatcher
+	blobs       oci.BlobStore // image content; see SetBlobs
+	imagePolicy ImagePolicy   // limits on image content and pulls; see SetImagePolicy
+	watch       Waiters       // requests waiting for instances to change; see RunWatcher
 }
 
 // New returns a Service whose placer loads its snapshot from st.

@@ -48,6 +48,8 @@ type devConfig struct {
 	OfflineGrace   time.Duration
 	// CNS holds the CNS server's flags (CNSAddr, CNSSuffix, CNSDC).
 	CNS serveConfig
+	// Images limits image content, pulls and upload bodies (as serve's).
+	Images imageFlags
 }
 
 func defaultLogin() string {
@@ -113,6 +115,7 @@ func runDev(ctx context.Context, args []string) error {
 	fs.DurationVar(&c.OfflineGrace, "offline-grace", 30*time.Second, "silence after which a node is offline")
 	fs.BoolVar(&c.Verbose, "verbose", false, "log every request")
 	c.CNS.cnsFlags(fs, "127.0.0.1:0")
+	c.Images.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -156,7 +159,7 @@ func runDev(ctx context.Context, args []string) error {
 	}
 	scfg := serveConfig{DB: dbURL, CloudAPIAddr: c.CloudAPIAddr, AgentAPIAddr: c.AgentAPIAddr,
 		DockerAddr: c.DockerAddr, DockerRegistry: c.DockerRegistry, DataDir: data, Datacenter: "flotilla-dev", OfflineGrace: c.OfflineGrace, Policy: "pack", Quiet: !c.Verbose,
-		CNSAddr: c.CNS.CNSAddr, CNSSuffix: c.CNS.CNSSuffix, CNSDC: c.CNS.CNSDC}
+		CNSAddr: c.CNS.CNSAddr, CNSSuffix: c.CNS.CNSSuffix, CNSDC: c.CNS.CNSDC, Images: c.Images}
 	if keys.Priv != "" {
 		scfg.DockerClientKeys = []string{keys.Priv}
 	}

@@ -67,7 +67,8 @@ func startDocker(ctx context.Context, cfg serveConfig, svc *service.Service, log
 	if err != nil {
 		return nil, fmt.Errorf("Docker API listener: %w", err)
 	}
-	api := dockerapi.New(svc, log, dockerapi.Config{Datacenter: cfg.Datacenter, CAPEM: caPEM, Registry: cfg.DockerRegistry})
+	api := dockerapi.New(svc, log, dockerapi.Config{Datacenter: cfg.Datacenter, CAPEM: caPEM, Registry: cfg.DockerRegistry,
+		UploadMaxBytes: int64(cfg.Images.UploadMax), UploadInflightBytes: int64(cfg.Images.UploadInflight)})
 	srv := &http.Server{Handler: api.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go func() {

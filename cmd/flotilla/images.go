@@ -60,6 +60,9 @@ func imageService(st *store.Store, dataDir string, log *slog.Logger) (*service.S
 	}
 	svc := &service.Service{Store: st, Log: log}
 	svc.SetBlobs(blobs)
+	// The operator's own pulls (admin image pull) may reach private
+	// registries; tenants' pulls go through serve's policy.
+	svc.SetImagePolicy(service.ImagePolicy{RegistryAllowPrivate: true})
 	return svc, nil
 }
 

@@ -49,6 +49,8 @@ type serveConfig struct {
 	CNSAddr   string
 	CNSSuffix string
 	CNSDC     string
+	// Images limits image content, pulls and upload bodies.
+	Images imageFlags
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
@@ -67,6 +69,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.LogJSON, "log-json", false, "log as JSON")
 	fs.BoolVar(&c.Quiet, "quiet", false, "log warnings only (no access log)")
 	c.cnsFlags(fs, "")
+	c.Images.flags(fs)
 }
 
 // cnsFlags adds the CNS server's flags (serve and dev).
@@ -153,6 +156,7 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 		return nil, err
 	}
 	svc.SetBlobs(blobs)
+	svc.SetImagePolicy(cfg.Images.policy())
 	useTLS := cfg.TLSCert != "" && cfg.TLSKey != ""
 	if !useTLS && !isLoopback(cfg.CloudAPIAddr) {
 		st.Close()
