@@ -204,6 +204,7 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
+	cfg.JoinToken = "" // the client holds it until the node registers
 	st, err := openStateStore(cfg.DataDir)
 	if err != nil {
 		return nil, err

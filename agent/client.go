@@ -159,9 +159,17 @@ func (c *Client) Register(ctx context.Context, req wire.RegisterRequest) (string
 	node := c.node
 	c.mu.Unlock()
 	if node.Credential != "" && node.NodeID != "" && node.Name == req.Name {
+		c.dropJoinToken()
 		return node.NodeID, nil
 	}
 	return c.register(ctx, "")
+}
+
+// dropJoinToken forgets the join token once the node holds a credential:
+// a token is good for one registration, and an agent that keeps none cannot
+// leak it.
+func (c *Client) dropJoinToken() {
+	c.cfg.JoinToken = ""
 }
 
 // register registers with the join token and saves the new credential. If
@@ -177,16 +185,24 @@ func (c *Client) register(ctx context.Context, stale string) (string, error) {
 		return "", errdefs.New(errdefs.Unauthorized, "agent: node credential rejected and the node was never registered in this process")
 	}
 	if c.cfg.JoinToken == "" {
-		return "", errdefs.New(errdefs.Unauthorized, "agent: no usable node credential in %s and no join token to register with (set FLOTILLA_JOIN_TOKEN)", c.cfg.DataDir)
+		if stale != "" {
+			return "", errdefs.New(errdefs.Unauthorized, "agent: the control plane rejected node %s's credential (revoked?): "+
+				"mint a token with `flotilla admin node join-token`, let the node register again with `flotilla admin node approve %s`, "+
+				"and restart the agent with FLOTILLA_JOIN_TOKEN set", c.node.NodeID, c.lastReq.Name)
+		}
+		return "", errdefs.New(errdefs.Unauthorized, "agent: no usable node credential in %s and no join token to register with (set FLOTILLA_JOIN_TOKEN to a token from `flotilla admin node join-token`)", c.cfg.DataDir)
 	}
+	req := *c.lastReq
+	req.CurrentCredential = c.node.Credential
 	var resp wire.RegisterResponse
-	err := c.do(ctx, http.MethodPost, "/agent/v1/nodes/register", nil, c.cfg.JoinToken, c.lastReq, &resp, 0)
+	err := c.do(ctx, http.MethodPost, "/agent/v1/nodes/register", nil, c.cfg.JoinToken, &req, &resp, 0)
 	if errdefs.Is(err, errdefs.Unauthorized) || errdefs.Is(err, errdefs.Forbidden) {
-		return "", errdefs.Wrap(errdefs.Unauthorized, err, "agent: the control plane at %s rejected the join token (check FLOTILLA_JOIN_TOKEN)", c.base)
+		return "", errdefs.Wrap(errdefs.Unauthorized, err, "agent: the control plane at %s rejected the join token (check FLOTILLA_JOIN_TOKEN): %s", c.base, errdefs.MessageOf(err))
 	}
 	if err != nil {
 		return "", err
 	}
+	c.dropJoinToken()
 	if resp.NodeID == "" || resp.Credential == "" {
 		return "", errdefs.New(errdefs.Internal, "agent: register answered without node id or credential")
 	}

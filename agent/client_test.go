@@ -117,24 +117,43 @@ func TestClientErrors(t *testing.T) {
 	})
 }
 
-func TestClientReregistersOn401(t *testing.T) {
+// TestClientDropsJoinToken: the join token is good for one registration;
+// the client forgets it once the node has a credential, a restart uses the
+// saved credential, and a revoked credential is not silently replaced.
+func TestClientDropsJoinToken(t *testing.T) {
 	cp := newFakeCP()
 	fs := newFakeServer(cp, "join")
 	srv := httptest.NewServer(fs)
 	defer srv.Close()
 	ctx := context.Background()
-	c := MustClient(t, srv.URL, "join", t.TempDir())
+	dir := t.TempDir()
+	c := MustClient(t, srv.URL, "join", dir)
 	if _, err := c.Register(ctx, wire.RegisterRequest{Name: "n1"}); err != nil {
 		t.Fatal(err)
 	}
-	fs.mu.Lock()
-	clear(fs.creds) // the control plane forgot (revoked) the credential
-	fs.mu.Unlock()
-	if err := c.Heartbeat(ctx, wire.Heartbeat{}); err != nil {
-		t.Fatalf("Heartbeat after revocation: %v", err)
+	if c.cfg.JoinToken != "" {
+		t.Error("the client kept the join token after registering")
 	}
-	if cp.regs != 2 {
-		t.Fatalf("registrations = %d, want 2", cp.regs)
+	b, err := os.ReadFile(filepath.Join(dir, NodeFileName))
+	if err != nil || strings.Contains(string(b), "join") {
+		t.Errorf("node.json holds the join token or is missing: %v %s", err, b)
+	}
+	restarted := MustClient(t, srv.URL, "", dir)
+	if _, err := restarted.Register(ctx, wire.RegisterRequest{Name: "n1"}); err != nil {
+		t.Fatalf("restart without a token: %v", err)
+	}
+	if err := restarted.Heartbeat(ctx, wire.Heartbeat{}); err != nil {
+		t.Fatalf("heartbeat with the saved credential: %v", err)
+	}
+	fs.mu.Lock()
+	clear(fs.creds) // the control plane revoked the credential
+	fs.mu.Unlock()
+	err = c.Heartbeat(ctx, wire.Heartbeat{})
+	if errdefs.CodeOf(err) != errdefs.Unauthorized || !strings.Contains(err.Error(), "flotilla admin node approve n1") {
+		t.Fatalf("Heartbeat after revocation: %v, want Unauthorized naming `flotilla admin node approve n1`", err)
+	}
+	if cp.regs != 1 {
+		t.Fatalf("registrations = %d, want 1", cp.regs)
 	}
 }
 

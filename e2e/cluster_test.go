@@ -146,7 +146,10 @@ func (c *serveCluster) agentDir(name string) string { return filepath.Join(c.dir
 // its node is up. The agent is killed at the end of the test.
 func (c *serveCluster) startAgent(name string, memoryMiB, diskMiB int64, cpus int) *Proc {
 	c.t.Helper()
-	env := append(baseEnv(), "FLOTILLA_AGENT_API=http://"+c.agentAddr, "FLOTILLA_JOIN_TOKEN="+c.token)
+	// A join token registers one node once: mint one for each agent (an
+	// agent restarted on its data dir uses its saved credential instead).
+	token := strings.TrimSpace(c.admin("node", "join-token"))
+	env := append(baseEnv(), "FLOTILLA_AGENT_API=http://"+c.agentAddr, "FLOTILLA_JOIN_TOKEN="+token)
 	p, err := StartProc("flotilla agent "+name, c.dir, env, filepath.Join(c.dir, "agent-"+name+".log"), bin, "agent",
 		"--name", name, "--driver", "sim", "--data", c.agentDir(name), "--memory", fmt.Sprint(memoryMiB),
 		"--disk", fmt.Sprint(diskMiB), "--cpus", fmt.Sprint(cpus))

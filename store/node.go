@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"time"
 
@@ -77,12 +78,24 @@ ON CONFLICT (name) DO UPDATE SET
 	disk_mib = GREATEST(EXCLUDED.disk_mib, ceil(nodes.used_disk_mib / COALESCE(NULLIF($13, 0), nodes.ratio_disk))::bigint),
 	vcpus_milli = GREATEST(EXCLUDED.vcpus_milli, ceil(nodes.used_vcpus_milli / COALESCE(NULLIF($14, 0), nodes.ratio_vcpu))::bigint),
 	max_instances = GREATEST(COALESCE(NULLIF($11, 0), nodes.max_instances), nodes.instances),
-	credential_hash = EXCLUDED.credential_hash, state = 'running', last_heartbeat = now(), updated_at = now(),
+	credential_hash = EXCLUDED.credential_hash, reregister_until = NULL, state = 'running', last_heartbeat = now(), updated_at = now(),
 	assign_rev = nodes.assign_rev + 1
 RETURNING ` + nodeColumns
 
-// RegisterNode creates or updates a node by name and sets its credential.
+// RegisterNode creates or updates a node by name and sets its credential,
+// with no proof asked: for operators' tools and tests. Agents register
+// through JoinNode.
 func (s *Store) RegisterNode(ctx context.Context, r NodeRegistration, credentialHash []byte) (Node, error) {
+	var out Node
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		out, err = registerNode(ctx, tx, r, credentialHash)
+		return err
+	})
+	return out, err
+}
+
+func registerNode(ctx context.Context, tx pgx.Tx, r NodeRegistration, credentialHash []byte) (Node, error) {
 	if r.ID == "" {
 		r.ID = uuid.NewString()
 	}
@@ -92,21 +105,16 @@ func (s *Store) RegisterNode(ctx context.Context, r NodeRegistration, credential
 	if r.Traits == nil {
 		r.Traits = map[string]any{}
 	}
-	var out Node
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		rows, _ := tx.Query(ctx, sqlRegisterNode, r.ID, r.Name, r.Hostname, r.Driver, r.Brands, r.Traits, r.Address,
-			r.MemoryMiB, r.DiskMiB, r.VCPUsMilli, r.MaxInstances, r.RatioMemory, r.RatioDisk, r.RatioVCPU, credentialHash)
-		n, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Node])
-		if err != nil {
-			if pgCode(err) == sqlCheckViolation {
-				return errdefs.InvalidArgument("node %s: capacity must not be negative", r.Name)
-			}
-			return translate(err)
+	rows, _ := tx.Query(ctx, sqlRegisterNode, r.ID, r.Name, r.Hostname, r.Driver, r.Brands, r.Traits, r.Address,
+		r.MemoryMiB, r.DiskMiB, r.VCPUsMilli, r.MaxInstances, r.RatioMemory, r.RatioDisk, r.RatioVCPU, credentialHash)
+	n, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Node])
+	if err != nil {
+		if pgCode(err) == sqlCheckViolation {
+			return Node{}, errdefs.InvalidArgument("node %s: capacity must not be negative", r.Name)
 		}
-		out = n
-		return appendChange(ctx, tx, Change{Kind: "node", ObjectID: n.ID, NodeID: &n.ID, Action: "register", State: n.State})
-	})
-	return out, err
+		return Node{}, translate(err)
+	}
+	return n, appendChange(ctx, tx, Change{Kind: "node", ObjectID: n.ID, NodeID: &n.ID, Action: "register", State: n.State})
 }
 
 const sqlNodeByCredential = `SELECT id::text FROM nodes WHERE credential_hash = $1`
@@ -232,17 +240,105 @@ func (s *Store) MarkSilentNodesOffline(ctx context.Context, grace time.Duration)
 	return ids, err
 }
 
-// CreateJoinToken records the hash of a join token agents may register with.
-func (s *Store) CreateJoinToken(ctx context.Context, hash []byte, expires *time.Time) error {
+// CreateJoinToken records the hash of a join token that one agent may
+// register with once, before expires.
+func (s *Store) CreateJoinToken(ctx context.Context, hash []byte, expires time.Time) error {
 	_, err := s.pool.Exec(ctx, `INSERT INTO join_tokens (token_hash, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, hash, expires)
 	return translate(err)
 }
 
-// ValidJoinToken reports whether hash belongs to an unexpired join token.
-func (s *Store) ValidJoinToken(ctx context.Context, hash []byte) (bool, error) {
-	var ok bool
-	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM join_tokens WHERE token_hash = $1 AND (expires_at IS NULL OR expires_at > now()))`, hash).Scan(&ok)
-	return ok, translate(err)
+// NodeJoin is what an agent proves when it registers.
+type NodeJoin struct {
+	// TokenHash is the hash of a join token; it is consumed by the
+	// registration.
+	TokenHash []byte
+	// ProofHash is the hash of the node's current credential, which lets an
+	// agent that still holds it register its node again (e.g. with a new
+	// address) without an operator's approval.
+	ProofHash []byte
+	// CredentialHash is the hash of the node's new credential.
+	CredentialHash []byte
+}
+
+const sqlConsumeJoinToken = `UPDATE join_tokens SET used_at = now(), used_by = $2
+WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING 1`
+
+const sqlNodeForJoin = `SELECT id::text, credential_hash, COALESCE(reregister_until > now(), false) FROM nodes WHERE name = $1 FOR UPDATE`
+
+// JoinNode registers a node for an agent that presents a join token, in one
+// transaction that consumes the token. A new name becomes a new node; an
+// existing name is registered again only with proof of its current
+// credential or an operator's approval (ApproveNodeReregistration), which it
+// uses up. Errors: Unauthorized for an unknown, expired or used token (the
+// token is then not consumed); Conflict for an existing node without proof
+// or approval; Invalid for negative capacity.
+func (s *Store) JoinNode(ctx context.Context, r NodeRegistration, j NodeJoin) (Node, error) {
+	r.ID = uuid.NewString()
+	var out Node
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var (
+			existingID string
+			current    []byte
+			approved   bool
+		)
+		err := tx.QueryRow(ctx, sqlNodeForJoin, r.Name).Scan(&existingID, &current, &approved)
+		switch {
+		case err == pgx.ErrNoRows:
+		case err != nil:
+			return translate(err)
+		default:
+			proven := len(j.ProofHash) > 0 && len(current) > 0 && subtle.ConstantTimeCompare(j.ProofHash, current) == 1
+			if !proven && !approved {
+				return errdefs.New(errdefs.Conflict, "node %s is already registered with another credential: "+
+					"an agent that has its credential file (node.json) registers without a token; to let a reinstalled node take "+
+					"the name over, an operator runs `flotilla admin node approve %s` and the agent registers again", r.Name, r.Name)
+			}
+			r.ID = existingID
+		}
+		var one int
+		if err := tx.QueryRow(ctx, sqlConsumeJoinToken, j.TokenHash, r.ID).Scan(&one); err != nil {
+			if err == pgx.ErrNoRows {
+				return errdefs.New(errdefs.Unauthorized, "the join token is unknown, expired or already used: "+
+					"mint a new one with `flotilla admin node join-token` (each token registers one node once)")
+			}
+			return translate(err)
+		}
+		if out, err = registerNode(ctx, tx, r, j.CredentialHash); err != nil {
+			return err
+		}
+		if out.ID != r.ID {
+			// Another registration took the name since the check above.
+			return errdefs.New(errdefs.Conflict, "node %s was registered by another agent at the same time", r.Name)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ApproveNodeReregistration lets the next registration of the named node,
+// within ttl, replace its credential without presenting the current one. It
+// returns NotFound for an unknown node.
+func (s *Store) ApproveNodeReregistration(ctx context.Context, idOrName string, ttl time.Duration) (Node, error) {
+	n, err := s.GetNode(ctx, idOrName)
+	if err != nil {
+		return Node{}, err
+	}
+	_, err = s.pool.Exec(ctx, `UPDATE nodes SET reregister_until = now() + $2::interval WHERE id = $1`, n.ID,
+		fmt.Sprintf("%d milliseconds", ttl.Milliseconds()))
+	return n, translate(err)
+}
+
+// RevokeNodeCredential withdraws a pending re-registration approval and the
+// node's credential: its agent can no longer call the agent API until the
+// node registers again with a join token and an operator's approval. It
+// returns NotFound for an unknown node.
+func (s *Store) RevokeNodeCredential(ctx context.Context, idOrName string) (Node, error) {
+	n, err := s.GetNode(ctx, idOrName)
+	if err != nil {
+		return Node{}, err
+	}
+	_, err = s.pool.Exec(ctx, `UPDATE nodes SET reregister_until = NULL, credential_hash = NULL WHERE id = $1`, n.ID)
+	return n, translate(err)
 }
 
 // AcquireLease takes or renews the named lease for holder for ttl. It

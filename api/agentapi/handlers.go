@@ -21,14 +21,7 @@ const maxBody = 1 << 20
 func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	tok := bearer(r)
 	if tok == "" {
-		return errdefs.New(errdefs.Unauthorized, "registering needs a join token: send Authorization: Bearer <token> (see `flotilla admin node join-token`)")
-	}
-	ok, err := s.store.ValidJoinToken(r.Context(), HashToken(tok))
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return errdefs.New(errdefs.Unauthorized, "invalid or expired join token")
+		return errdefs.New(errdefs.Unauthorized, "registering needs a join token: send Authorization: Bearer <token> (mint one with `flotilla admin node join-token`)")
 	}
 	var req wire.RegisterRequest
 	if err := httpx.DecodeJSON(r, maxBody, false, &req); err != nil {
@@ -41,15 +34,23 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.InvalidArgument("capacity must not be negative")
 	}
 	cred := NewToken()
-	n, err := s.store.RegisterNode(r.Context(), store.NodeRegistration{Name: req.Name, Hostname: req.Hostname,
+	join := store.NodeJoin{TokenHash: HashToken(tok), CredentialHash: HashToken(cred)}
+	if req.CurrentCredential != "" {
+		join.ProofHash = HashToken(req.CurrentCredential)
+	}
+	n, err := s.store.JoinNode(r.Context(), store.NodeRegistration{Name: req.Name, Hostname: req.Hostname,
 		Driver: req.Driver, Brands: req.Brands, Traits: req.Traits, Address: req.Address, MemoryMiB: req.MemoryMiB,
-		DiskMiB: req.DiskMiB, VCPUsMilli: int64(req.VCPUs * 1000)}, HashToken(cred))
+		DiskMiB: req.DiskMiB, VCPUsMilli: int64(req.VCPUs * 1000)}, join)
 	if err != nil {
+		if errdefs.Is(err, errdefs.Conflict) {
+			s.log.Warn("node registration refused", "name", req.Name, "error", err)
+		}
 		return err
 	}
 	if err := s.store.SetNodeStreamToken(r.Context(), n.ID, req.StreamToken); err != nil {
 		return err
 	}
+	s.forgetCredentials()
 	s.log.Info("node registered", "node", n.ID, "name", n.Name, "driver", n.Driver)
 	return httpx.WriteJSON(w, http.StatusOK, wire.RegisterResponse{NodeID: n.ID, Credential: cred})
 }

@@ -168,6 +168,15 @@ func (s *Server) nodeByCredential(ctx context.Context, tok string) (string, erro
 	return nodeID, nil
 }
 
+// forgetCredentials drops the cached credential answers of this replica,
+// so a replaced credential stops working here at once (other replicas
+// forget theirs within credentialTTL).
+func (s *Server) forgetCredentials() {
+	s.credMu.Lock()
+	clear(s.creds)
+	s.credMu.Unlock()
+}
+
 // Listen wakes long polls when the database announces a node's change. It
 // returns when ctx ends.
 func (s *Server) Listen(ctx context.Context) {

@@ -406,7 +406,7 @@ func (e *env) startAgent() {
 	e.t.Cleanup(func() { cancel(); wg.Wait(); asrv.Close() })
 
 	tok := agentapi.NewToken()
-	if err := e.st.CreateJoinToken(e.ctx, agentapi.HashToken(tok), nil); err != nil {
+	if err := e.st.CreateJoinToken(e.ctx, agentapi.HashToken(tok), time.Now().Add(time.Hour)); err != nil {
 		e.t.Fatal(err)
 	}
 	drv, err := sim.New(sim.Config{StartDelay: 20 * time.Millisecond, StopDelay: 20 * time.Millisecond})

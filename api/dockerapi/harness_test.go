@@ -100,7 +100,7 @@ func startAgentAPI(t *testing.T, ctx context.Context, st *store.Store, log *slog
 	go aapi.Listen(ctx)
 	t.Cleanup(func() { as.Close() })
 	tok := agentapi.NewToken()
-	must(t, st.CreateJoinToken(ctx, agentapi.HashToken(tok), nil))
+	must(t, st.CreateJoinToken(ctx, agentapi.HashToken(tok), time.Now().Add(time.Hour)))
 	return "http://" + al.Addr().String(), tok
 }
 

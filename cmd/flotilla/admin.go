@@ -27,7 +27,8 @@ const adminUsage = `Usage: flotilla admin [--db URL] TOPIC ACTION ...
   network list [--owner LOGIN]
   network pool list | add CIDR | remove CIDR   (address space for tenant fabric networks)
   image import|load|pull|list ... (see 'flotilla admin image -h')
-  node list [--json] | drain NAME | undrain NAME | join-token [--ttl DURATION]
+  node list [--json] | drain NAME | undrain NAME | join-token [--ttl DURATION] [--count N]
+  node approve NAME [--ttl DURATION] | revoke NAME
   placement INSTANCE
 `
 
@@ -112,6 +113,18 @@ func runAdmin(ctx context.Context, args []string) error {
 		return nil
 	case "node join-token":
 		return adminJoinToken(ctx, st, rest)
+	case "node approve":
+		return adminNodeApprove(ctx, st, rest)
+	case "node revoke":
+		if len(rest) != 1 {
+			return usagef("node revoke needs the node's name or id")
+		}
+		n, err := st.RevokeNodeCredential(ctx, rest[0])
+		if err != nil {
+			return errorText(err)
+		}
+		fmt.Printf("node %s (%s): credential revoked; its agent is refused until it registers again with a join token and `flotilla admin node approve %s`\n", n.Name, n.ID, n.Name)
+		return nil
 	case "image import", "image load", "image pull", "image list":
 		return adminImage(ctx, st, action, rest)
 	}
@@ -378,20 +391,54 @@ func adminNodeList(ctx context.Context, st *store.Store, args []string) error {
 
 func adminJoinToken(ctx context.Context, st *store.Store, args []string) error {
 	fs := flag.NewFlagSet("node join-token", flag.ContinueOnError)
-	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid (0: forever)")
+	ttl := fs.Duration("ttl", time.Hour, "how long the tokens are valid")
+	count := fs.Int("count", 1, "how many tokens to mint (each registers one node once)")
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err
 	}
-	tok := agentapi.NewToken()
-	var exp *time.Time
-	if *ttl > 0 {
-		t := time.Now().Add(*ttl)
-		exp = &t
+	if *ttl <= 0 {
+		return usagef("--ttl must be positive: join tokens always expire")
 	}
-	if err := st.CreateJoinToken(ctx, agentapi.HashToken(tok), exp); err != nil {
+	if *count < 1 {
+		return usagef("--count must be at least 1")
+	}
+	toks, err := mintJoinTokens(ctx, st, *count, *ttl)
+	if err != nil {
 		return err
 	}
-	fmt.Println(tok)
+	for _, tok := range toks {
+		fmt.Println(tok)
+	}
+	return nil
+}
+
+// mintJoinTokens records n single-use join tokens valid for ttl and returns them.
+func mintJoinTokens(ctx context.Context, st *store.Store, n int, ttl time.Duration) ([]string, error) {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = agentapi.NewToken()
+		if err := st.CreateJoinToken(ctx, agentapi.HashToken(out[i]), time.Now().Add(ttl)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func adminNodeApprove(ctx context.Context, st *store.Store, args []string) error {
+	fs := flag.NewFlagSet("node approve", flag.ContinueOnError)
+	ttl := fs.Duration("ttl", time.Hour, "how long the approval waits for the node's registration")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || *ttl <= 0 {
+		return usagef("node approve needs the node's name or id (and a positive --ttl)")
+	}
+	n, err := st.ApproveNodeReregistration(ctx, pos[0], *ttl)
+	if err != nil {
+		return errorText(err)
+	}
+	fmt.Printf("node %s (%s): the next registration with a join token within %s replaces its credential\n", n.Name, n.ID, *ttl)
 	return nil
 }
 

@@ -48,6 +48,8 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	c.APIURL = os.Getenv("FLOTILLA_AGENT_API")
 	c.JoinToken = os.Getenv("FLOTILLA_JOIN_TOKEN")
+	// Drivers start processes; none of them needs the token.
+	os.Unsetenv("FLOTILLA_JOIN_TOKEN")
 	if c.APIURL == "" {
 		return usagef("set FLOTILLA_AGENT_API to the control plane's agent API URL (see env.sh from `flotilla dev`)")
 	}

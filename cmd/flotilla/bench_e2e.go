@@ -22,7 +22,6 @@ import (
 
 	"flotilla/agent"
 	"flotilla/agent/driver/sim"
-	"flotilla/api/agentapi"
 	"flotilla/api/auth"
 	"flotilla/api/service"
 	"flotilla/store"
@@ -97,8 +96,8 @@ func benchE2E(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	tok := agentapi.NewToken()
-	if err := st.CreateJoinToken(ctx, agentapi.HashToken(tok), nil); err != nil {
+	tokens, err := mintJoinTokens(ctx, st, *nodes, time.Hour)
+	if err != nil {
 		return err
 	}
 	actx, stopAgents := context.WithCancel(context.Background())
@@ -107,7 +106,7 @@ func benchE2E(ctx context.Context, args []string) error {
 	for i := 0; i < *nodes; i++ {
 		d, _ := sim.New(sim.Config{})
 		cfg := agent.Config{Name: fmt.Sprintf("bench-%d", i), DataDir: filepath.Join(tmp, "nodes", fmt.Sprint(i)),
-			APIURL: cp.AgentAPIURL, JoinToken: tok, Driver: d, MemoryMiB: 65536, DiskMiB: 4 << 20, VCPUs: 32,
+			APIURL: cp.AgentAPIURL, JoinToken: tokens[i], Driver: d, MemoryMiB: 65536, DiskMiB: 4 << 20, VCPUs: 32,
 			Logger: newLogger(false, 12)}
 		awg.Add(1)
 		go func() { defer awg.Done(); agent.Run(actx, cfg) }()

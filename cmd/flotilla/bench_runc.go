@@ -101,7 +101,7 @@ func benchE2EReal(ctx context.Context, drv string, n int, asJSON bool) error {
 		return err
 	}
 	tok := agentapi.NewToken()
-	if err := st.CreateJoinToken(ctx, agentapi.HashToken(tok), nil); err != nil {
+	if err := st.CreateJoinToken(ctx, agentapi.HashToken(tok), time.Now().Add(time.Hour)); err != nil {
 		return err
 	}
 	log := newLogger(false, slog.LevelWarn+4)

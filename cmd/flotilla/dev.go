@@ -21,7 +21,6 @@ import (
 	"flotilla/agent/dns"
 	"flotilla/agent/driver"
 	"flotilla/agent/network"
-	"flotilla/api/agentapi"
 	"flotilla/api/auth"
 	"flotilla/api/errdefs"
 	"flotilla/api/service"
@@ -168,12 +167,18 @@ func runDev(ctx context.Context, args []string) error {
 		return err
 	}
 	defer cp.Close()
-	token, err := seedDev(ctx, cp.Store, data, c.Login, key)
+	if err := seedDev(ctx, cp.Store, data, c.Login, key); err != nil {
+		return err
+	}
+	// One single-use token per in-process agent (an agent that registered
+	// on an earlier run uses its saved credential instead) and one for env.sh.
+	tokens, err := mintJoinTokens(ctx, cp.Store, c.Nodes+1, time.Hour)
 	if err != nil {
 		return err
 	}
+	token := tokens[0]
 	log := newLogger(false, level)
-	agents, err := startAgents(ctx, c, data, cp.AgentAPIURL, token, log)
+	agents, err := startAgents(ctx, c, data, cp.AgentAPIURL, tokens[1:], log)
 	if err != nil {
 		return err
 	}
@@ -242,41 +247,31 @@ func ensureDatabase(ctx context.Context, adminURL, name string) error {
 	return err
 }
 
-// seedDev creates what a fresh cloud needs, keeping whatever exists, and
-// returns the agents' join token (kept in DIR/join-token).
-func seedDev(ctx context.Context, st *store.Store, data, login string, key *auth.ParsedKey) (string, error) {
+// seedDev creates what a fresh cloud needs, keeping whatever exists.
+func seedDev(ctx context.Context, st *store.Store, data, login string, key *auth.ParsedKey) error {
 	acct, err := st.AccountByLogin(ctx, login)
 	if errdefs.Is(err, errdefs.NotFound) {
 		acct, err = st.CreateAccount(ctx, store.Account{Login: login, Email: login + "@localhost", FirstName: login, Operator: true})
 	}
 	if err != nil {
-		return "", errorText(err)
+		return errorText(err)
 	}
 	if _, err := st.GetKey(ctx, acct.ID, key.MD5); errdefs.Is(err, errdefs.NotFound) {
 		if _, err := st.CreateKey(ctx, store.Key{OwnerID: acct.ID, Name: keyName(key), FingerprintMD5: key.MD5,
 			FingerprintSHA256: key.SHA256, Text: key.OpenSSH}); err != nil && !errdefs.Is(err, errdefs.Conflict) {
-			return "", errorText(err)
+			return errorText(err)
 		}
 	}
 	if err := service.EnsurePackages(ctx, st); err != nil {
-		return "", err
+		return err
 	}
 	if err := service.EnsureNetworks(ctx, st); err != nil {
-		return "", err
+		return err
 	}
 	if err := ensureDevImages(ctx, st, data); err != nil {
-		return "", err
+		return err
 	}
-	tokFile := filepath.Join(data, "join-token")
-	if b, err := os.ReadFile(tokFile); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		tok := strings.TrimSpace(string(b))
-		return tok, st.CreateJoinToken(ctx, agentapi.HashToken(tok), nil)
-	}
-	tok := agentapi.NewToken()
-	if err := st.CreateJoinToken(ctx, agentapi.HashToken(tok), nil); err != nil {
-		return "", err
-	}
-	return tok, os.WriteFile(tokFile, []byte(tok+"\n"), 0o600)
+	return nil
 }
 
 type agentGroup struct {
@@ -359,7 +354,7 @@ func (g *agentGroup) deleteBridges() {
 	}
 }
 
-func startAgents(ctx context.Context, c devConfig, data, apiURL, token string, log *slog.Logger) (*agentGroup, error) {
+func startAgents(ctx context.Context, c devConfig, data, apiURL string, tokens []string, log *slog.Logger) (*agentGroup, error) {
 	actx, cancel := context.WithCancel(context.Background())
 	g := &agentGroup{cancel: cancel, log: log}
 	// The nodes share this host's bridges, so one resolver serves them all.
@@ -380,7 +375,7 @@ func startAgents(ctx context.Context, c devConfig, data, apiURL, token string, l
 			g.drivers = append(g.drivers, drv)
 		}
 		cfg := agent.Config{Name: fmt.Sprintf("dev-%s-%d", strings.ReplaceAll(c.Driver, ",", "-"), i), DataDir: dir, APIURL: apiURL,
-			JoinToken: token, Driver: drv, Address: "127.0.0.1:0", Logger: log.With("node", i)}
+			JoinToken: tokens[i-1], Driver: drv, Address: "127.0.0.1:0", Logger: log.With("node", i)}
 		if c.Driver == "sim" {
 			cfg.MemoryMiB, cfg.DiskMiB, cfg.VCPUs = c.NodeMemory, c.NodeDisk, c.NodeCPUs
 		} else {

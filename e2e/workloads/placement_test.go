@@ -143,7 +143,7 @@ func TestMixedPlacement(t *testing.T) {
 		t.Logf("scheduler's explanation: %s", strings.TrimSpace(stderr))
 	})
 
-	qemuNode := c.startAgent(t, "mix-qemu", "qemu", agentURL, token)
+	qemuNode := c.startAgent(t, "mix-qemu", "qemu", agentURL, strings.TrimSpace(c.admin(t, "node", "join-token")))
 	if runcNode.ID == qemuNode.ID {
 		t.Fatalf("both agents registered as node %s", runcNode.ID)
 	}

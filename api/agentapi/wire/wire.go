@@ -45,6 +45,11 @@ type RegisterRequest struct {
 	// StreamToken is the bearer token the control plane must send to the
 	// agent's stream API (see streams.go); the agent keeps it in its data dir.
 	StreamToken string `json:"stream_token,omitempty"`
+	// CurrentCredential is the node's credential from an earlier
+	// registration, if the agent has one: it proves that the agent owns the
+	// node of that name, which may then be registered again without an
+	// operator's approval.
+	CurrentCredential string `json:"current_credential,omitempty"`
 }
 
 // RegisterResponse carries the node's id and its credential, which the agent

@@ -1,0 +1,4 @@
+DROP TABLE IF EXISTS signature_uses;
+ALTER TABLE nodes DROP COLUMN IF EXISTS reregister_until;
+ALTER TABLE join_tokens ALTER COLUMN expires_at DROP NOT NULL;
+ALTER TABLE join_tokens DROP COLUMN IF EXISTS used_at, DROP COLUMN IF EXISTS used_by;
