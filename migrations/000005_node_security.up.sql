@@ -11,11 +11,13 @@ ALTER TABLE join_tokens ALTER COLUMN expires_at SET NOT NULL;
 ALTER TABLE nodes ADD COLUMN reregister_until timestamptz;
 
 -- HTTP Signatures that do not sign (request-target) are bound to the first
--- request they authorise (method and request target) for as long as their
--- Date is acceptable, so a captured one cannot authorise another request.
+-- request they authorise (method and request target) and its client
+-- connection for as long as their Date is acceptable, so a captured one
+-- cannot authorise another request elsewhere (see auth.Binding).
 CREATE TABLE signature_uses (
     signature_hash bytea PRIMARY KEY,
     request        text NOT NULL,
+    conn           text NOT NULL,
     expires_at     timestamptz NOT NULL
 );
 CREATE INDEX signature_uses_expires ON signature_uses (expires_at);

@@ -507,3 +507,63 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// SignsTarget reports whether the signature covers the request's method and
+// target: (request-target) or request-line is among its signed headers.
+// node-triton (the triton CLI) signs "(request-target) date"; triton-go
+// signs "date" alone.
+func (s *Signature) SignsTarget() bool {
+	return contains(s.Headers, "(request-target)") || contains(s.Headers, "request-line")
+}
+
+// Binding is what a signature that does not cover the request target is
+// bound to: the first request it authorises and the client connection that
+// request came on. The signature then authorises that same method and
+// request target again, or any request on that same connection, until
+// Expires (when its Date is too old to verify anyway), and nothing else.
+//
+// triton-go signs the Date alone, and with an RSA or Ed25519 key signs the
+// same Date the same way, so its requests within one second carry one
+// signature: on its connection they all pass, while the signature captured
+// and replayed by anyone else, on another connection, as another request,
+// does not.
+type Binding struct {
+	// Key identifies the signature: a SHA-256 over the keyId and the
+	// signature bytes.
+	Key []byte
+	// Request is the lower-cased method and the request target as received.
+	Request string
+	// Conn identifies the client connection: its remote address.
+	Conn string
+	// Expires is when the signature's Date falls outside MaxClockSkew.
+	Expires time.Time
+}
+
+// BindingOf returns the binding of a verified signature sig of r, and false
+// when sig covers the request target and needs none.
+func BindingOf(sig *Signature, r *http.Request) (Binding, bool) {
+	if sig.SignsTarget() {
+		return Binding{}, false
+	}
+	h := sha256.New()
+	h.Write([]byte(sig.KeyID))
+	h.Write([]byte{0})
+	h.Write(sig.Signature)
+	dateHeader := "date"
+	if r.Header.Get("X-Date") != "" {
+		dateHeader = "x-date"
+	}
+	date, err := ParseDate(r.Header.Get(dateHeader))
+	if err != nil {
+		date = time.Now()
+	}
+	return Binding{Key: h.Sum(nil), Request: strings.ToLower(r.Method) + " " + requestURI(r), Conn: r.RemoteAddr,
+		Expires: date.Add(MaxClockSkew)}, true
+}
+
+// ErrSignatureReplayed answers a signature without (request-target) that
+// was already used for another request.
+func ErrSignatureReplayed() error {
+	return errdefs.New(errdefs.Unauthorized, "this signature does not sign (request-target) and was already used for another request on another connection: "+
+		"sign each request anew; signing \"(request-target) date\" makes a signature valid for its own method and path only")
+}

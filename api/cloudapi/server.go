@@ -344,6 +344,18 @@ func (s *Server) verify(r *http.Request) (service.Caller, error) {
 	if err := auth.Verify(sig, r, pub, s.now()); err != nil {
 		return service.Caller{}, authError(err)
 	}
+	if b, ok := auth.BindingOf(sig, r); ok {
+		// A signature of the Date alone says nothing of the request: bind
+		// it to the first one it authorises and its connection, so that a
+		// captured one cannot authorise another (see auth.Binding).
+		same, err := s.store.BindSignature(r.Context(), b.Key, b.Request, b.Conn, b.Expires)
+		if err != nil {
+			return service.Caller{}, err
+		}
+		if !same {
+			return service.Caller{}, authError(auth.ErrSignatureReplayed())
+		}
+	}
 	if key.Disabled {
 		return service.Caller{}, authError(auth.ErrAccountDisabled())
 	}
