@@ -357,3 +357,16 @@ RETURNING holder`, name, holder, fmt.Sprintf("%d milliseconds", ttl.Milliseconds
 	}
 	return got == holder, nil
 }
+
+const sqlNodeUsesImage = `SELECT EXISTS (SELECT 1 FROM instances WHERE node_id = $1::uuid AND image_id = $2::uuid AND state <> 'deleted')`
+
+// NodeUsesImage reports whether an instance assigned to the node (and not
+// deleted) uses the image: what a node may pull from the registry endpoint.
+func (s *Store) NodeUsesImage(ctx context.Context, nodeID, imageID string) (bool, error) {
+	if !validUUID(imageID) || !validUUID(nodeID) {
+		return false, nil
+	}
+	var ok bool
+	err := s.pool.QueryRow(ctx, sqlNodeUsesImage, nodeID, imageID).Scan(&ok)
+	return ok, translate(err)
+}

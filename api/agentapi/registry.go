@@ -5,7 +5,8 @@ package agentapi
 // references have the form <host:port>/images/<image-uuid>@<manifest digest>
 // (see imageRef). Manifests and blobs come from the control plane's blob
 // store, byte for byte as written and verified by api/service; a blob is
-// served only as part of the image named in the path.
+// served only as part of the image named in the path, and an image only to a
+// node that has an instance of it assigned.
 //
 // This file also imports flotilla/oci and go-containerregistry's v1 types.
 
@@ -129,6 +130,15 @@ func (s *Server) registryImage(r *http.Request) (store.Image, *v1.Manifest, erro
 		return store.Image{}, nil, errdefs.New(errdefs.Unavailable, "this control plane has no image blob store configured")
 	}
 	id := chi.URLParam(r, "id")
+	// A node reads the images of its own assignments only: another
+	// tenant's private image on another node is not found.
+	used, err := s.store.NodeUsesImage(r.Context(), nodeOf(r), id)
+	if err != nil {
+		return store.Image{}, nil, err
+	}
+	if !used {
+		return store.Image{}, nil, errdefs.NotFoundf("image %s not found among this node's assignments", id)
+	}
 	im, err := s.store.ImageByID(r.Context(), id)
 	if err != nil {
 		return store.Image{}, nil, errdefs.NotFoundf("image %s not found", id)

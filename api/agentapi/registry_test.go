@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/uuid"
 
 	"flotilla/agent"
 	"flotilla/agent/driver"
@@ -35,10 +36,30 @@ func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
 type registryEnv struct {
 	url   string // http://127.0.0.1:port
 	host  string
-	cred  string
+	cred  string // node n1's, which runs instances of image and empty
 	image store.Image
 	img   v1.Image
 	empty store.Image // a record without content
+
+	st    *store.Store
+	svc   *service.Service
+	node  store.Node // n1
+	owner store.Account
+	net   store.Network
+}
+
+// assign places an instance of image on node, which lets the node pull it.
+func (e registryEnv) assign(t testing.TB, node store.Node, image store.Image) store.Instance {
+	t.Helper()
+	in, _, err := e.st.CreateInstance(context.Background(), store.NewInstance{
+		Instance: store.Instance{ID: uuid.NewString(), OwnerID: e.owner.ID, Name: "i-" + uuid.NewString()[:8], Brand: "joyent-minimal",
+			ImageID: image.ID, MemoryMiB: 64, DiskMiB: 64, VCPUsMilli: 100},
+		Networks: []string{e.net.ID}, Candidates: []string{node.ID},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
 }
 
 func newRegistryEnv(t *testing.T) registryEnv {
@@ -70,15 +91,28 @@ func newRegistryEnv(t *testing.T) registryEnv {
 		t.Fatal(err)
 	}
 	cred := agentapi.NewToken()
-	if _, err := st.RegisterNode(ctx, store.NodeRegistration{Name: "n1", Driver: "sim", MemoryMiB: 1024, DiskMiB: 1024, VCPUsMilli: 1000},
-		agentapi.HashToken(cred)); err != nil {
+	node, err := st.RegisterNode(ctx, store.NodeRegistration{Name: "n1", Driver: "sim", Brands: []string{"joyent-minimal"},
+		MemoryMiB: 1024, DiskMiB: 1024, VCPUsMilli: 1000}, agentapi.HashToken(cred))
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, err := st.CreateAccount(ctx, store.Account{Login: "alice", Email: "alice@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	net, err := st.CreateNetwork(ctx, store.Network{Name: "net", Public: true, Subnet: "10.77.0.0/24"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	s := agentapi.New(st, log)
 	s.SetBlobs(blobs)
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
-	return registryEnv{url: srv.URL, host: strings.TrimPrefix(srv.URL, "http://"), cred: cred, image: im, img: img, empty: empty}
+	e := registryEnv{url: srv.URL, host: strings.TrimPrefix(srv.URL, "http://"), cred: cred, image: im, img: img, empty: empty,
+		st: st, svc: svc, node: node, owner: owner, net: net}
+	e.assign(t, node, im)
+	e.assign(t, node, empty)
+	return e
 }
 
 func (e registryEnv) do(t *testing.T, method, path, cred string) (*http.Response, []byte) {
@@ -239,6 +273,49 @@ func TestRegistryEndpoints(t *testing.T) {
 	})
 }
 
+// TestRegistryOtherNodesImages: a node reads the images of its own
+// assignments only. Node n2, which runs nothing of alice's, asks for her
+// private image's manifest and blobs, which only n1 runs.
+func TestRegistryOtherNodesImages(t *testing.T) {
+	e := newRegistryEnv(t)
+	ctx := context.Background()
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	tw.WriteHeader(&tar.Header{Name: "etc/secret", Typeflag: tar.TypeReg, Mode: 0o600, Size: 7})
+	tw.Write([]byte("s3cret\n"))
+	tw.Close()
+	img, err := oci.ImageFromLayerTars(v1.Config{Env: []string{"API_KEY=alice"}}, layer.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	private, err := e.svc.ImportImage(ctx, &e.owner.ID, img, service.ImageMeta{Name: "private", Version: "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.assign(t, e.node, private)
+	cred2 := agentapi.NewToken()
+	if _, err := e.st.RegisterNode(ctx, store.NodeRegistration{Name: "n2", Driver: "sim", MemoryMiB: 1024, DiskMiB: 1024, VCPUsMilli: 1000},
+		agentapi.HashToken(cred2)); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := img.Manifest()
+	paths := []string{"/v2/images/" + private.ID + "/manifests/" + private.ManifestDigest, "/v2/images/" + private.ID + "/manifests/latest",
+		"/v2/images/" + private.ID + "/blobs/" + m.Config.Digest.String(), "/v2/images/" + private.ID + "/blobs/" + m.Layers[0].Digest.String()}
+	for _, p := range paths {
+		if resp, b := e.do(t, "GET", p, e.cred); resp.StatusCode != http.StatusOK {
+			t.Errorf("n1, which runs the image: GET %s: %d %s", p, resp.StatusCode, b)
+		}
+		resp, b := e.do(t, "GET", p, cred2)
+		if resp.StatusCode != http.StatusNotFound || distCode(t, b) != "NAME_UNKNOWN" {
+			t.Errorf("n2, which does not: GET %s: %d %s, want 404 NAME_UNKNOWN", p, resp.StatusCode, b)
+		}
+	}
+	// Not even the public image: n2 has no instance of it either.
+	if resp, b := e.do(t, "GET", "/v2/images/"+e.image.ID+"/manifests/latest", cred2); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("n2 reads an image it does not run: %d %s", resp.StatusCode, b)
+	}
+}
+
 // TestAgentImageSource fetches an image the way an agent does: the image
 // source of package agent against the real agent API handler.
 func TestAgentImageSource(t *testing.T) {
@@ -294,7 +371,10 @@ func BenchmarkAgentImagePull(b *testing.B) {
 		b.Fatal(err)
 	}
 	cred := agentapi.NewToken()
-	st.RegisterNode(ctx, store.NodeRegistration{Name: "n1", Driver: "sim", MemoryMiB: 1024, DiskMiB: 1024, VCPUsMilli: 1000}, agentapi.HashToken(cred))
+	node, _ := st.RegisterNode(ctx, store.NodeRegistration{Name: "n1", Driver: "sim", Brands: []string{"joyent-minimal"}, MemoryMiB: 1024, DiskMiB: 1024, VCPUsMilli: 1000}, agentapi.HashToken(cred))
+	owner, _ := st.CreateAccount(ctx, store.Account{Login: "alice", Email: "alice@example.com"})
+	net, _ := st.CreateNetwork(ctx, store.Network{Name: "net", Public: true, Subnet: "10.77.0.0/24"})
+	(registryEnv{st: st, owner: owner, net: net}).assign(b, node, im)
 	s := agentapi.New(st, log)
 	s.SetBlobs(blobs)
 	srv := httptest.NewServer(s.Handler())
