@@ -37,15 +37,15 @@ const accountColumns = `id::text, login, email, company_name, first_name, last_n
 	state, country, phone, operator, disabled, approved_for_provisioning, triton_cns_enabled,
 	default_network::text, created_at, updated_at`
 
-const sqlCreateAccount = `INSERT INTO accounts (id, login, email, operator, first_name, last_name, company_name)
-VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ` + accountColumns
+const sqlCreateAccount = `INSERT INTO accounts (id, login, email, operator, first_name, last_name, company_name, triton_cns_enabled)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ` + accountColumns
 
 // CreateAccount adds an account. A taken login is a Conflict.
 func (s *Store) CreateAccount(ctx context.Context, a Account) (Account, error) {
 	if a.ID == "" {
 		a.ID = uuid.NewString()
 	}
-	rows, _ := s.pool.Query(ctx, sqlCreateAccount, a.ID, a.Login, a.Email, a.Operator, a.FirstName, a.LastName, a.CompanyName)
+	rows, _ := s.pool.Query(ctx, sqlCreateAccount, a.ID, a.Login, a.Email, a.Operator, a.FirstName, a.LastName, a.CompanyName, a.TritonCNSEnabled)
 	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Account])
 	if err != nil {
 		switch pgCode(err) {
@@ -102,13 +102,26 @@ const sqlUpdateAccount = `UPDATE accounts SET
 	default_network = COALESCE($13::uuid, default_network), updated_at = now()
 WHERE id = $1 RETURNING ` + accountColumns
 
-// UpdateAccount changes an account's profile.
+// UpdateAccount changes an account's profile. A change of
+// triton_cns_enabled is announced on the change feed (kind "account"), which
+// the CNS server follows.
 func (s *Store) UpdateAccount(ctx context.Context, id string, u AccountUpdate) (Account, error) {
-	rows, _ := s.pool.Query(ctx, sqlUpdateAccount, id, u.Email, u.CompanyName, u.FirstName, u.LastName,
-		u.Address, u.PostalCode, u.City, u.State, u.Country, u.Phone, u.TritonCNSEnabled, u.DefaultNetwork)
-	a, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Account])
+	var a Account
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		rows, _ := tx.Query(ctx, sqlUpdateAccount, id, u.Email, u.CompanyName, u.FirstName, u.LastName,
+			u.Address, u.PostalCode, u.City, u.State, u.Country, u.Phone, u.TritonCNSEnabled, u.DefaultNetwork)
+		var err error
+		if a, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Account]); err != nil {
+			return notFound(err, "account not found")
+		}
+		if u.TritonCNSEnabled == nil {
+			return nil
+		}
+		return appendChange(ctx, tx, Change{Kind: "account", ObjectID: a.ID, OwnerID: &a.ID, Action: "update",
+			Detail: map[string]any{"triton_cns_enabled": a.TritonCNSEnabled}, WakeWatchers: true})
+	})
 	if err != nil {
-		return Account{}, notFound(err, "account not found")
+		return Account{}, err
 	}
 	return a, nil
 }

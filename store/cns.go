@@ -57,10 +57,14 @@ type CNSInstance struct {
 	State   string         `db:"state"`
 	Tags    map[string]any `db:"tags"`
 	IPs     []string       `db:"ips"`
+	// CNSEnabled is the account's triton_cns_enabled: CNS publishes only
+	// the instances of accounts that turned it on.
+	CNSEnabled bool `db:"cns_enabled"`
 }
 
 const cnsColumns = `i.id::text, i.owner_id::text, a.login, i.name, i.state, i.tags,
-	ARRAY(SELECT host(n.ip) FROM nics n WHERE n.instance_id = i.id ORDER BY n.is_primary DESC, n.position)`
+	ARRAY(SELECT host(n.ip) FROM nics n WHERE n.instance_id = i.id ORDER BY n.is_primary DESC, n.position),
+	a.triton_cns_enabled`
 
 const sqlCNSInstances = `SELECT ` + cnsColumns + ` FROM instances i JOIN accounts a ON a.id = i.owner_id
 WHERE i.state <> 'deleted'`
@@ -89,6 +93,20 @@ func (s *Store) CNSInstancesByID(ctx context.Context, ids []string) ([]CNSInstan
 		return []CNSInstance{}, nil
 	}
 	rows, _ := s.pool.Query(ctx, sqlCNSInstancesByID, valid)
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[CNSInstance])
+	return out, translate(err)
+}
+
+const sqlCNSInstancesByOwner = `SELECT ` + cnsColumns + ` FROM instances i JOIN accounts a ON a.id = i.owner_id
+WHERE i.owner_id = $1 AND i.state <> 'deleted'`
+
+// CNSInstancesByOwner returns an account's live instances (when its
+// triton_cns_enabled changes).
+func (s *Store) CNSInstancesByOwner(ctx context.Context, ownerID string) ([]CNSInstance, error) {
+	if !validUUID(ownerID) {
+		return []CNSInstance{}, nil
+	}
+	rows, _ := s.pool.Query(ctx, sqlCNSInstancesByOwner, ownerID)
 	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[CNSInstance])
 	return out, translate(err)
 }

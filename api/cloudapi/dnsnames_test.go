@@ -3,13 +3,15 @@ package cloudapi_test
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"testing"
 
 	"flotilla/api/service"
 )
 
 // TestMachineDNSNames checks GetMachine's dns_names when the control plane
-// runs a CNS server, and that a machine without one has none.
+// runs a CNS server and the account turned CNS on, and that there are none
+// otherwise.
 func TestMachineDNSNames(t *testing.T) {
 	e := newEnv(t, envOptions{CNS: service.CNSZone{Suffix: "cns.test", DC: "test-1"}})
 	e.startAgent()
@@ -17,12 +19,21 @@ func TestMachineDNSNames(t *testing.T) {
 	id := m["id"].(string)
 	resp, b := e.get("/alice/machines/" + id)
 	wantStatus(t, resp, b, http.StatusOK)
+	if names, ok := decode[map[string]any](t, b)["dns_names"]; ok {
+		t.Fatalf("dns_names before the account turned CNS on: %v", names)
+	}
+	resp, b = e.post("/alice", map[string]any{"triton_cns_enabled": true})
+	wantStatus(t, resp, b, http.StatusOK)
+	resp, b = e.get("/alice/machines/" + id)
+	wantStatus(t, resp, b, http.StatusOK)
 	got := fmt.Sprint(decode[map[string]any](t, b)["dns_names"])
-	want := fmt.Sprint([]string{
+	// Instance names first, then the service names in order.
+	svcs := []string{"www.svc." + e.alice.ID + ".test-1.cns.test", "www.svc.alice.test-1.cns.test"}
+	slices.Sort(svcs)
+	want := fmt.Sprint(append([]string{
 		"web-1.inst.alice.test-1.cns.test", id + ".inst.alice.test-1.cns.test",
 		"web-1.inst." + e.alice.ID + ".test-1.cns.test", id + ".inst." + e.alice.ID + ".test-1.cns.test",
-		"www.svc." + e.alice.ID + ".test-1.cns.test", "www.svc.alice.test-1.cns.test",
-	})
+	}, svcs...))
 	if got != want {
 		t.Fatalf("dns_names = %s\nwant %s", got, want)
 	}

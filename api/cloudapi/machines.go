@@ -225,7 +225,14 @@ func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) error {
 	}
 	m := machineJSON(in, r.URL.Query().Get("credentials") == "true")
 	if s.cfg.CNS.Suffix != "" {
-		names := s.cfg.CNS.DNSNames(caller(r).Login, in.OwnerID, in.ID, in.Name, in.Tags)
+		acct, err := s.store.AccountByID(r.Context(), in.OwnerID)
+		if err != nil {
+			return err
+		}
+		if !acct.TritonCNSEnabled {
+			return writeJSON(w, r, http.StatusOK, m)
+		}
+		names := s.cfg.CNS.DNSNames(acct.Login, in.OwnerID, in.ID, in.Name, in.Tags)
 		if names == nil {
 			names = []string{}
 		}

@@ -2,12 +2,13 @@
 // for a suffix, answering <instance>.inst.<account>.<dc>.<suffix> (by name
 // or uuid, account by login or uuid) and <service>.svc.<account>.<dc>.<suffix>
 // for instances tagged triton.cns.services (A/AAAA of running instances,
-// SRV where the tag gives a port). Instances tagged triton.cns.disable are
-// left out.
+// SRV where the tag gives a port), for the accounts that turned
+// triton_cns_enabled on. Instances tagged triton.cns.disable are left out.
 //
 // It answers from memory: one read of the live instances at start, then
-// the instance change feed (woken by the database's notifications), reading
-// only the instances that changed. No query costs SQL.
+// the change feed (woken by the database's notifications), reading only the
+// instances that changed (or an account's, when its triton_cns_enabled
+// changes). No query costs SQL.
 //
 // Imports: store, api/service (the naming rules), github.com/miekg/dns.
 // Never api/cloudapi or api/dockerapi.
@@ -49,14 +50,16 @@ type Server struct {
 	log  *slog.Logger
 	apex string // suffix as a lower-case FQDN
 
-	mu    sync.RWMutex
-	insts map[string]entry           // by instance id
-	names map[string]map[string]bool // lower-case FQDN -> instance ids
-	ready chan struct{}
+	mu     sync.RWMutex
+	insts  map[string]entry           // by instance id
+	names  map[string]map[string]bool // lower-case FQDN -> instance ids
+	owners map[string]map[string]bool // account id -> its published instance ids
+	ready  chan struct{}
 }
 
 // entry is what the server keeps of one instance.
 type entry struct {
+	owner   string
 	running bool
 	ips     []netip.Addr
 	names   []string // FQDNs it answers to (instance and service names)
@@ -86,7 +89,8 @@ func New(st *store.Store, cfg Config) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Server{st: st, cfg: cfg, log: cfg.Logger, apex: dns.Fqdn(cfg.Suffix),
-		insts: map[string]entry{}, names: map[string]map[string]bool{}, ready: make(chan struct{})}, nil
+		insts: map[string]entry{}, names: map[string]map[string]bool{}, owners: map[string]map[string]bool{},
+		ready: make(chan struct{})}, nil
 }
 
 // Run loads the live instances and then follows the change feed until ctx
@@ -124,7 +128,8 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Go(func() { s.st.Listen(lctx, ch, func() { poke("") }, poke) })
 	}
 	defer wg.Wait()
-	cur := store.NewChangeCursor(seq, "", "instance")
+	// Instance changes, and account changes (triton_cns_enabled).
+	cur := store.NewChangeCursor(seq, "", "")
 	tick := time.NewTicker(s.cfg.Refresh)
 	defer tick.Stop()
 	for {
@@ -149,24 +154,46 @@ func (s *Server) follow(ctx context.Context, cur *store.ChangeCursor) error {
 	if len(changes) == 0 {
 		return nil
 	}
-	ids := make([]string, 0, len(changes))
+	var ids, owners []string
 	seen := map[string]bool{}
 	for _, c := range changes {
-		if !seen[c.ObjectID] {
-			seen[c.ObjectID] = true
+		if seen[c.Kind+c.ObjectID] {
+			continue
+		}
+		seen[c.Kind+c.ObjectID] = true
+		switch c.Kind {
+		case "instance":
 			ids = append(ids, c.ObjectID)
+		case "account":
+			owners = append(owners, c.ObjectID)
 		}
 	}
-	list, err := s.st.CNSInstancesByID(ctx, ids)
-	if err != nil {
-		return err
+	var list []store.CNSInstance
+	if len(ids) > 0 {
+		var err error
+		if list, err = s.st.CNSInstancesByID(ctx, ids); err != nil {
+			return err
+		}
+	}
+	for _, o := range owners {
+		more, err := s.st.CNSInstancesByOwner(ctx, o)
+		if err != nil {
+			return err
+		}
+		list = append(list, more...)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, o := range owners {
+		for id := range s.owners[o] {
+			s.remove(id)
+		}
+	}
 	for _, id := range ids {
 		s.remove(id)
 	}
 	for _, in := range list {
+		s.remove(in.ID)
 		if in.State != "deleted" {
 			s.put(in)
 		}
@@ -179,8 +206,11 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // put indexes an instance. s.mu is held.
 func (s *Server) put(in store.CNSInstance) {
+	if !in.CNSEnabled {
+		return // the account has not turned CNS on
+	}
 	z := s.cfg.CNSZone
-	e := entry{running: in.State == "running", svcs: z.ServiceNames(in.Login, in.OwnerID, in.Tags)}
+	e := entry{owner: in.OwnerID, running: in.State == "running", svcs: z.ServiceNames(in.Login, in.OwnerID, in.Tags)}
 	for _, ip := range in.IPs {
 		if a, err := netip.ParseAddr(ip); err == nil {
 			e.ips = append(e.ips, a.Unmap())
@@ -200,6 +230,10 @@ func (s *Server) put(in store.CNSInstance) {
 		return
 	}
 	s.insts[in.ID] = e
+	if s.owners[e.owner] == nil {
+		s.owners[e.owner] = map[string]bool{}
+	}
+	s.owners[e.owner][in.ID] = true
 	for _, n := range e.names {
 		if s.names[n] == nil {
 			s.names[n] = map[string]bool{}
@@ -215,6 +249,10 @@ func (s *Server) remove(id string) {
 		return
 	}
 	delete(s.insts, id)
+	delete(s.owners[e.owner], id)
+	if len(s.owners[e.owner]) == 0 {
+		delete(s.owners, e.owner)
+	}
 	for _, n := range e.names {
 		delete(s.names[n], id)
 		if len(s.names[n]) == 0 {

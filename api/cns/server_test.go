@@ -63,7 +63,7 @@ func newEnv(t *testing.T) *env {
 }
 
 func (e *env) account(login string) store.Account {
-	a, err := e.st.CreateAccount(context.Background(), store.Account{Login: login, Email: login + "@x"})
+	a, err := e.st.CreateAccount(context.Background(), store.Account{Login: login, Email: login + "@x", TritonCNSEnabled: true})
 	must(e.t, err)
 	return a
 }
@@ -189,6 +189,22 @@ func TestCNS(t *testing.T) {
 		e.eventually("www.inst.alice"+zone, dns.TypeA, "NXDOMAIN ")
 		e.eventually("api.svc.alice"+zone, dns.TypeA, "NXDOMAIN ")
 	})
+	t.Run("AccountSwitch", func(t *testing.T) {
+		// An account publishes nothing until it turns triton_cns_enabled on.
+		dave, err := e.st.CreateAccount(context.Background(), store.Account{Login: "dave", Email: "d@x"})
+		must(t, err)
+		db := e.create(dave, "db", nil)
+		e.report(db, "running")
+		on, off := true, false
+		time.Sleep(300 * time.Millisecond) // a refresh has read the instance
+		e.eventually("db.inst.dave"+zone, dns.TypeA, "NXDOMAIN ")
+		_, err = e.st.UpdateAccount(context.Background(), dave.ID, store.AccountUpdate{TritonCNSEnabled: &on})
+		must(t, err)
+		e.eventually("db.inst.dave"+zone, dns.TypeA, "NOERROR "+db.NICs[0].IP)
+		_, err = e.st.UpdateAccount(context.Background(), dave.ID, store.AccountUpdate{TritonCNSEnabled: &off})
+		must(t, err)
+		e.eventually("db.inst.dave"+zone, dns.TypeA, "NXDOMAIN ")
+	})
 	t.Run("Zone", func(t *testing.T) {
 		if m := e.query("udp", "example.org", dns.TypeA); m.Rcode != dns.RcodeRefused {
 			t.Errorf("outside the zone: %s, want REFUSED", dns.RcodeToString[m.Rcode])
@@ -208,7 +224,7 @@ func TestCNS(t *testing.T) {
 func TestCNSLoadsAtStart(t *testing.T) {
 	ctx := context.Background()
 	st := storetest.New(t)
-	acct, err := st.CreateAccount(ctx, store.Account{Login: "carol", Email: "c@x"})
+	acct, err := st.CreateAccount(ctx, store.Account{Login: "carol", Email: "c@x", TritonCNSEnabled: true})
 	must(t, err)
 	im, err := st.CreateImage(ctx, store.Image{Name: "base", Version: "1", OS: "linux", Type: "zone-dataset", Public: true})
 	must(t, err)

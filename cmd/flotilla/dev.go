@@ -251,7 +251,8 @@ func ensureDatabase(ctx context.Context, adminURL, name string) error {
 func seedDev(ctx context.Context, st *store.Store, data, login string, key *auth.ParsedKey) error {
 	acct, err := st.AccountByLogin(ctx, login)
 	if errdefs.Is(err, errdefs.NotFound) {
-		acct, err = st.CreateAccount(ctx, store.Account{Login: login, Email: login + "@localhost", FirstName: login, Operator: true})
+		acct, err = st.CreateAccount(ctx, store.Account{Login: login, Email: login + "@localhost", FirstName: login, Operator: true,
+			TritonCNSEnabled: true})
 	}
 	if err != nil {
 		return errorText(err)
