@@ -302,6 +302,18 @@ type ContainerOptions struct {
 	Ulimits  []Ulimit          `json:",omitempty"`
 	CapAdd   []string          `json:",omitempty"` // "NET_ADMIN" form, no CAP_ prefix
 	CapDrop  []string          `json:",omitempty"` // or "ALL"
+	// Volumes are the account's volumes mounted into the container: each
+	// is a directory of the node's own (the driver's data), never a path
+	// the caller chose.
+	Volumes []VolumeMount `json:",omitempty"`
+}
+
+// VolumeMount mounts a volume (by id) at Destination in the container.
+type VolumeMount struct {
+	Volume      string // volume uuid; the storage is the driver's to find
+	Name        string `json:",omitempty"` // the volume's name, for inspect
+	Destination string // absolute path in the container
+	ReadOnly    bool   `json:",omitempty"`
 }
 
 // Ulimit is one resource limit (setrlimit) of a container's processes.

@@ -69,6 +69,20 @@ func (o ContainerOptions) Check() error {
 			return err
 		}
 	}
+	seen := map[string]bool{}
+	for _, v := range o.Volumes {
+		if !validVolumeID(v.Volume) {
+			return errdefs.InvalidArgument("invalid volume id %q", v.Volume)
+		}
+		if !path.IsAbs(v.Destination) || path.Clean(v.Destination) == "/" || strings.ContainsAny(v.Destination, ",:") {
+			return errdefs.InvalidArgument("invalid volume mount point %q: give an absolute path other than /", v.Destination)
+		}
+		if d := path.Clean(v.Destination); seen[d] {
+			return errdefs.InvalidArgument("duplicate mount point: %s", d)
+		} else {
+			seen[d] = true
+		}
+	}
 	if o.ShmSize < 0 || o.ShmSize > 0 && o.ShmSize < 4096 {
 		return errdefs.InvalidArgument("invalid --shm-size %d: give at least 4k", o.ShmSize)
 	}
@@ -84,6 +98,25 @@ func (o ContainerOptions) Check() error {
 		}
 	}
 	return nil
+}
+
+// validVolumeID reports whether id is a lower-case uuid, the only form a
+// volume's directory name on a node may take.
+func validVolumeID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i, r := range id {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if r != '-' {
+				return false
+			}
+		case !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f'):
+			return false
+		}
+	}
+	return true
 }
 
 // TmpfsMountOptions turns "size=64m,mode=1777,noexec" into mount options,

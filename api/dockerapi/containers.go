@@ -335,8 +335,9 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 	if cfg.Image == "" {
 		return service.CreateRequest{}, nil, errdefs.InvalidArgument("an image is required to create a container")
 	}
-	if len(hc.Binds) > 0 || len(hc.Mounts) > 0 || len(hc.VolumesFrom) > 0 {
-		return service.CreateRequest{}, nil, errdefs.InvalidArgument("volumes (-v, --mount, --volumes-from) are not supported by this cloud yet")
+	mounts, err := dockerMounts(cfg, hc)
+	if err != nil {
+		return service.CreateRequest{}, nil, err
 	}
 	if hc.Privileged {
 		return service.CreateRequest{}, nil, errdefs.InvalidArgument("privileged containers are not supported by this cloud")
@@ -370,6 +371,12 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 	img, err := s.resolveImage(ctx, c, cfg.Image)
 	if err != nil {
 		return service.CreateRequest{}, nil, err
+	}
+	if len(mounts) > 0 {
+		// Last of the checks: this creates the volumes `-v` names.
+		if opts.Volumes, err = s.Service.ResolveMounts(ctx, c, mounts, service.VolumeTypeLocal, true); err != nil {
+			return service.CreateRequest{}, nil, err
+		}
 	}
 	rules, err := scheduler.ParseDockerAffinities(cfg.Env, cfg.Labels)
 	if err != nil {
@@ -811,7 +818,6 @@ func (s *Server) deleteContainer(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// ?v=1 (remove anonymous volumes) needs nothing: there are none here.
 	if stateOf(in).Running && !boolParam(r.URL.Query().Get("force")) {
 		return errdefs.Conflictf("cannot remove container \"/%s\": container is running: stop the container before removing or force remove", in.Name)
 	}
@@ -820,6 +826,9 @@ func (s *Server) deleteContainer(w http.ResponseWriter, r *http.Request) error {
 			return notFoundContainer(ref)
 		}
 		return err
+	}
+	if boolParam(r.URL.Query().Get("v")) {
+		s.removeAnonymousVolumes(r.Context(), c, in)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -126,6 +126,7 @@ func (s *Server) routes(r chi.Router) {
 	s.containerRoutes(r)
 	s.imageRoutes(r)
 	s.networkRoutes(r)
+	s.volumeRoutes(r)
 	s.eventRoutes(r)
 	s.streamRoutes(r)
 }

@@ -151,10 +151,9 @@ func (s *Server) diskUsage(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, du)
 }
 
-// volumeUsage lists the caller's volumes for system df. This cloud has no
-// Docker volumes yet.
+// volumeUsage lists the caller's volumes for system df.
 func (s *Server) volumeUsage(ctx context.Context, c service.Caller) ([]*volume.Volume, error) {
-	return []*volume.Volume{}, nil
+	return s.ownVolumes(ctx, c)
 }
 
 // pruneFilters reads a prune's filters: label (and label!) and until,
@@ -324,13 +323,9 @@ func (s *Server) pruneNetworks(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, rep)
 }
 
-// pruneVolumes is `docker volume prune`: this cloud has no Docker volumes
-// yet, so there is nothing to remove.
+// pruneVolumes is `docker volume prune` (see volumes.go).
 func (s *Server) pruneVolumes(w http.ResponseWriter, r *http.Request) error {
-	if _, _, err := pruneFilters(r, "all"); err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, volume.PruneReport{VolumesDeleted: []string{}})
+	return s.pruneOwnVolumes(w, r)
 }
 
 // pruneBuildCache is the build cache part of `docker system prune`: images

@@ -231,7 +231,30 @@ func (s *Service) CreateInstance(ctx context.Context, c Caller, req CreateReques
 	}
 	sreq := scheduler.Request{InstanceID: id, OwnerID: c.AccountID, Name: name, Brand: brand, MemoryMiB: pkg.MemoryMiB,
 		DiskMiB: pkg.DiskMiB, VCPUs: float64(vcpusMilli) / 1000, Rules: rules}
-	return s.Placer.Place(ctx, sreq, in)
+	if len(proc.Options.Volumes) == 0 {
+		return s.Placer.Place(ctx, sreq, in)
+	}
+	// Volumes: placed where their storage lives, and it lives where they
+	// are first placed.
+	home, volumeIDs, err := s.volumePlacement(ctx, c.AccountID, proc.Options.Volumes)
+	if err != nil {
+		return store.Instance{}, false, err
+	}
+	if home != "" {
+		sreq.ExcludeNodes = map[string]bool{}
+		for _, n := range s.Placer.Snapshot().Nodes() {
+			if n.ID != home {
+				sreq.ExcludeNodes[n.ID] = true
+			}
+		}
+	}
+	inst, replay, err := s.Placer.Place(ctx, sreq, in)
+	if err == nil && inst.NodeID != nil {
+		if err := s.Store.SetVolumesNode(ctx, c.AccountID, volumeIDs, *inst.NodeID); err != nil {
+			s.Log.Warn("record volume home", "instance", inst.ID, "err", err)
+		}
+	}
+	return inst, replay, err
 }
 
 func (s *Service) resolvePackage(ctx context.Context, req CreateRequest) (store.Package, error) {

@@ -240,7 +240,7 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := applyOptions(s, spec.Options); err != nil {
+	if err := applyOptions(s, spec.Options, filepath.Join(d.cfg.Root, "volumes")); err != nil {
 		return err
 	}
 	if err := writeNetworkFiles(bundle, s.Hostname, spec.NICs, spec.DNS); err != nil {

@@ -1,7 +1,9 @@
 package runc
 
 import (
+	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -9,12 +11,27 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"flotilla/agent/driver"
+	"flotilla/api/errdefs"
 )
 
-// applyOptions puts a container's run options into its runtime spec.
-func applyOptions(s *specs.Spec, o driver.ContainerOptions) error {
+// applyOptions puts a container's run options into its runtime spec;
+// volumes are bind-mounted from their directories under volumeRoot.
+func applyOptions(s *specs.Spec, o driver.ContainerOptions, volumeRoot string) error {
 	if err := o.Check(); err != nil {
 		return err
+	}
+	for _, v := range o.Volumes {
+		src, err := volumeDir(volumeRoot, v.Volume)
+		if err != nil {
+			return err
+		}
+		opts := []string{"rbind", "rprivate", "nosuid", "nodev"}
+		if v.ReadOnly {
+			opts = append(opts, "ro")
+		}
+		dst := path.Clean(v.Destination)
+		s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == dst })
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: dst, Type: "bind", Source: src, Options: opts})
 	}
 	if o.ReadOnly {
 		s.Root.Readonly = true
@@ -58,4 +75,14 @@ func applyOptions(s *specs.Spec, o driver.ContainerOptions) error {
 		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Effective: slices.Clone(caps), Permitted: slices.Clone(caps)}
 	}
 	return nil
+}
+
+// volumeDir makes (if needed) and returns the directory holding volume id's
+// data on this node: <root>/<id>/_data.
+func volumeDir(root, id string) (string, error) {
+	dir := filepath.Join(root, id, "_data")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", errdefs.Wrap(errdefs.Internal, err, "create the storage of volume %s", id)
+	}
+	return dir, nil
 }

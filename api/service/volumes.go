@@ -1,0 +1,208 @@
+package service
+
+// Volumes: an account's named storage, shared by both APIs. A CloudAPI
+// volume has type tritonnfs, a Docker one type local; both are a directory
+// on the node of the first instance that mounts them (the runc driver's
+// volumes/<id>/_data), and every later instance that mounts one is placed
+// on that node, so what one container writes the next one reads. Tenants
+// name volumes, never host paths.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"flotilla/agent/driver"
+	"flotilla/api/errdefs"
+	"flotilla/store"
+)
+
+// Volume types (volumes.type).
+const (
+	VolumeTypeTritonNFS = "tritonnfs"
+	VolumeTypeLocal     = "local"
+)
+
+// DefaultVolumeSizeMiB is the size of a volume created without one (10 GiB,
+// as Triton).
+const DefaultVolumeSizeMiB = 10240
+
+// VolumeSizesMiB are the sizes a tritonnfs volume may have (Triton's
+// VOLAPI list): 10 to 100 GiB in steps of 10, then to 1000 GiB in steps of
+// 100.
+var VolumeSizesMiB = func() []int64 {
+	var out []int64
+	for g := int64(10); g <= 100; g += 10 {
+		out = append(out, g*1024)
+	}
+	for g := int64(200); g <= 1000; g += 100 {
+		out = append(out, g*1024)
+	}
+	return out
+}()
+
+var volumeNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,255}$`)
+
+// VolumeRequest is a volume create from either API.
+type VolumeRequest struct {
+	Name      string // empty: a generated one
+	Type      string // tritonnfs or local
+	SizeMiB   int64  // 0: DefaultVolumeSizeMiB
+	Labels    map[string]string
+	Tags      map[string]any
+	Networks  []string
+	Affinity  []string
+	Anonymous bool
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// CreateVolume validates and records a volume of c's account. It returns
+// Invalid for a bad name, type or option, Conflict (VolumeAlreadyExists)
+// for a name in use, Conflict (VolumeSizeNotAvailable) for a tritonnfs size
+// not in VolumeSizesMiB.
+func (s *Service) CreateVolume(ctx context.Context, c Caller, req VolumeRequest) (store.Volume, error) {
+	switch req.Type {
+	case VolumeTypeTritonNFS, VolumeTypeLocal:
+	default:
+		return store.Volume{}, errdefs.InvalidArgument("volume type %q is not supported: use %s", req.Type, VolumeTypeTritonNFS)
+	}
+	if req.Name == "" {
+		if req.Type == VolumeTypeLocal {
+			req.Name = randomHex(32)
+		} else {
+			req.Name = "vol-" + randomHex(4)
+		}
+	}
+	if !volumeNameRE.MatchString(req.Name) {
+		return store.Volume{}, errdefs.InvalidArgument("invalid volume name %q: use up to 256 letters, digits, '_', '.' or '-', starting with a letter or digit", req.Name)
+	}
+	if len(req.Networks) > 0 {
+		return store.Volume{}, errdefs.InvalidArgument("volume networks are not supported: a volume is reached through the node of the instances that mount it; leave out networks (-N)")
+	}
+	if len(req.Affinity) > 0 {
+		return store.Volume{}, errdefs.InvalidArgument("volume affinity is not supported: a volume lives on the node of the first instance that mounts it, so give that instance the affinity rule instead")
+	}
+	if req.SizeMiB == 0 {
+		req.SizeMiB = DefaultVolumeSizeMiB
+	}
+	if req.SizeMiB < 0 {
+		return store.Volume{}, errdefs.InvalidArgument("volume size %d is not positive", req.SizeMiB)
+	}
+	if req.Type == VolumeTypeTritonNFS && !containsSize(req.SizeMiB) {
+		return store.Volume{}, &errdefs.Error{Code: errdefs.Conflict, Reason: "VolumeSizeNotAvailable",
+			Message: "volume size " + strconv.FormatInt(req.SizeMiB, 10) + " MiB is not available; see ListVolumeSizes (triton volume sizes)"}
+	}
+	v, err := s.Store.CreateVolume(ctx, store.Volume{OwnerID: c.AccountID, Name: req.Name, Type: req.Type, SizeMiB: req.SizeMiB,
+		Anonymous: req.Anonymous, Labels: req.Labels, Tags: req.Tags})
+	if err != nil {
+		return store.Volume{}, err
+	}
+	s.Log.Info("volume created", "account", c.Login, "volume", v.ID, "name", v.Name, "type", v.Type)
+	return v, nil
+}
+
+func containsSize(n int64) bool {
+	for _, s := range VolumeSizesMiB {
+		if s == n {
+			return true
+		}
+	}
+	return false
+}
+
+// DeleteVolume removes c's volume (by id or name). NotFound if there is
+// none, Conflict (VolumeInUse) while an instance mounts it.
+func (s *Service) DeleteVolume(ctx context.Context, c Caller, idOrName string) (store.Volume, error) {
+	v, err := s.Store.DeleteVolume(ctx, c.AccountID, idOrName)
+	if err != nil {
+		return store.Volume{}, err
+	}
+	s.Log.Info("volume deleted", "account", c.Login, "volume", v.ID, "name", v.Name)
+	return v, nil
+}
+
+// MountRequest asks for a volume at a path of a new container: by name
+// (created when missing and Create is set), or anonymous (Name empty).
+type MountRequest struct {
+	Name        string
+	Destination string
+	ReadOnly    bool
+}
+
+// ResolveMounts turns mount requests into the driver's volume mounts,
+// creating anonymous volumes and, with create, missing named ones (of
+// type typ), as `docker run -v` does. It returns Invalid for a bad path or
+// a missing volume without create.
+func (s *Service) ResolveMounts(ctx context.Context, c Caller, reqs []MountRequest, typ string, create bool) ([]driver.VolumeMount, error) {
+	var out []driver.VolumeMount
+	seen := map[string]bool{}
+	for _, m := range reqs {
+		dst := m.Destination
+		if !path.IsAbs(dst) || path.Clean(dst) == "/" || strings.ContainsAny(dst, ",:") {
+			return nil, errdefs.InvalidArgument("invalid mount point %q for a volume: give an absolute path other than /", dst)
+		}
+		dst = path.Clean(dst)
+		if seen[dst] {
+			return nil, errdefs.InvalidArgument("duplicate mount point: %s", dst)
+		}
+		seen[dst] = true
+		var v store.Volume
+		var err error
+		switch {
+		case m.Name == "":
+			v, err = s.CreateVolume(ctx, c, VolumeRequest{Type: typ, Anonymous: true})
+		default:
+			v, err = s.Store.GetVolume(ctx, c.AccountID, m.Name)
+			if errdefs.Is(err, errdefs.NotFound) {
+				if !create {
+					return nil, errdefs.InvalidArgument("volume %s not found: create it first (triton volume create -n %s)", m.Name, m.Name)
+				}
+				v, err = s.CreateVolume(ctx, c, VolumeRequest{Name: m.Name, Type: typ})
+				if errdefs.Is(err, errdefs.Conflict) { // made meanwhile by another request
+					v, err = s.Store.GetVolume(ctx, c.AccountID, m.Name)
+				}
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, driver.VolumeMount{Volume: v.ID, Name: v.Name, Destination: dst, ReadOnly: m.ReadOnly})
+	}
+	return out, nil
+}
+
+// volumePlacement checks that the volumes an instance mounts are the
+// caller's and returns the node their storage lives on ("" when none has
+// been mounted yet). Volumes on two different nodes cannot be mounted
+// together.
+func (s *Service) volumePlacement(ctx context.Context, owner string, mounts []driver.VolumeMount) (string, []string, error) {
+	node := ""
+	var ids []string
+	for _, m := range mounts {
+		v, err := s.Store.GetVolume(ctx, owner, m.Volume)
+		if err != nil {
+			if errdefs.Is(err, errdefs.NotFound) {
+				return "", nil, errdefs.InvalidArgument("volume %s not found", m.Volume)
+			}
+			return "", nil, err
+		}
+		ids = append(ids, v.ID)
+		if v.NodeID == nil {
+			continue
+		}
+		if node != "" && node != *v.NodeID {
+			return "", nil, errdefs.InvalidArgument("volumes mounted together must live on one node, and %s lives on another; mount it in a container of its own", v.Name)
+		}
+		node = *v.NodeID
+	}
+	return node, ids, nil
+}

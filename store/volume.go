@@ -1,0 +1,162 @@
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"flotilla/api/errdefs"
+)
+
+// Volume is an account's named storage, mounted into its containers.
+type Volume struct {
+	ID        string            `db:"id"`
+	OwnerID   string            `db:"owner_id"`
+	Name      string            `db:"name"`
+	Type      string            `db:"type"` // tritonnfs (CloudAPI) or local (Docker)
+	SizeMiB   int64             `db:"size_mib"`
+	State     string            `db:"state"`
+	Anonymous bool              `db:"anonymous"` // made by `docker run -v /path`
+	Labels    map[string]string `db:"labels"`
+	Tags      map[string]any    `db:"tags"`
+	NodeID    *string           `db:"node_id"` // where its storage lives, once mounted
+	CreatedAt time.Time         `db:"created_at"`
+	UpdatedAt time.Time         `db:"updated_at"`
+}
+
+const volumeColumns = `id::text, owner_id::text, name, type, size_mib, state, anonymous, labels, tags, node_id::text, created_at, updated_at`
+
+const sqlCreateVolume = `INSERT INTO volumes (id, owner_id, name, type, size_mib, state, anonymous, labels, tags)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ` + volumeColumns
+
+// CreateVolume records a volume. Conflict if the owner has one of that
+// name already.
+func (s *Store) CreateVolume(ctx context.Context, v Volume) (Volume, error) {
+	if v.ID == "" {
+		v.ID = uuid.NewString()
+	}
+	if v.State == "" {
+		v.State = "ready"
+	}
+	if v.Labels == nil {
+		v.Labels = map[string]string{}
+	}
+	if v.Tags == nil {
+		v.Tags = map[string]any{}
+	}
+	rows, _ := s.pool.Query(ctx, sqlCreateVolume, v.ID, v.OwnerID, v.Name, v.Type, v.SizeMiB, v.State, v.Anonymous, v.Labels, v.Tags)
+	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Volume])
+	if err != nil {
+		switch pgCode(err) {
+		case sqlUniqueViolation:
+			return Volume{}, &errdefs.Error{Code: errdefs.Conflict, Err: err, Reason: "VolumeAlreadyExists",
+				Message: "a volume named " + v.Name + " already exists"}
+		case sqlForeignKeyViolation:
+			return Volume{}, errdefs.NotFoundf("account %s not found", v.OwnerID)
+		}
+		return Volume{}, translate(err)
+	}
+	return out, nil
+}
+
+const sqlGetVolume = `SELECT ` + volumeColumns + ` FROM volumes WHERE owner_id = $1 AND ($2 = id::text OR $2 = name)
+ORDER BY ($2 = id::text) DESC LIMIT 1`
+
+// GetVolume returns owner's volume by id or name, or NotFound.
+func (s *Store) GetVolume(ctx context.Context, owner, idOrName string) (Volume, error) {
+	msg := "volume " + idOrName + " not found"
+	if !validUUID(owner) {
+		return Volume{}, errdefs.NotFoundf("%s", msg)
+	}
+	rows, _ := s.pool.Query(ctx, sqlGetVolume, owner, idOrName)
+	v, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Volume])
+	if err != nil {
+		return Volume{}, notFound(err, msg)
+	}
+	return v, nil
+}
+
+const sqlListVolumes = `SELECT ` + volumeColumns + ` FROM volumes WHERE owner_id = $1 AND ($2 = '' OR type = $2)
+ORDER BY created_at, name`
+
+// ListVolumes returns owner's volumes, only those of type typ unless it is
+// empty.
+func (s *Store) ListVolumes(ctx context.Context, owner, typ string) ([]Volume, error) {
+	if !validUUID(owner) {
+		return nil, nil
+	}
+	rows, _ := s.pool.Query(ctx, sqlListVolumes, owner, typ)
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Volume])
+	return out, translate(err)
+}
+
+// sqlVolumeUsers are the live instances whose spec mounts volume $2.
+const sqlVolumeUsers = `SELECT id::text FROM instances WHERE owner_id = $1 AND desired_state <> 'deleted' AND state <> 'deleted'
+	AND spec -> 'options' -> 'Volumes' @> jsonb_build_array(jsonb_build_object('Volume', $2::text)) ORDER BY created_at`
+
+// VolumeUsers returns the ids of owner's live instances that mount volume id.
+func (s *Store) VolumeUsers(ctx context.Context, owner, id string) ([]string, error) {
+	if !validUUID(owner) || !validUUID(id) {
+		return nil, nil
+	}
+	rows, _ := s.pool.Query(ctx, sqlVolumeUsers, owner, id)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return out, translate(err)
+}
+
+// sqlDeleteVolume deletes the volume unless a live instance mounts it, in
+// one statement so a create cannot slip in between check and delete
+// unnoticed by both.
+const sqlDeleteVolume = `DELETE FROM volumes v WHERE v.owner_id = $1 AND v.id = $2 AND NOT EXISTS (
+	SELECT 1 FROM instances i WHERE i.owner_id = $1 AND i.desired_state <> 'deleted' AND i.state <> 'deleted'
+	AND i.spec -> 'options' -> 'Volumes' @> jsonb_build_array(jsonb_build_object('Volume', $2::text)))
+RETURNING ` + volumeColumns
+
+// DeleteVolume removes owner's volume id. NotFound if there is none,
+// Conflict (VolumeInUse) while an instance mounts it.
+func (s *Store) DeleteVolume(ctx context.Context, owner, id string) (Volume, error) {
+	v, err := s.GetVolume(ctx, owner, id)
+	if err != nil {
+		return Volume{}, err
+	}
+	rows, _ := s.pool.Query(ctx, sqlDeleteVolume, owner, v.ID)
+	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Volume])
+	if err == nil {
+		return out, nil
+	}
+	if !errdefs.Is(translate(err), errdefs.NotFound) {
+		return Volume{}, translate(err)
+	}
+	users, _ := s.VolumeUsers(ctx, owner, v.ID)
+	return Volume{}, &errdefs.Error{Code: errdefs.Conflict, Reason: "VolumeInUse",
+		Message: "volume " + v.Name + " is in use by " + joinIDs(users) + "; remove those instances first"}
+}
+
+func joinIDs(ids []string) string {
+	if len(ids) == 0 {
+		return "an instance being created"
+	}
+	out := ""
+	for i, id := range ids {
+		if i > 0 {
+			out += ", "
+		}
+		out += id
+	}
+	return out
+}
+
+const sqlSetVolumesNode = `UPDATE volumes SET node_id = $3, updated_at = now()
+WHERE owner_id = $1 AND id = ANY($2::uuid[]) AND node_id IS NULL`
+
+// SetVolumesNode records node as the home of owner's volumes ids that have
+// none yet (their first mount).
+func (s *Store) SetVolumesNode(ctx context.Context, owner string, ids []string, node string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := s.pool.Exec(ctx, sqlSetVolumesNode, owner, ids, node)
+	return translate(err)
+}
