@@ -18,8 +18,11 @@ import (
 const namesKey = "names"
 
 // namesSettle lets a burst of changes (a batch of creates) land before a
-// woken poll reads the table.
-const namesSettle = 50 * time.Millisecond
+// woken poll reads the table: every instance change wakes every node's
+// poll, so this bounds each node to a few table reads a second. A node
+// learns its own instances from its assignments at once; others' names
+// reach it within this delay.
+const namesSettle = 200 * time.Millisecond
 
 // nodeNames answers the node's resolver table; with since equal to the
 // current revision it waits (up to wait seconds) for a change.
