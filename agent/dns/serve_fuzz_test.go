@@ -14,7 +14,9 @@ type captureWriter struct {
 	msgs   []*dns.Msg
 }
 
-func (w *captureWriter) LocalAddr() net.Addr         { return &net.UDPAddr{IP: net.IPv4(10, 9, 0, 1), Port: 53} }
+func (w *captureWriter) LocalAddr() net.Addr {
+	return &net.UDPAddr{IP: net.IPv4(10, 9, 0, 1), Port: 53}
+}
 func (w *captureWriter) RemoteAddr() net.Addr        { return w.remote }
 func (w *captureWriter) WriteMsg(m *dns.Msg) error   { w.msgs = append(w.msgs, m); return nil }
 func (w *captureWriter) Write(b []byte) (int, error) { return len(b), nil }
