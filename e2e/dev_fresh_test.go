@@ -3,12 +3,16 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"flotilla/agent/network"
 	"flotilla/internal/testenv"
@@ -82,12 +86,8 @@ func TestDevFreshMachine(t *testing.T) {
 	// userEnv is the user's shell after `. DATA/env.sh`.
 	var userEnv []string
 	sourceEnv := func() {
-		devVars, err := ReadEnvFile(filepath.Join(data, "env.sh"))
-		if err != nil {
-			t.Fatal(err)
-		}
 		userEnv = append([]string{}, env...)
-		for k, v := range devVars {
+		for k, v := range devVars(t, data) {
 			userEnv = append(userEnv, k+"="+v)
 		}
 	}
@@ -130,6 +130,7 @@ func TestDevFreshMachine(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
 		t.Errorf("docker run busybox sh -c 'exit 3': %v, want exit status 3\n%s", err, out)
 	}
+	checkDevMetrics(t, devVars(t, data)["TRITON_URL"]+"/metrics")
 	ids := []string{inst.ID, strings.TrimSpace(must(30*time.Second, dockerBin, "inspect", "-f", "{{.Id}}", "exit3"))}
 	var uuids []string
 	for _, l := range strings.Split(must(30*time.Second, tritonBin, "ls", "-H", "-o", "id"), "\n") {
@@ -192,6 +193,103 @@ func checkNothingLeft(t *testing.T, data string, instances []string) {
 		}
 		if veth := network.VethName(id, 0); network.LinkExists(veth) {
 			t.Errorf("veth %s of instance %s left after dev stopped", veth, id)
+		}
+	}
+}
+
+// devVars reads DATA/env.sh.
+func devVars(t *testing.T, data string) map[string]string {
+	t.Helper()
+	vars, err := ReadEnvFile(filepath.Join(data, "env.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vars
+}
+
+// checkDevMetrics scrapes a dev cloud's /metrics after an instance was
+// created with triton and containers with docker, and checks the families
+// operators rely on are there with plausible values.
+func checkDevMetrics(t *testing.T, url string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+		t.Fatalf("GET %s: %s, Content-Type %q", url, resp.Status, resp.Header.Get("Content-Type"))
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing %s: %v", url, err)
+	}
+	// sum adds the values of family name's samples whose labels contain want
+	// (a label value ending in "*" matches by prefix, one starting with "*"
+	// by substring).
+	sum := func(name string, want map[string]string) (float64, int) {
+		f := fams[name]
+		if f == nil {
+			return 0, 0
+		}
+		var total float64
+		n := 0
+	next:
+		for _, m := range f.Metric {
+			have := map[string]string{}
+			for _, l := range m.Label {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if sub, ok := strings.CutPrefix(v, "*"); ok {
+					if !strings.Contains(have[k], sub) {
+						continue next
+					}
+				} else if have[k] != v {
+					continue next
+				}
+			}
+			n++
+			switch {
+			case m.Counter != nil:
+				total += m.Counter.GetValue()
+			case m.Gauge != nil:
+				total += m.Gauge.GetValue()
+			case m.Histogram != nil:
+				total += float64(m.Histogram.GetSampleCount())
+			}
+		}
+		return total, n
+	}
+	for _, c := range []struct {
+		name string
+		want map[string]string
+		min  float64
+	}{
+		{"flotilla_http_requests_total", map[string]string{"api": "cloudapi", "method": "POST", "route": "*machines", "code": "201"}, 1},
+		{"flotilla_http_requests_total", map[string]string{"api": "docker", "method": "POST", "route": "*/containers/create"}, 2},
+		{"flotilla_http_request_duration_seconds", map[string]string{"api": "cloudapi"}, 3},
+		{"flotilla_http_requests_total", map[string]string{"api": "agentapi"}, 1},
+		{"flotilla_placements_total", map[string]string{"outcome": "placed"}, 2},
+		{"flotilla_placement_duration_seconds", nil, 2},
+		{"flotilla_instances", map[string]string{"state": "running"}, 1},
+		{"flotilla_node_capacity", map[string]string{"resource": "memory_mib"}, 1},
+		{"flotilla_node_used", map[string]string{"resource": "instances"}, 1},
+		{"flotilla_nodes", map[string]string{"state": "running"}, 1},
+		{"flotilla_queue_depth", map[string]string{"queue": "agent"}, 0},
+		{"flotilla_queue_depth", map[string]string{"queue": "placer"}, 0},
+	} {
+		v, n := sum(c.name, c.want)
+		if n == 0 || v < c.min {
+			t.Errorf("%s%v: %d series summing to %v, want at least %v", c.name, c.want, n, v, c.min)
+		}
+	}
+	for _, m := range fams["flotilla_http_requests_total"].GetMetric() {
+		for _, l := range m.Label {
+			if l.GetName() == "route" && strings.Count(l.GetValue(), "-") >= 4 {
+				t.Errorf("a raw path with an id became a route label: %q", l.GetValue())
+			}
 		}
 	}
 }

@@ -30,6 +30,7 @@ type ctxKey int
 const (
 	keyRequestID ctxKey = iota
 	keyLogFields
+	keyLogger // the Middleware's logger, for Fail
 )
 
 // RenderError writes err to w in an API's dialect.
@@ -50,7 +51,11 @@ func Handle(render RenderError, fn HandlerFunc) http.HandlerFunc {
 // Fail logs err when it is internal and renders it.
 func Fail(w http.ResponseWriter, r *http.Request, render RenderError, err error) {
 	if errdefs.CodeOf(err) == errdefs.Internal {
-		slog.ErrorContext(r.Context(), "request failed", "request_id", RequestID(r.Context()), "error", err.Error())
+		logger, _ := r.Context().Value(keyLogger).(*slog.Logger)
+		if logger == nil {
+			logger = slog.Default()
+		}
+		logger.ErrorContext(r.Context(), "request failed", "request_id", RequestID(r.Context()), "error", err.Error())
 	}
 	SetLogField(r.Context(), "error", err.Error())
 	render(w, r, err)
@@ -142,6 +147,7 @@ func Middleware(api string, logger *slog.Logger, render RenderError) func(http.H
 			}
 			fields := &logFields{}
 			ctx := context.WithValue(context.WithValue(r.Context(), keyRequestID, id), keyLogFields, fields)
+			ctx = context.WithValue(ctx, keyLogger, logger)
 			r = r.WithContext(ctx)
 			sw := &StatusWriter{ResponseWriter: w}
 			defer func() {

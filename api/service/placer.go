@@ -79,6 +79,10 @@ type Placer struct {
 	rows   map[string]store.Node // node rows as the last Reload applied them
 	// changedSince is where the next RefreshChanged reads from.
 	changedSince time.Time
+
+	// observer and placing feed metrics (placer_observe.go).
+	observer atomic.Pointer[PlacementObserver]
+	placing  atomic.Int64
 }
 
 // NewPlacer loads the snapshot.
@@ -294,10 +298,10 @@ func (p *Placer) stale() bool {
 // not be missed, and a cloud that is truly full reloads at most this often.
 const staleAfterMiss = 100 * time.Millisecond
 
-// Place decides and commits: it asks the scheduler for ranked candidates,
+// place decides and commits: it asks the scheduler for ranked candidates,
 // then lets the store claim the first that still fits. A lost race refreshes
 // the snapshot and re-plans, a few times.
-func (p *Placer) Place(ctx context.Context, req scheduler.Request, in store.NewInstance) (store.Instance, bool, error) {
+func (p *Placer) place(ctx context.Context, req scheduler.Request, in store.NewInstance) (store.Instance, bool, error) {
 	var lastErr error
 	res := scheduler.Resources{MemoryMiB: in.MemoryMiB, DiskMiB: in.DiskMiB, VCPUs: float64(in.VCPUsMilli) / 1000, Instances: 1}
 	for attempt := 0; attempt < placeAttempts; attempt++ {

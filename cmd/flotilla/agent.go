@@ -13,21 +13,23 @@ import (
 	"flotilla/agent/dns"
 	"flotilla/agent/driver"
 	"flotilla/agent/driver/sim"
+	"flotilla/internal/metrics"
 )
 
 // agentConfig is everything `flotilla agent` needs.
 type agentConfig struct {
-	Name      string
-	Driver    string
-	DataDir   string
-	MemoryMiB int64
-	DiskMiB   int64
-	VCPUs     float64
-	APIURL    string
-	JoinToken string
-	LogJSON   bool
-	Address   string // where instance streams are served
-	Resolver  bool   // serve names on the gateways (real drivers only)
+	Name        string
+	Driver      string
+	DataDir     string
+	MemoryMiB   int64
+	DiskMiB     int64
+	VCPUs       float64
+	APIURL      string
+	JoinToken   string
+	LogJSON     bool
+	MetricsAddr string
+	Address     string // where instance streams are served
+	Resolver    bool   // serve names on the gateways (real drivers only)
 }
 
 func runAgent(ctx context.Context, args []string) error {
@@ -41,6 +43,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.Int64Var(&c.DiskMiB, "disk", 0, "disk to offer in MiB (0: detect)")
 	fs.Float64Var(&c.VCPUs, "cpus", 0, "vCPUs to offer (0: detect)")
 	fs.BoolVar(&c.LogJSON, "log-json", false, "log as JSON")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port to serve Prometheus /metrics on (empty: off)")
 	fs.BoolVar(&c.Resolver, "resolver", true, "serve DNS to containers on each network's gateway (port 53; runc and qemu drivers)")
 	fs.StringVar(&c.Address, "stream-address", "", "host:port to serve instance streams (logs, attach, exec) to the control plane on")
 	if err := fs.Parse(args); err != nil {
@@ -54,6 +57,7 @@ func runAgent(ctx context.Context, args []string) error {
 		return usagef("set FLOTILLA_AGENT_API to the control plane's agent API URL (see env.sh from `flotilla dev`)")
 	}
 	log := newLogger(c.LogJSON, slog.LevelInfo)
+	slog.SetDefault(log)
 	drv, err := newDriver(c.Driver, c.DataDir, log)
 	if err != nil {
 		return err
@@ -66,7 +70,20 @@ func runAgent(ctx context.Context, args []string) error {
 		defer res.Close()
 		cfg.Resolver = res.Feed(c.Name)
 	}
-	return agent.Run(ctx, cfg)
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	if c.MetricsAddr != "" {
+		reg := metrics.New(log)
+		reg.Queue("agent", c.Name, a.QueueLen)
+		addr, err := serveMetrics(ctx, c.MetricsAddr, reg, log)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		fmt.Printf("flotilla agent %s: metrics on http://%s/metrics\n", c.Name, addr)
+	}
+	return a.Run(ctx)
 }
 
 // newDriver builds the named driver with its state under dataDir.

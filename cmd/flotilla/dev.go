@@ -24,6 +24,7 @@ import (
 	"flotilla/api/auth"
 	"flotilla/api/errdefs"
 	"flotilla/api/service"
+	"flotilla/internal/metrics"
 	"flotilla/store"
 	"flotilla/store/pglocal"
 )
@@ -44,6 +45,7 @@ type devConfig struct {
 	NodeDisk       int64
 	NodeCPUs       float64
 	Verbose        bool
+	LogJSON        bool
 	OfflineGrace   time.Duration
 	// CNS holds the CNS server's flags (CNSAddr, CNSSuffix, CNSDC).
 	CNS serveConfig
@@ -113,6 +115,7 @@ func runDev(ctx context.Context, args []string) error {
 	fs.Float64Var(&c.NodeCPUs, "node-cpus", 16, "vCPUs per simulated node")
 	fs.DurationVar(&c.OfflineGrace, "offline-grace", 30*time.Second, "silence after which a node is offline")
 	fs.BoolVar(&c.Verbose, "verbose", false, "log every request")
+	fs.BoolVar(&c.LogJSON, "log-json", false, "log as JSON (every line on stderr)")
 	c.CNS.cnsFlags(fs, "127.0.0.1:0")
 	c.Images.flags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -122,6 +125,9 @@ func runDev(ctx context.Context, args []string) error {
 		return usagef("--nodes must not be negative")
 	}
 	start := time.Now()
+	// Everything that logs through slog's default (or the log package)
+	// follows --log-json too.
+	slog.SetDefault(newLogger(c.LogJSON, slog.LevelInfo))
 	data, err := filepath.Abs(c.Data)
 	if err != nil {
 		return err
@@ -157,7 +163,7 @@ func runDev(ctx context.Context, args []string) error {
 		level = slog.LevelInfo
 	}
 	scfg := serveConfig{DB: dbURL, CloudAPIAddr: c.CloudAPIAddr, AgentAPIAddr: c.AgentAPIAddr,
-		DockerAddr: c.DockerAddr, DockerRegistry: c.DockerRegistry, DataDir: data, Datacenter: "flotilla-dev", OfflineGrace: c.OfflineGrace, Policy: "pack", Quiet: !c.Verbose,
+		DockerAddr: c.DockerAddr, DockerRegistry: c.DockerRegistry, DataDir: data, Datacenter: "flotilla-dev", OfflineGrace: c.OfflineGrace, Policy: "pack", Quiet: !c.Verbose, LogJSON: c.LogJSON,
 		CNSAddr: c.CNS.CNSAddr, CNSSuffix: c.CNS.CNSSuffix, CNSDC: c.CNS.CNSDC, Images: c.Images}
 	if keys.Priv != "" {
 		scfg.DockerClientKeys = []string{keys.Priv}
@@ -177,8 +183,8 @@ func runDev(ctx context.Context, args []string) error {
 		return err
 	}
 	token := tokens[0]
-	log := newLogger(false, level)
-	agents, err := startAgents(ctx, c, data, cp.AgentAPIURL, tokens[1:], log)
+	log := newLogger(c.LogJSON, level)
+	agents, err := startAgents(ctx, c, data, cp.AgentAPIURL, tokens[1:], cp.Metrics, log)
 	if err != nil {
 		return err
 	}
@@ -355,7 +361,7 @@ func (g *agentGroup) deleteBridges() {
 	}
 }
 
-func startAgents(ctx context.Context, c devConfig, data, apiURL string, tokens []string, log *slog.Logger) (*agentGroup, error) {
+func startAgents(ctx context.Context, c devConfig, data, apiURL string, tokens []string, reg *metrics.Registry, log *slog.Logger) (*agentGroup, error) {
 	actx, cancel := context.WithCancel(context.Background())
 	g := &agentGroup{cancel: cancel, log: log}
 	// The nodes share this host's bridges, so one resolver serves them all.
@@ -382,10 +388,18 @@ func startAgents(ctx context.Context, c devConfig, data, apiURL string, tokens [
 		} else {
 			cfg.Resolver = res.Feed(cfg.Name)
 		}
+		a, err := agent.New(cfg)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		if reg != nil {
+			reg.Queue("agent", cfg.Name, a.QueueLen)
+		}
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
-			if err := agent.Run(actx, cfg); err != nil && !errors.Is(err, context.Canceled) {
+			if err := a.Run(actx); err != nil && !errors.Is(err, context.Canceled) {
 				log.Error("agent stopped", "node", cfg.Name, "error", err)
 			}
 		}()

@@ -69,7 +69,7 @@ func startDocker(ctx context.Context, cfg serveConfig, svc *service.Service, log
 	}
 	api := dockerapi.New(svc, log, dockerapi.Config{Datacenter: cfg.Datacenter, CAPEM: caPEM, Registry: cfg.DockerRegistry,
 		UploadMaxBytes: int64(cfg.Images.UploadMax), UploadInflightBytes: int64(cfg.Images.UploadInflight)})
-	srv := &http.Server{Handler: api.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second,
+	srv := &http.Server{Handler: cfg.Metrics.Instrument("docker", api.Handler()), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go func() {
 		if err := srv.ServeTLS(l, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -19,6 +19,7 @@ import (
 	"flotilla/api/cloudapi"
 	"flotilla/api/cns"
 	"flotilla/api/service"
+	"flotilla/internal/metrics"
 	"flotilla/scheduler"
 	"flotilla/store"
 )
@@ -34,16 +35,22 @@ type serveConfig struct {
 	// DockerClientKeys are private key files to make the Docker client
 	// certificate in DataDir/docker from (dev); empty: ~/.ssh's defaults.
 	DockerClientKeys []string
-	TLSCert          string
-	TLSKey           string
-	Datacenter       string
-	PublicURL        string
-	RateLimit        float64
-	OfflineGrace     time.Duration
-	Policy           string
-	DataDir          string
-	LogJSON          bool
-	Quiet            bool
+	// MetricsAddr is where /metrics is served; empty: on the CloudAPI
+	// listener when that is on loopback, else nowhere.
+	MetricsAddr string
+	// Metrics is the process's registry (dev shares it with its agents);
+	// nil: a new one.
+	Metrics      *metrics.Registry
+	TLSCert      string
+	TLSKey       string
+	Datacenter   string
+	PublicURL    string
+	RateLimit    float64
+	OfflineGrace time.Duration
+	Policy       string
+	DataDir      string
+	LogJSON      bool
+	Quiet        bool
 	// CNSAddr is where the CNS server listens (UDP and TCP; empty: off),
 	// CNSSuffix its zone and CNSDC the datacenter label in its names.
 	CNSAddr   string
@@ -66,6 +73,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.RateLimit, "rate-limit", 0, "CloudAPI requests per second per account (0: unlimited)")
 	fs.DurationVar(&c.OfflineGrace, "offline-grace", 30*time.Second, "silence after which a node is offline")
 	fs.StringVar(&c.Policy, "policy", "pack", "placement policy: pack or spread")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port to serve Prometheus /metrics on (empty: on the CloudAPI listener when it is on loopback)")
 	fs.BoolVar(&c.LogJSON, "log-json", false, "log as JSON")
 	fs.BoolVar(&c.Quiet, "quiet", false, "log warnings only (no access log)")
 	c.cnsFlags(fs, "")
@@ -91,6 +99,9 @@ func runServe(ctx context.Context, args []string) error {
 	if cfg.DB == "" {
 		return usagef("--db (or $FLOTILLA_DB) is required")
 	}
+	// Everything that logs through slog's default (or the log package)
+	// follows --log-json too.
+	slog.SetDefault(newLogger(cfg.LogJSON, slog.LevelInfo))
 	cp, err := startControlPlane(ctx, cfg)
 	if err != nil {
 		return err
@@ -107,6 +118,7 @@ type controlPlane struct {
 	CloudAPIURL string
 	AgentAPIURL string
 	Docker      *dockerEndpoint
+	Metrics     *metrics.Registry
 	CNSAddr     string // the CNS server's bound address, "" when off
 	servers     []*http.Server
 	cancel      context.CancelFunc
@@ -200,8 +212,24 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 	capi := cloudapi.New(svc, log, ccfg)
 	aapi.ImageRegistry = al.Addr().String()
 	aapi.SetBlobs(blobs)
-	cs := &http.Server{Handler: capi.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	as := &http.Server{Handler: aapi.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New(log)
+	}
+	cp.Metrics = cfg.Metrics
+	watchControlPlane(cfg.Metrics, svc)
+	capiHandler := cfg.Metrics.Instrument("cloudapi", capi.Handler())
+	if cfg.MetricsAddr == "" && isLoopback(cl.Addr().String()) {
+		capiHandler = withMetrics(cfg.Metrics, capiHandler)
+	} else if cfg.MetricsAddr != "" {
+		if _, err := serveMetrics(ctx, cfg.MetricsAddr, cfg.Metrics, log); err != nil {
+			cl.Close()
+			al.Close()
+			st.Close()
+			return nil, fmt.Errorf("metrics listener: %w", err)
+		}
+	}
+	cs := &http.Server{Handler: capiHandler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	as := &http.Server{Handler: cfg.Metrics.Instrument("agentapi", aapi.Handler()), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	cp.servers = []*http.Server{cs, as}
 	cp.wg.Add(4)
 	go func() {
