@@ -27,7 +27,7 @@ func TestCapacityUnderContention(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Stop(20 * time.Second)
-	if _, err := p.WaitLine("ready", 90*time.Second); err != nil {
+	if _, err := p.WaitLine("flotilla dev ready", 90*time.Second); err != nil {
 		p.Kill()
 		t.Fatal(err)
 	}

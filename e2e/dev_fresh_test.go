@@ -62,7 +62,7 @@ func TestDevFreshMachine(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { p.Stop(30 * time.Second) })
-		line, err := p.WaitLine("ready", 120*time.Second)
+		line, err := p.WaitLine("flotilla dev ready", 120*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -70,7 +70,7 @@ func TestDevFreshMachine(t *testing.T) {
 		return p
 	}
 	p = startDev("flotilla dev (fresh HOME)")
-	line, _ := p.WaitLine("ready", time.Second)
+	line, _ := p.WaitLine("flotilla dev ready", time.Second)
 	for _, want := range []string{"runc node(s) (auto: root, runc and busybox found)", "key generated in " + filepath.Join(data, "ssh", "id_ed25519")} {
 		if !strings.Contains(line, want) {
 			t.Errorf("ready line %q does not say %q", line, want)

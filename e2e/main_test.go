@@ -118,7 +118,7 @@ func setup() error {
 		if err != nil {
 			return err
 		}
-		line, err := dev.WaitLine("ready", 90*time.Second)
+		line, err := dev.WaitLine("flotilla dev ready", 90*time.Second)
 		if err != nil {
 			dev.Kill()
 			dev = nil
