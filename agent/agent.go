@@ -62,6 +62,15 @@ type Config struct {
 	// network's gateway address lives on this node, for the resolver to
 	// listen there; nil or "" means the host's.
 	GatewayNetNS func(networkID string) string
+	// UnderlayIP is this node's address for VXLAN traffic between nodes,
+	// reported in heartbeats; empty keeps fabric networks on the node.
+	UnderlayIP string
+	// OnPeers, when set, receives the other nodes' underlay addresses with
+	// every poll answer (the node's fabrics flood to them).
+	OnPeers func(peers []string)
+	// RouterNetNS, when set, is the path of the router namespace that holds
+	// the gateways of fabric VLAN vni; the resolver serves those gateways there.
+	RouterNetNS func(vni int) string
 
 	// ResyncInterval is how often every instance is synced (default 30s).
 	ResyncInterval time.Duration
@@ -342,6 +351,8 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 			Traits:    a.cfg.Traits,
 			Address:   a.cfg.Address,
 			Running:   running,
+
+			UnderlayIP: a.cfg.UnderlayIP,
 		}
 		if err := a.cp.Heartbeat(ctx, hb); err != nil {
 			if ctx.Err() == nil {
@@ -394,6 +405,9 @@ func (a *Agent) pollLoop(ctx context.Context) {
 
 // apply records a poll's assignments and queues what changed.
 func (a *Agent) apply(as wire.Assignments) {
+	if a.cfg.OnPeers != nil {
+		a.cfg.OnPeers(as.Peers)
+	}
 	a.mu.Lock()
 	var keys []string
 	if as.Full {

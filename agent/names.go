@@ -40,7 +40,7 @@ func (a *Agent) namesLoop(ctx context.Context, src NameSource) {
 			a.cfg.Resolver.SetCNS(t.CNS.Suffix, t.CNS.Address)
 		}
 		if t.Revision != rev {
-			nets, recs := resolverTable(t, a.gatewayNetNS)
+			nets, recs := resolverTable(t, a.netnsOf)
 			a.cfg.Resolver.Replace(nets, recs)
 			rev = t.Revision
 		}
@@ -48,7 +48,7 @@ func (a *Agent) namesLoop(ctx context.Context, src NameSource) {
 }
 
 // resolverTable converts the wire table; malformed entries are skipped.
-func resolverTable(t wire.Names, netnsOf func(networkID string) string) ([]dns.Network, []dns.Record) {
+func resolverTable(t wire.Names, netnsOf func(networkID string, vni int) string) ([]dns.Network, []dns.Record) {
 	nets := make([]dns.Network, 0, len(t.Networks))
 	for _, n := range t.Networks {
 		gw, err1 := netip.ParseAddr(n.Gateway)
@@ -56,7 +56,7 @@ func resolverTable(t wire.Names, netnsOf func(networkID string) string) ([]dns.N
 		if err1 != nil || err2 != nil {
 			continue
 		}
-		nets = append(nets, dns.Network{ID: n.ID, Gateway: gw, Subnet: sub.Masked(), NetNS: netnsOf(n.ID)})
+		nets = append(nets, dns.Network{ID: n.ID, Gateway: gw, Subnet: sub.Masked(), NetNS: netnsOf(n.ID, n.VNI)})
 	}
 	recs := make([]dns.Record, 0, len(t.Records))
 	for _, r := range t.Records {
@@ -92,7 +92,7 @@ func (a *Agent) putNames(as []wire.Assignment) {
 			if err1 != nil || err2 != nil || err3 != nil {
 				continue
 			}
-			l.Networks = append(l.Networks, dns.Network{ID: n.NetworkID, Gateway: gw, Subnet: sub.Masked(), NetNS: a.gatewayNetNS(n.NetworkID)})
+			l.Networks = append(l.Networks, dns.Network{ID: n.NetworkID, Gateway: gw, Subnet: sub.Masked(), NetNS: a.netnsOf(n.NetworkID, n.VNI)})
 			l.Records = append(l.Records, dns.Record{NetworkID: n.NetworkID, OwnerID: x.Spec.OwnerID, InstanceID: x.ID,
 				Names: []string{x.Spec.Name}, IP: ip})
 		}
@@ -103,8 +103,13 @@ func (a *Agent) putNames(as []wire.Assignment) {
 	r.Update(put, forget)
 }
 
-// gatewayNetNS is where a network's gateway lives on this node.
-func (a *Agent) gatewayNetNS(networkID string) string {
+// netnsOf is where a network's gateway lives on this node: a fabric
+// VLAN's router namespace (RouterNetNS), else what GatewayNetNS says, else
+// the host's ("").
+func (a *Agent) netnsOf(networkID string, vni int) string {
+	if vni != 0 && a.cfg.RouterNetNS != nil {
+		return a.cfg.RouterNetNS(vni)
+	}
 	if a.cfg.GatewayNetNS == nil {
 		return ""
 	}

@@ -106,6 +106,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 			StartedGeneration: want.Generation,
 			RebootCount:       want.RebootCount,
 			Resources:         resourcesOf(want.Spec),
+			NICs:              driver.NICSet(want.Spec.NICs),
 		}
 	}
 	var requeue time.Duration
@@ -115,7 +116,8 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 		if err := a.drv.Create(ctx, want.Spec); err != nil {
 			return &workloadError{want.Generation, err}
 		}
-		ap = applied{RebootCount: want.RebootCount, Resources: resourcesOf(want.Spec), Restarts: ap.Restarts}
+		ap = applied{RebootCount: want.RebootCount, Resources: resourcesOf(want.Spec), Restarts: ap.Restarts,
+			NICs: driver.NICSet(want.Spec.NICs)}
 		if want.DesiredState == wire.DesiredRunning {
 			if err := a.start(ctx, id); err != nil {
 				return &workloadError{want.Generation, err}
@@ -143,6 +145,15 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 				log.Warn("driver cannot resize; new resources apply at the next create", "driver", a.drv.Name())
 			}
 			ap.Resources = res
+		}
+		if nics := driver.NICSet(want.Spec.NICs); nics != ap.NICs {
+			if u, ok := a.drv.(driver.NICUpdater); ok {
+				if err := u.UpdateNICs(ctx, want.Spec); err != nil {
+					return err
+				}
+				log.Info("instance NICs changed", "nics", len(want.Spec.NICs))
+			}
+			ap.NICs = nics
 		}
 		running := st.State == driver.StateRunning
 		first := a.firstLook(id)

@@ -45,6 +45,8 @@ type applied struct {
 	// Restarts counts restarts made for the restart policy.
 	Restarts  int       `json:"restarts"`
 	Resources resources `json:"resources"`
+	// NICs is driver.NICSet of the NICs applied.
+	NICs string `json:"nics,omitempty"`
 }
 
 // stateStore keeps the applied records in memory and in DataDir, writing

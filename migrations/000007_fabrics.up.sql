@@ -1,6 +1,10 @@
 -- Fabric VLANs: each account's own layer-2 segments. Every VLAN has a
 -- datacenter-wide VXLAN network identifier (vni) that carries it between nodes.
 CREATE SEQUENCE fabric_vni_seq MINVALUE 4096 MAXVALUE 16777215 START 4096;
+-- Each database starts at a random point, so that two clouds sharing a
+-- host (test clouds, a dev cloud beside a test) rarely pick the same VNI
+-- and so the same bridge names.
+SELECT setval('fabric_vni_seq', 4096 + floor(random() * 12000000)::bigint);
 
 CREATE TABLE fabric_vlans (
     owner_id    uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,

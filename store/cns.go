@@ -17,6 +17,9 @@ type NodeName struct {
 	Name       string   `db:"name"`
 	IP         string   `db:"ip"`
 	Aliases    []string `db:"aliases"`
+	// VNI is the network's fabric VLAN's (0 for shared networks), whose
+	// gateways live in the VLAN's router namespace on each node.
+	VNI int `db:"vni"`
 }
 
 // The scopes are the (network, account) pairs of the node's live
@@ -27,7 +30,7 @@ const sqlNodeNames = `WITH scope AS (
 	WHERE i.node_id = $1 AND i.state <> 'deleted'
 )
 SELECT n.network_id::text, host(w.gateway), w.subnet::text, n.owner_id::text, i.id::text, i.name, host(n.ip),
-	COALESCE(i.spec -> 'network_aliases' -> (n.network_id::text), '[]'::jsonb)
+	COALESCE(i.spec -> 'network_aliases' -> (n.network_id::text), '[]'::jsonb), w.vni
 FROM scope s
 JOIN nics n ON n.network_id = s.network_id AND n.owner_id = s.owner_id
 JOIN instances i ON i.id = n.instance_id

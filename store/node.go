@@ -134,20 +134,23 @@ type Heartbeat struct {
 	Brands                         []string
 	Traits                         map[string]any
 	Address                        string
+	// UnderlayIP, when set, is where other nodes send this node's VXLAN traffic.
+	UnderlayIP string
 }
 
 const sqlHeartbeat = `UPDATE nodes SET last_heartbeat = now(), updated_at = now(), state = 'running',
 	memory_mib = GREATEST($2, ceil(used_memory_mib / ratio_memory)::bigint),
 	disk_mib = GREATEST($3, ceil(used_disk_mib / ratio_disk)::bigint),
 	vcpus_milli = GREATEST($4, ceil(used_vcpus_milli / ratio_vcpu)::bigint),
-	brands = COALESCE($5, brands), traits = COALESCE($6, traits), address = COALESCE(NULLIF($7, ''), address)
+	brands = COALESCE($5, brands), traits = COALESCE($6, traits), address = COALESCE(NULLIF($7, ''), address),
+	underlay_ip = COALESCE(NULLIF($8, ''), underlay_ip)
 WHERE id = $1 RETURNING (SELECT state FROM nodes WHERE id = $1)`
 
 // Heartbeat records that a node is alive. It reports whether the node was offline.
 func (s *Store) Heartbeat(ctx context.Context, nodeID string, hb Heartbeat) (wasOffline bool, err error) {
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		var prev string
-		if err := tx.QueryRow(ctx, sqlHeartbeat, nodeID, hb.MemoryMiB, hb.DiskMiB, hb.VCPUsMilli, hb.Brands, hb.Traits, hb.Address).Scan(&prev); err != nil {
+		if err := tx.QueryRow(ctx, sqlHeartbeat, nodeID, hb.MemoryMiB, hb.DiskMiB, hb.VCPUsMilli, hb.Brands, hb.Traits, hb.Address, hb.UnderlayIP).Scan(&prev); err != nil {
 			return notFound(err, "node "+nodeID+" not found")
 		}
 		wasOffline = prev == "offline"

@@ -48,6 +48,12 @@ type NIC struct {
 	// NAT asks for outbound masquerading of this network's subnet.
 	NAT       bool
 	Resolvers []string
+	// VNI, when not zero, puts the NIC on a fabric: an account's VLAN
+	// (VLANID) that nodes carry between them as VXLAN network VNI. The node
+	// plumbs it on its own fabric bridge for the VNI (Bridge is ignored) with
+	// the gateway in the VLAN's router namespace.
+	VNI    int `json:",omitempty"`
+	VLANID int `json:",omitempty"`
 }
 
 // DNSConfig is resolv.conf's content: nameservers, search domains and
@@ -185,6 +191,26 @@ type Driver interface {
 // instance (resize).
 type Updater interface {
 	Update(ctx context.Context, spec Spec) error
+}
+
+// NICUpdater is implemented by drivers that can add and remove NICs of an
+// existing instance (spec.NICs is the new set), while it runs.
+type NICUpdater interface {
+	UpdateNICs(ctx context.Context, spec Spec) error
+}
+
+// NICSet identifies a set of NICs (MAC, address, network, primary), so
+// that the agent can tell when an instance's NICs changed.
+func NICSet(nics []NIC) string {
+	var b strings.Builder
+	for _, n := range nics {
+		b.WriteString(n.MAC + "/" + n.IP + "/" + n.NetworkID)
+		if n.Primary {
+			b.WriteString("/p")
+		}
+		b.WriteString(";")
+	}
+	return b.String()
 }
 
 // LogOptions select log lines.

@@ -6,8 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -121,6 +125,11 @@ func SetupInstanceNetNS(nsName string, nic driver.NIC, vethHost string) error {
 }
 
 func addVeth(h *netlink.Handle, ns netns.NsHandle, br netlink.Link, vethHost string) (netlink.Link, error) {
+	return addVethAs(h, ns, br, vethHost, "eth0")
+}
+
+// addVethAs makes a veth pair: vethHost on br, up, and inName inside ns.
+func addVethAs(h *netlink.Handle, ns netns.NsHandle, br netlink.Link, vethHost, inName string) (netlink.Link, error) {
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	peerName := Prefix + "p" + hex.EncodeToString(rnd[:])
@@ -155,10 +164,10 @@ func addVeth(h *netlink.Handle, ns netns.NsHandle, br netlink.Link, vethHost str
 	if err != nil {
 		return nil, err
 	}
-	if err := h.LinkSetName(inside, "eth0"); err != nil {
+	if err := h.LinkSetName(inside, inName); err != nil {
 		return nil, err
 	}
-	inside, err = h.LinkByName("eth0")
+	inside, err = h.LinkByName(inName)
 	if err != nil {
 		return nil, err
 	}
@@ -234,4 +243,198 @@ func sanitizeNSName(s string) string {
 		return "_"
 	}
 	return string(b)
+}
+
+// SyncInstanceNICs makes the persistent namespace nsName hold exactly nics,
+// matched by MAC address: a NIC that is missing gets a veth pair (host end
+// VethName(instanceID, n) on its bridge, "eth<n>" inside, eth0 for the
+// primary when free), one no longer wanted is removed, and every one gets
+// its address. The default route goes via the primary NIC's gateway. Fabric
+// NICs (VNI set) are first given their fabric (EnsureFabric, with the
+// underlay set by SetUnderlay) and plumbed on its bridge. Errors: Invalid
+// for a bad NIC or name, NotFound for a missing bridge, Internal.
+func SyncInstanceNICs(nsName, instanceID string, nics []driver.NIC) error {
+	if nsName == "" || len(nsName) > 200 || nsName != sanitizeNSName(nsName) {
+		return errdefs.InvalidArgument("network namespace name %q is not a plain file name", nsName)
+	}
+	defer HoldFabrics()()
+	type want struct {
+		nic  driver.NIC
+		addr *net.IPNet
+		mac  net.HardwareAddr
+		gw   net.IP
+		br   netlink.Link
+	}
+	var wants []want
+	for _, nic := range orderNICs(nics) {
+		ip := net.ParseIP(nic.IP).To4()
+		if ip == nil || nic.PrefixLen <= 0 || nic.PrefixLen > 32 {
+			return errdefs.InvalidArgument("NIC address %s/%d is not an IPv4 address with a prefix length", nic.IP, nic.PrefixLen)
+		}
+		mac, err := net.ParseMAC(nic.MAC)
+		if err != nil || len(mac) != 6 {
+			return errdefs.InvalidArgument("NIC MAC %q is not a 6-byte MAC address", nic.MAC)
+		}
+		w := want{nic: nic, addr: &net.IPNet{IP: ip, Mask: net.CIDRMask(nic.PrefixLen, 32)}, mac: mac}
+		if nic.Gateway != "" {
+			if w.gw = net.ParseIP(nic.Gateway).To4(); w.gw == nil {
+				return errdefs.InvalidArgument("NIC gateway %q is not an IPv4 address", nic.Gateway)
+			}
+		}
+		if err := EnsureNICBridge(&w.nic); err != nil {
+			return err
+		}
+		if w.br, err = netlink.LinkByName(w.nic.Bridge); err != nil {
+			if isLinkNotFound(err) {
+				return errdefs.NotFoundf("bridge %q does not exist; call EnsureBridge first", w.nic.Bridge)
+			}
+			return errdefs.Wrap(errdefs.Internal, err, "look up bridge %s", w.nic.Bridge)
+		}
+		wants = append(wants, w)
+	}
+	ns, err := ensureNamedNetNS(nsName)
+	if err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "create network namespace %s", nsName)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "open netlink in namespace %s", nsName)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "list links in %s", nsName)
+	}
+	byMAC := map[string]netlink.Link{}
+	used := map[string]bool{}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, "eth") {
+			byMAC[l.Attrs().HardwareAddr.String()] = l
+			used[l.Attrs().Name] = true
+		}
+	}
+	keep := map[string]bool{}
+	var primary netlink.Link
+	var primaryGW net.IP
+	for i, w := range wants {
+		link := byMAC[w.mac.String()]
+		if link == nil {
+			name := ""
+			for n := 0; n < 10; n++ {
+				if c := "eth" + strconv.Itoa(n); !used[c] {
+					name = c
+					break
+				}
+			}
+			if name == "" {
+				return errdefs.InvalidArgument("an instance has at most 10 NICs")
+			}
+			n, _ := strconv.Atoi(name[3:])
+			vethHost := VethName(instanceID, n)
+			if err := DeleteLink(vethHost); err != nil {
+				return err
+			}
+			if link, err = addVethAs(h, ns, w.br, vethHost, name); err != nil {
+				return errdefs.Wrap(errdefs.Internal, err, "create veth %s for namespace %s", vethHost, nsName)
+			}
+			used[name] = true
+		}
+		keep[link.Attrs().Name] = true
+		if err := configureEth0(h, link, w.mac, w.addr, nil); err != nil {
+			return errdefs.Wrap(errdefs.Internal, err, "configure %s in namespace %s", link.Attrs().Name, nsName)
+		}
+		if i == 0 {
+			primary, primaryGW = link, w.gw
+		}
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, "eth") && !keep[l.Attrs().Name] {
+			if err := h.LinkDel(l); err != nil {
+				return errdefs.Wrap(errdefs.Internal, err, "remove %s from namespace %s", l.Attrs().Name, nsName)
+			}
+		}
+	}
+	if lo, err := h.LinkByName("lo"); err == nil {
+		h.LinkSetUp(lo)
+	}
+	if primary != nil && primaryGW != nil {
+		r := &netlink.Route{LinkIndex: primary.Attrs().Index, Gw: primaryGW}
+		if err := h.RouteReplace(r); err != nil {
+			return errdefs.Wrap(errdefs.Internal, err, "default route via %s", primaryGW)
+		}
+	}
+	return nil
+}
+
+// orderNICs puts the primary NIC first, keeping the others' order.
+func orderNICs(nics []driver.NIC) []driver.NIC {
+	out := make([]driver.NIC, 0, len(nics))
+	for _, n := range nics {
+		if n.Primary {
+			out = append(out, n)
+		}
+	}
+	for _, n := range nics {
+		if !n.Primary {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// EnsureNICBridge makes the bridge a NIC attaches to: for a fabric NIC its
+// VLAN's fabric (nic.Bridge is set to the fabric bridge), otherwise the
+// network's bridge with the gateway address and, when asked, NAT.
+func EnsureNICBridge(nic *driver.NIC) error {
+	if nic.VNI != 0 {
+		f := Fabric{VNI: nic.VNI, Underlay: underlay()}
+		sub, err := netip.ParsePrefix(nic.Subnet)
+		if err != nil {
+			return errdefs.InvalidArgument("fabric NIC %s has no valid subnet (%q)", nic.IP, nic.Subnet)
+		}
+		fn := FabricNet{Subnet: sub.Masked(), NAT: nic.NAT}
+		if nic.Gateway != "" {
+			if fn.Gateway, err = netip.ParseAddr(nic.Gateway); err != nil {
+				return errdefs.InvalidArgument("NIC gateway %q is not an IPv4 address", nic.Gateway)
+			}
+		}
+		f.Networks = []FabricNet{fn}
+		nic.Bridge = FabricBridgeName(nic.VNI)
+		return EnsureFabric(f)
+	}
+	if nic.Bridge == "" {
+		return errdefs.InvalidArgument("NIC %s has no bridge", nic.IP)
+	}
+	if nic.Gateway != "" {
+		if err := EnsureBridge(nic.Bridge, nic.Gateway+"/"+strconv.Itoa(nic.PrefixLen)); err != nil {
+			return err
+		}
+	}
+	if nic.NAT {
+		return EnableNAT(nic.Bridge, nic.Subnet)
+	}
+	return nil
+}
+
+var underlayAddr atomic.Value // netip.Addr
+
+// SetUnderlay sets this node's underlay address, the source of its VXLAN
+// traffic; "" keeps fabrics on this node only. Errors: Invalid.
+func SetUnderlay(ip string) error {
+	if ip == "" {
+		underlayAddr.Store(netip.Addr{})
+		return nil
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil || !a.Is4() {
+		return errdefs.InvalidArgument("underlay address %q is not an IPv4 address", ip)
+	}
+	underlayAddr.Store(a)
+	return nil
+}
+
+func underlay() netip.Addr {
+	a, _ := underlayAddr.Load().(netip.Addr)
+	return a
 }

@@ -61,7 +61,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if _, err := s.store.Heartbeat(r.Context(), nodeOf(r), store.Heartbeat{MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
-		VCPUsMilli: int64(hb.VCPUs * 1000), Brands: hb.Brands, Traits: hb.Traits, Address: hb.Address}); err != nil {
+		VCPUsMilli: int64(hb.VCPUs * 1000), Brands: hb.Brands, Traits: hb.Traits, Address: hb.Address, UnderlayIP: hb.UnderlayIP}); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -93,6 +93,9 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) error {
 		if len(list) > 0 || since == 0 || waitSec == 0 {
 			cancel()
 			out := wire.Assignments{Revision: rev, Full: since == 0, Assignments: make([]wire.Assignment, 0, len(list))}
+			if out.Peers, err = s.store.UnderlayPeers(r.Context(), nodeID); err != nil {
+				return err
+			}
 			images := map[string]store.Image{}
 			for _, in := range list {
 				a, err := s.assignment(r, in, images)
@@ -107,7 +110,11 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) error {
 		case <-woken:
 		case <-deadline.C:
 			cancel()
-			return httpx.WriteJSON(w, http.StatusOK, wire.Assignments{Revision: since, Assignments: []wire.Assignment{}})
+			peers, err := s.store.UnderlayPeers(r.Context(), nodeID)
+			if err != nil {
+				return err
+			}
+			return httpx.WriteJSON(w, http.StatusOK, wire.Assignments{Revision: since, Assignments: []wire.Assignment{}, Peers: peers})
 		case <-r.Context().Done():
 			cancel()
 			return nil
@@ -154,7 +161,7 @@ func (s *Server) assignment(r *http.Request, in store.Instance, images map[strin
 			prefix = p.Bits()
 		}
 		nic := driver.NIC{MAC: n.MAC, IP: n.IP, PrefixLen: prefix, NetworkID: n.NetworkID, Bridge: n.Bridge,
-			Subnet: n.Subnet, Primary: n.Primary, NAT: n.InternetNAT, Resolvers: n.Resolvers}
+			Subnet: n.Subnet, Primary: n.Primary, NAT: n.InternetNAT, Resolvers: n.Resolvers, VNI: n.VNI, VLANID: n.VLANID}
 		if n.Gateway != nil {
 			nic.Gateway = *n.Gateway
 		}

@@ -74,7 +74,7 @@ func namesTable(list []store.NodeName) wire.Names {
 	for _, n := range list {
 		if !seen[n.NetworkID] {
 			seen[n.NetworkID] = true
-			out.Networks = append(out.Networks, wire.NameNetwork{ID: n.NetworkID, Gateway: n.Gateway, Subnet: n.Subnet})
+			out.Networks = append(out.Networks, wire.NameNetwork{ID: n.NetworkID, Gateway: n.Gateway, Subnet: n.Subnet, VNI: n.VNI})
 		}
 		names := append([]string{n.Name}, n.Aliases...)
 		out.Records = append(out.Records, wire.NameRecord{NetworkID: n.NetworkID, OwnerID: n.OwnerID,

@@ -21,6 +21,7 @@ import (
 	"flotilla/agent"
 	"flotilla/agent/dns"
 	"flotilla/agent/driver/runc"
+	agentnet "flotilla/agent/network"
 	"flotilla/api/service"
 	"flotilla/oci"
 	"flotilla/store"
@@ -97,7 +98,8 @@ func newRuncEnv(t *testing.T) *runcEnv {
 	t.Cleanup(resolver.Close)
 	startNode(t, ctx, svc, agent.Config{Name: "runc-1", DataDir: dataDir, APIURL: apiURL, JoinToken: tok,
 		Address: "127.0.0.1:0", Driver: drv, MemoryMiB: 8192, DiskMiB: 1 << 18, VCPUs: 8,
-		WatchInterval: 100 * time.Millisecond, StopTimeout: 5 * time.Second, Logger: log, Resolver: resolver.Feed("runc-1")})
+		WatchInterval: 100 * time.Millisecond, StopTimeout: 5 * time.Second, Logger: log, Resolver: resolver.Feed("runc-1"),
+		RouterNetNS: agentnet.RouterNetNSPath})
 	e := startDockerEndpoint(t, ctx, svc, log, docker, 30*time.Second)
 	re := &runcEnv{testEnv: e, drv: drv, root: root, img: img}
 	// Registered last, so it runs first: remove every container while the

@@ -13,6 +13,7 @@ import (
 	"flotilla/agent/dns"
 	"flotilla/agent/driver"
 	"flotilla/agent/driver/sim"
+	"flotilla/agent/network"
 	"flotilla/internal/metrics"
 )
 
@@ -30,6 +31,7 @@ type agentConfig struct {
 	MetricsAddr string
 	Address     string // where instance streams are served
 	Resolver    bool   // serve names on the gateways (real drivers only)
+	Underlay    string // this node's address for VXLAN between nodes
 }
 
 func runAgent(ctx context.Context, args []string) error {
@@ -46,6 +48,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port to serve Prometheus /metrics on (empty: off)")
 	fs.BoolVar(&c.Resolver, "resolver", true, "serve DNS to containers on each network's gateway (port 53; runc and qemu drivers)")
 	fs.StringVar(&c.Address, "stream-address", "", "host:port to serve instance streams (logs, attach, exec) to the control plane on")
+	fs.StringVar(&c.Underlay, "underlay-ip", "", "this node's IPv4 address that other nodes reach it at, for fabric (VXLAN) traffic; empty keeps fabric networks on this node")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -65,6 +68,18 @@ func runAgent(ctx context.Context, args []string) error {
 	fmt.Printf("flotilla agent %s starting with driver %s\n", c.Name, c.Driver)
 	cfg := agent.Config{Name: c.Name, DataDir: c.DataDir, APIURL: c.APIURL, JoinToken: c.JoinToken,
 		Driver: drv, Address: c.Address, MemoryMiB: c.MemoryMiB, DiskMiB: c.DiskMiB, VCPUs: c.VCPUs, Logger: log.With("node", c.Name)}
+	if c.Driver != "sim" {
+		if err := network.SetUnderlay(c.Underlay); err != nil {
+			return err
+		}
+		cfg.UnderlayIP = c.Underlay
+		cfg.OnPeers = func(peers []string) {
+			if err := network.SetFabricPeers(peers); err != nil {
+				log.Warn("updating fabric peers failed", "err", err)
+			}
+		}
+		cfg.RouterNetNS = network.RouterNetNSPath
+	}
 	if c.Resolver && c.Driver != "sim" {
 		res := dns.New(dns.Config{Logger: log})
 		defer res.Close()

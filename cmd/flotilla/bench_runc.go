@@ -119,7 +119,8 @@ func benchE2EReal(ctx context.Context, drv string, n int, asJSON bool) error {
 	go func() {
 		defer awg.Done()
 		agent.Run(actx, agent.Config{Name: "bench-" + drv, DataDir: nodeDir, APIURL: cp.AgentAPIURL, JoinToken: tok,
-			Driver: d, Address: "127.0.0.1:0", Logger: log, Resolver: resolver.Feed("bench-" + drv)})
+			Driver: d, Address: "127.0.0.1:0", Logger: log, Resolver: resolver.Feed("bench-" + drv),
+			RouterNetNS: network.RouterNetNSPath})
 	}()
 	if err := waitReady(ctx, cp, 1); err != nil {
 		return err

@@ -387,6 +387,8 @@ func startAgents(ctx context.Context, c devConfig, data, apiURL string, tokens [
 			cfg.MemoryMiB, cfg.DiskMiB, cfg.VCPUs = c.NodeMemory, c.NodeDisk, c.NodeCPUs
 		} else {
 			cfg.Resolver = res.Feed(cfg.Name)
+			// The in-process nodes share one host: fabrics stay local.
+			cfg.RouterNetNS = network.RouterNetNSPath
 		}
 		a, err := agent.New(cfg)
 		if err != nil {

@@ -266,14 +266,21 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 
 // plumb creates (or re-creates after a host reboot) the VM's taps.
 func (d *Driver) plumb(spec driver.Spec) ([]string, error) {
+	defer network.HoldFabrics()()
 	var taps []string
 	for i, nic := range spec.NICs {
-		if nic.Gateway != "" && nic.PrefixLen > 0 {
+		if nic.VNI != 0 {
+			// A fabric NIC: its VLAN's bridge, VXLAN device and router
+			// namespace (EnsureNICBridge points nic.Bridge at the bridge).
+			if err := network.EnsureNICBridge(&nic); err != nil {
+				return taps, err
+			}
+		} else if nic.Gateway != "" && nic.PrefixLen > 0 {
 			if err := d.cfg.Network.EnsureBridge(nic.Bridge, fmt.Sprintf("%s/%d", nic.Gateway, nic.PrefixLen)); err != nil {
 				return taps, err
 			}
 		}
-		if nic.NAT && nic.Subnet != "" {
+		if nic.VNI == 0 && nic.NAT && nic.Subnet != "" {
 			if err := d.cfg.Network.EnableNAT(nic.Bridge, nic.Subnet); err != nil {
 				return taps, err
 			}

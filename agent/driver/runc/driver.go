@@ -31,6 +31,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -223,9 +224,9 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 	// other: make them at the same time (each takes milliseconds).
 	netnsPath := ""
 	netDone := make(chan error, 1)
-	if nic, ok := primaryNIC(spec.NICs); ok {
+	if _, ok := primaryNIC(spec.NICs); ok {
 		netnsPath = network.NetNSPath(network.NetNSName(spec.ID))
-		go func() { netDone <- setupNetwork(spec.ID, nic) }()
+		go func() { netDone <- setupNetwork(spec.ID, spec.NICs) }()
 	} else {
 		netDone <- nil
 	}
@@ -256,21 +257,33 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 	return nil
 }
 
-func setupNetwork(id string, nic driver.NIC) error {
-	if nic.Bridge == "" {
-		return errdefs.InvalidArgument("NIC %s of %s has no bridge", nic.IP, id)
+// setupNetwork plumbs every NIC of the instance into its namespace.
+func setupNetwork(id string, nics []driver.NIC) error {
+	return network.SyncInstanceNICs(network.NetNSName(id), id, nics)
+}
+
+// UpdateNICs implements driver.NICUpdater: NICs added to or removed from
+// the spec are plumbed into (or out of) the instance's namespace, live.
+func (d *Driver) UpdateNICs(ctx context.Context, spec driver.Spec) error {
+	bundle, cur, err := d.loadSpec(spec.ID)
+	if err != nil {
+		return err
 	}
-	if nic.Gateway != "" {
-		if err := network.EnsureBridge(nic.Bridge, nic.Gateway+"/"+strconv.Itoa(nic.PrefixLen)); err != nil {
-			return err
+	if err := setupNetwork(spec.ID, spec.NICs); err != nil {
+		return err
+	}
+	for _, old := range cur.NICs {
+		if old.VNI != 0 && !slices.ContainsFunc(spec.NICs, func(n driver.NIC) bool { return n.VNI == old.VNI }) {
+			if _, err := network.ReleaseFabric(old.VNI); err != nil {
+				return err
+			}
 		}
 	}
-	if nic.NAT {
-		if err := network.EnableNAT(nic.Bridge, nic.Subnet); err != nil {
-			return err
-		}
+	cur.NICs = spec.NICs
+	if err := writeJSONAtomic(filepath.Join(bundle, fileSpec), cur); err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "write spec of %s", spec.ID)
 	}
-	return network.SetupInstanceNetNS(network.NetNSName(id), nic, network.VethName(id, 0))
+	return nil
 }
 
 // makeRootfs mounts overlayfs over the cached layers (or, with CopyRootfs or
@@ -475,8 +488,8 @@ func (d *Driver) StartWith(ctx context.Context, id string, opts driver.StartOpti
 	if err := mountOverlay(bundle); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "mount rootfs of %s", id)
 	}
-	if nic, ok := primaryNIC(spec.NICs); ok && !network.NetNSExists(network.NetNSName(id)) {
-		if err := setupNetwork(id, nic); err != nil {
+	if _, ok := primaryNIC(spec.NICs); ok && !network.NetNSExists(network.NetNSName(id)) {
+		if err := setupNetwork(id, spec.NICs); err != nil {
 			return err
 		}
 	}

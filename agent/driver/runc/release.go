@@ -47,8 +47,24 @@ func (d *Driver) releaseHost(ctx context.Context, id, bundle string) []error {
 			break
 		}
 	}
+	var spec driver.Spec
+	readJSON(filepath.Join(bundle, fileSpec), &spec)
+	if len(spec.NICs) > 1 {
+		// Extra NICs' host ends go now, not when the kernel gets round to
+		// the namespace, so that their fabric can be released below.
+		for n := 1; n < 10; n++ {
+			network.DeleteLink(network.VethName(id, n))
+		}
+	}
 	if err := network.TeardownInstanceNetNS(network.NetNSName(id), network.VethName(id, 0)); err != nil {
 		errs = append(errs, err)
+	}
+	for _, nic := range spec.NICs {
+		if nic.VNI != 0 {
+			if _, err := network.ReleaseFabric(nic.VNI); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	ctrls, _ := os.ReadDir("/sys/fs/cgroup")
 	for _, c := range ctrls {

@@ -68,6 +68,9 @@ type Heartbeat struct {
 	Traits    map[string]any `json:"traits,omitempty"`
 	Address   string         `json:"address,omitempty"`
 	Running   int            `json:"running"` // instances the driver reports running
+	// UnderlayIP is the node's address for VXLAN traffic between nodes
+	// (fabric networks); empty keeps fabrics on the node.
+	UnderlayIP string `json:"underlay_ip,omitempty"`
 }
 
 // Desired states.
@@ -93,6 +96,9 @@ type Assignments struct {
 	Revision    int64        `json:"revision"`
 	Full        bool         `json:"full"`
 	Assignments []Assignment `json:"assignments"`
+	// Peers are the underlay addresses of the other running nodes: every
+	// fabric's VXLAN device floods to them. Sent with every answer.
+	Peers []string `json:"peers,omitempty"`
 }
 
 // InstanceStatus is the agent's report of what it observes.
@@ -128,6 +134,9 @@ type NameNetwork struct {
 	ID      string `json:"id"`
 	Gateway string `json:"gateway"`
 	Subnet  string `json:"subnet"`
+	// VNI, when not zero, is the fabric VLAN whose router namespace holds
+	// the gateway on the node.
+	VNI int `json:"vni,omitempty"`
 }
 
 // NameRecord is one instance's address on a network and its names there
