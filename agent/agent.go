@@ -14,6 +14,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"sync"
@@ -243,19 +244,32 @@ func (a *Agent) NodeID() string {
 // Run registers the node, adopts the driver's instances and reconciles
 // until ctx is cancelled. An Agent runs once.
 func (a *Agent) Run(ctx context.Context) error {
+	var streamLn net.Listener
 	if a.cfg.Address != "" {
-		stop, err := a.serveStreams(ctx)
-		if err != nil {
+		var err error
+		if streamLn, err = a.listenStreams(); err != nil {
 			return err
 		}
-		defer stop()
 	}
 	nodeID, err := a.register(ctx)
 	if err != nil {
+		if streamLn != nil {
+			streamLn.Close()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
+	}
+	if streamLn != nil {
+		stop, err := a.serveStreams(ctx, streamLn, nodeID)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		defer stop()
 	}
 	a.mu.Lock()
 	a.nodeID = nodeID

@@ -3,6 +3,8 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
@@ -135,11 +137,33 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 
 // NewHTTPClient returns an HTTP client whose transport keeps enough idle
 // connections per host for an agent's concurrent reports.
-func NewHTTPClient() *http.Client {
+func NewHTTPClient() *http.Client { return NewHTTPClientTLS(nil) }
+
+// NewHTTPClientTLS is NewHTTPClient trusting roots (nil: the system's) for
+// an agent API served in TLS.
+func NewHTTPClientTLS(roots *x509.CertPool) *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 256
 	t.MaxIdleConnsPerHost = 64
+	if roots != nil {
+		t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	}
 	return &http.Client{Transport: t}
+}
+
+// LoadRootCAs reads a PEM file of CA certificates, such as the control
+// plane's node CA (DATA/node-ca/ca.pem). It returns Invalid when the file
+// is unreadable or holds no certificate.
+func LoadRootCAs(file string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.Invalid, err, "agent: read the CA file %s", file)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, errdefs.InvalidArgument("agent: %s holds no PEM certificate", file)
+	}
+	return pool, nil
 }
 
 // NodeID returns the node's id, or "" before registration.
@@ -221,6 +245,17 @@ func (c *Client) Heartbeat(ctx context.Context, hb wire.Heartbeat) error {
 	return c.nodeCall(ctx, http.MethodPost, func(node string) string {
 		return "/agent/v1/nodes/" + url.PathEscape(node) + "/heartbeat"
 	}, nil, hb, nil, 0)
+}
+
+// NodeCertificate asks the control plane to sign the node's stream server
+// certificate for a PEM public key. It returns errdefs NotImplemented when
+// the control plane signs none.
+func (c *Client) NodeCertificate(ctx context.Context, publicKeyPEM string) (wire.CertificateResponse, error) {
+	var out wire.CertificateResponse
+	err := c.nodeCall(ctx, http.MethodPost, func(node string) string {
+		return "/agent/v1/nodes/" + url.PathEscape(node) + "/certificate"
+	}, nil, wire.CertificateRequest{PublicKey: publicKeyPEM}, &out, 0)
+	return out, err
 }
 
 // Assignments long-polls the node's assignments.

@@ -26,11 +26,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
@@ -39,6 +44,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -172,10 +178,11 @@ func (s *StreamServer) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-// serveStreams starts the agent's stream server on cfg.Address and sets
+// listenStreams opens the stream server's listener on cfg.Address and sets
 // the token to register with. A port of 0 is replaced by the one chosen, so
-// that the address the control plane learns is reachable.
-func (a *Agent) serveStreams(ctx context.Context) (stop func(), err error) {
+// that the address the control plane learns is reachable. Connections wait
+// in the listener until serveStreams, after registration.
+func (a *Agent) listenStreams() (net.Listener, error) {
 	token, err := LoadStreamToken(a.cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -188,7 +195,30 @@ func (a *Agent) serveStreams(ctx context.Context) (stop func(), err error) {
 		_, real, _ := net.SplitHostPort(ln.Addr().String())
 		a.cfg.Address = net.JoinHostPort(host, real)
 	}
-	srv := NewStreamServer(a.drv, token, a.log)
+	a.mu.Lock()
+	a.streamToken, a.streamAddr = token, a.cfg.Address
+	a.mu.Unlock()
+	return ln, nil
+}
+
+// serveStreams serves the stream API on ln, in TLS with the node's
+// certificate (streamTLS). Plain HTTP is refused off loopback. It takes
+// ownership of ln.
+func (a *Agent) serveStreams(ctx context.Context, ln net.Listener, nodeID string) (stop func(), err error) {
+	tlsCfg, err := a.streamTLS(ctx, nodeID)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+	} else if !IsLoopback(a.cfg.Address) {
+		ln.Close()
+		return nil, errdefs.New(errdefs.Invalid, "agent: the stream server on %s would serve plain HTTP off loopback, and the control plane "+
+			"signs no node certificate: run the control plane with its node CA (flotilla serve keeps one in DATA/node-ca), "+
+			"or serve streams on loopback (--stream-address 127.0.0.1:PORT)", a.cfg.Address)
+	}
+	srv := NewStreamServer(a.drv, a.streamToken, a.log)
 	srv.Spec = func(id string) (driver.Spec, bool) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -207,10 +237,84 @@ func (a *Agent) serveStreams(ctx context.Context) (stop func(), err error) {
 		}
 	}()
 	a.mu.Lock()
-	a.streamToken, a.streamAddr, a.streams = token, a.cfg.Address, srv
+	a.streams = srv
 	a.mu.Unlock()
-	a.log.Info("serving instance streams", "address", a.cfg.Address)
+	a.log.Info("serving instance streams", "address", a.cfg.Address, "tls", tlsCfg != nil)
 	return func() { cancel(); <-done }, nil
+}
+
+// Stream server certificate files in the data dir: the key (0600) and the
+// certificate the control plane signed for it.
+const (
+	StreamCertFile = "stream-cert.pem"
+	StreamKeyFile  = "stream-key.pem"
+)
+
+// streamCertRenewal is how long before expiry the agent asks for a new
+// stream server certificate.
+const streamCertRenewal = 30 * 24 * time.Hour
+
+// certifier is a ControlPlane that signs stream server certificates
+// (Client does).
+type certifier interface {
+	NodeCertificate(ctx context.Context, publicKeyPEM string) (wire.CertificateResponse, error)
+}
+
+// streamTLS returns the stream server's TLS configuration: the certificate
+// kept in the data dir while it names this node and is not about to expire,
+// otherwise a new key and a certificate the control plane signs for it. It
+// returns nil (plain HTTP) when the control plane signs no certificates.
+func (a *Agent) streamTLS(ctx context.Context, nodeID string) (*tls.Config, error) {
+	certFile, keyFile := filepath.Join(a.cfg.DataDir, StreamCertFile), filepath.Join(a.cfg.DataDir, StreamKeyFile)
+	cfg := func(pair tls.Certificate) *tls.Config {
+		return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	}
+	if pair, err := tls.LoadX509KeyPair(certFile, keyFile); err == nil && pair.Leaf != nil &&
+		slices.Contains(pair.Leaf.DNSNames, wire.NodeCertName(nodeID)) && time.Until(pair.Leaf.NotAfter) > streamCertRenewal {
+		return cfg(pair), nil
+	}
+	c, ok := a.cp.(certifier)
+	if !ok {
+		return nil, nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "agent: generate the stream server key")
+	}
+	pubDER, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	resp, err := c.NodeCertificate(ctx, string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})))
+	if errdefs.Is(err, errdefs.NotImplemented) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.CodeOf(err), err, "agent: get a stream server certificate")
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	pair, err := tls.X509KeyPair([]byte(resp.Certificate), keyPEM)
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "agent: the control plane's stream server certificate does not fit its key")
+	}
+	if err := writeFileAtomic(keyFile, keyPEM, 0o600); err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "agent: save %s", keyFile)
+	}
+	if err := writeFileAtomic(certFile, []byte(resp.Certificate), 0o644); err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "agent: save %s", certFile)
+	}
+	return cfg(pair), nil
+}
+
+// IsLoopback reports whether addr (host:port) is on a loopback interface.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // StreamAddress returns the address the agent serves streams on (with the

@@ -2,6 +2,8 @@ package agentapi
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"net/http"
 	"net/netip"
 	"time"
@@ -53,6 +55,32 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	s.forgetCredentials()
 	s.log.Info("node registered", "node", n.ID, "name", n.Name, "driver", n.Driver)
 	return httpx.WriteJSON(w, http.StatusOK, wire.RegisterResponse{NodeID: n.ID, Credential: cred})
+}
+
+// certificate signs the node's stream server certificate for the public
+// key the agent sends; its name is the node's (wire.NodeCertName).
+func (s *Server) certificate(w http.ResponseWriter, r *http.Request) error {
+	if s.nodeCA == nil {
+		return errdefs.New(errdefs.NotImplemented, "this control plane signs no node certificates (it has no node CA)")
+	}
+	var req wire.CertificateRequest
+	if err := httpx.DecodeJSON(r, maxBody, false, &req); err != nil {
+		return err
+	}
+	block, _ := pem.Decode([]byte(req.PublicKey))
+	if block == nil || block.Type != "PUBLIC KEY" {
+		return errdefs.InvalidArgument("public_key must be a PEM \"PUBLIC KEY\" block (PKIX)")
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return errdefs.InvalidArgument("public_key is not a valid PKIX public key: %v", err)
+	}
+	cert, err := s.nodeCA.IssueNodeCertificate(wire.NodeCertName(nodeOf(r)), pub)
+	if err != nil {
+		return err
+	}
+	s.log.Info("node certificate issued", "node", nodeOf(r))
+	return httpx.WriteJSON(w, http.StatusOK, wire.CertificateResponse{Certificate: string(cert), CA: string(s.nodeCA.CAPEM())})
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {

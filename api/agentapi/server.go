@@ -8,6 +8,7 @@ package agentapi
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -51,7 +52,20 @@ type Server struct {
 
 	imageMu sync.Mutex
 	images  map[string]store.Image // content fields by image id; see imageContent
+
+	nodeCA NodeCA // signs stream server certificates; see SetNodeCA
 }
+
+// NodeCA signs the certificates of nodes' stream servers (auth.DevCA).
+type NodeCA interface {
+	IssueNodeCertificate(name string, pub crypto.PublicKey) ([]byte, error)
+	CAPEM() []byte
+}
+
+// SetNodeCA sets the authority that signs nodes' stream server
+// certificates. Without one, the certificate route answers 501 and agents
+// serve streams in plain HTTP, which they do on loopback only.
+func (s *Server) SetNodeCA(ca NodeCA) { s.nodeCA = ca }
 
 // New returns an agent API server. Call Listen to wake long polls on changes.
 func New(st *store.Store, log *slog.Logger) *Server {
@@ -83,6 +97,7 @@ func (s *Server) Handler() http.Handler {
 	r.Group(func(r chi.Router) {
 		r.Use(s.nodeAuth)
 		r.Post("/agent/v1/nodes/{node}/heartbeat", httpx.Handle(renderError, s.heartbeat))
+		r.Post("/agent/v1/nodes/{node}/certificate", httpx.Handle(renderError, s.certificate))
 		r.Get("/agent/v1/nodes/{node}/assignments", httpx.Handle(renderError, s.assignments))
 		r.Get("/agent/v1/nodes/{node}/names", httpx.Handle(renderError, s.nodeNames))
 		r.Put("/agent/v1/instances/{id}/status", httpx.Handle(renderError, s.status))

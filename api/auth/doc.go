@@ -7,7 +7,8 @@
 //     signer for tests, benchmarks and the CLI (signer.go);
 //   - Docker endpoint authentication with TLS client certificates made from an
 //     account's SSH key, and the certificates and dev CA to go with it
-//     (tlscert.go);
+//     (tlscert.go), which also signs the certificates of nodes' stream
+//     servers (nodecert.go);
 //   - a per-key token-bucket rate limiter (ratelimit.go).
 //
 // Errors are *errdefs.Error. The CloudAPI layer renders them with RestCode and

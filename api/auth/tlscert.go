@@ -222,7 +222,8 @@ type DevCA struct {
 	ServerCertFile string
 	ServerKeyFile  string
 	// CA is the authority's certificate.
-	CA *x509.Certificate
+	CA    *x509.Certificate
+	caKey crypto.Signer
 }
 
 // devHosts are always in a dev server certificate.
@@ -252,7 +253,7 @@ func NewDevCA(dir string, hosts ...string) (*DevCA, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.CA = caCert
+	d.CA, d.caKey = caCert, caKey
 	allHosts := append(slices.Clone(devHosts), hosts...)
 	srvCert, _, err := loadPair(d.ServerCertFile, d.ServerKeyFile)
 	if err != nil || !serverCertFits(srvCert, caCert, allHosts) {

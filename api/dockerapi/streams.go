@@ -22,6 +22,7 @@ package dockerapi
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"io"
 	"net"
@@ -44,6 +45,10 @@ import (
 // pool shared by every Server.
 var nodes = nodeclient.New()
 
+// UseNodeCA makes the process's client to stream servers speak TLS, trusting
+// the node CA's certificates for the nodes they name.
+func UseNodeCA(roots *x509.CertPool) { nodes.UseTLS(roots) }
+
 func (s *Server) streamRoutes(r chi.Router) {
 	r.Post("/containers/{id}/attach", s.handle(s.attachContainer))
 	r.Get("/containers/{id}/logs", s.handle(s.containerLogs))
@@ -64,7 +69,7 @@ func (s *Server) nodeOf(ctx context.Context, in store.Instance) (nodeclient.Node
 	if err != nil {
 		return nodeclient.Node{}, err
 	}
-	return nodeclient.Node{Address: ns.Address, Token: ns.Token}, nil
+	return nodeclient.Node{ID: ns.NodeID, Address: ns.Address, Token: ns.Token}, nil
 }
 
 func ttyOf(in store.Instance) bool { return service.DecodeProcessSpec(in.Spec).Tty }

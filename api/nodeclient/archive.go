@@ -46,14 +46,15 @@ func (c *Client) Extract(ctx context.Context, n Node, id, dir string, noOverwrit
 	if noOverwriteDirNonDir {
 		q.Set("noOverwriteDirNonDir", "1")
 	}
-	u := "http://" + n.Address + instancePath(id, "archive") + "?" + q.Encode()
+	hc, scheme := c.httpFor(n)
+	u := scheme + n.Address + instancePath(id, "archive") + "?" + q.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, io.NopCloser(r))
 	if err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "build request to node %s", n.Address)
 	}
 	req.Header.Set("Authorization", "Bearer "+n.Token)
 	req.Header.Set("Content-Type", "application/x-tar")
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return errdefs.Wrap(errdefs.Unavailable, err, "request to the node cancelled")

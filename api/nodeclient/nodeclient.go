@@ -2,8 +2,9 @@
 // the agents (api/agentapi/wire/streams.go documents the protocol): logs,
 // attach, exec, wait, top and stats of an instance, on the node that runs it.
 //
-// A Node is an address and a bearer token, both from the nodes table
-// (store.NodeStream). Plain requests share one keep-alive transport, so a
+// A Node is an id, an address and a bearer token, from the nodes table
+// (store.NodeStream). With UseTLS the client speaks TLS and accepts only a
+// certificate the node CA signed for that node's id (wire.NodeCertName). Plain requests share one keep-alive transport, so a
 // replica keeps a few warm connections per node; attach and exec start are
 // HTTP/1.1 upgrades on a fresh connection each (net.Dial, a hand-written
 // request, http.ReadResponse) that return the raw connection as a Stream.
@@ -18,6 +19,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,6 +28,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"flotilla/api/agentapi/wire"
@@ -33,6 +37,9 @@ import (
 
 // Node locates and authorizes a node's stream server.
 type Node struct {
+	// ID is the node's id: with TLS (UseTLS), the server's certificate must
+	// name it (wire.NodeCertName).
+	ID      string
 	Address string // host:port
 	Token   string
 }
@@ -41,6 +48,50 @@ type Node struct {
 type Client struct {
 	hc     *http.Client
 	dialer net.Dialer
+
+	tlsMu sync.Mutex
+	roots *x509.CertPool          // the node CA, when stream servers speak TLS
+	tlsHC map[string]*http.Client // by node id: each verifies its node's name
+}
+
+// UseTLS makes the client speak TLS to stream servers and accept only
+// certificates that roots signed for the node it means to reach.
+func (c *Client) UseTLS(roots *x509.CertPool) {
+	c.tlsMu.Lock()
+	defer c.tlsMu.Unlock()
+	c.roots, c.tlsHC = roots, map[string]*http.Client{}
+}
+
+// tlsConfig returns the TLS configuration for reaching n, or nil without TLS.
+func (c *Client) tlsConfig(n Node) *tls.Config {
+	c.tlsMu.Lock()
+	defer c.tlsMu.Unlock()
+	if c.roots == nil {
+		return nil
+	}
+	return &tls.Config{RootCAs: c.roots, ServerName: wire.NodeCertName(n.ID), MinVersion: tls.VersionTLS12}
+}
+
+// httpFor returns the HTTP client and URL scheme for reaching n.
+func (c *Client) httpFor(n Node) (*http.Client, string) {
+	cfg := c.tlsConfig(n)
+	if cfg == nil {
+		return c.hc, "http://"
+	}
+	c.tlsMu.Lock()
+	defer c.tlsMu.Unlock()
+	hc, ok := c.tlsHC[n.ID]
+	if !ok {
+		hc = &http.Client{Transport: &http.Transport{
+			DialContext:         c.dialer.DialContext,
+			TLSClientConfig:     cfg,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     90 * time.Second,
+			ForceAttemptHTTP2:   false,
+		}}
+		c.tlsHC[n.ID] = hc
+	}
+	return hc, "https://"
 }
 
 // New returns a client with its own connection pool.
@@ -56,7 +107,14 @@ func New() *Client {
 }
 
 // Close drops idle connections.
-func (c *Client) Close() { c.hc.CloseIdleConnections() }
+func (c *Client) Close() {
+	c.hc.CloseIdleConnections()
+	c.tlsMu.Lock()
+	defer c.tlsMu.Unlock()
+	for _, hc := range c.tlsHC {
+		hc.CloseIdleConnections()
+	}
+}
 
 func (n Node) check() error {
 	if n.Address == "" {
@@ -87,7 +145,8 @@ func (c *Client) do(ctx context.Context, n Node, method, path string, q url.Valu
 		}
 		rd = bytes.NewReader(b)
 	}
-	u := "http://" + n.Address + path
+	hc, scheme := c.httpFor(n)
+	u := scheme + n.Address + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
@@ -99,7 +158,7 @@ func (c *Client) do(ctx context.Context, n Node, method, path string, q url.Valu
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, errdefs.Wrap(errdefs.Unavailable, err, "request to the node cancelled")
@@ -254,6 +313,14 @@ func (c *Client) upgrade(ctx context.Context, n Node, path string, q url.Values)
 	// Until the 101 has arrived, the request's context bounds the dance.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
+	if cfg := c.tlsConfig(n); cfg != nil {
+		tc := tls.Client(conn, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, errdefs.Wrap(errdefs.Unavailable, err, "TLS with the node's stream server at %s", n.Address)
+		}
+		conn = tc
+	}
 	target := path
 	if len(q) > 0 {
 		target += "?" + q.Encode()

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,6 +57,15 @@ func runAgent(ctx context.Context, args []string) error {
 	c.JoinToken = os.Getenv("FLOTILLA_JOIN_TOKEN")
 	// Drivers start processes; none of them needs the token.
 	os.Unsetenv("FLOTILLA_JOIN_TOKEN")
+	var httpClient *http.Client
+	if caFile := os.Getenv("FLOTILLA_AGENT_CA"); caFile != "" {
+		roots, err := agent.LoadRootCAs(caFile)
+		if err != nil {
+			return err
+		}
+		httpClient = agent.NewHTTPClientTLS(roots)
+		agentHTTPClient = httpClient
+	}
 	if c.APIURL == "" {
 		return usagef("set FLOTILLA_AGENT_API to the control plane's agent API URL (see env.sh from `flotilla dev`)")
 	}
@@ -67,7 +77,7 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("flotilla agent %s starting with driver %s\n", c.Name, c.Driver)
 	cfg := agent.Config{Name: c.Name, DataDir: c.DataDir, APIURL: c.APIURL, JoinToken: c.JoinToken,
-		Driver: drv, Address: c.Address, MemoryMiB: c.MemoryMiB, DiskMiB: c.DiskMiB, VCPUs: c.VCPUs, Logger: log.With("node", c.Name)}
+		Driver: drv, Address: c.Address, HTTPClient: httpClient, MemoryMiB: c.MemoryMiB, DiskMiB: c.DiskMiB, VCPUs: c.VCPUs, Logger: log.With("node", c.Name)}
 	if c.Driver != "sim" {
 		if err := network.SetUnderlay(c.Underlay); err != nil {
 			return err
@@ -100,6 +110,10 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	return a.Run(ctx)
 }
+
+// agentHTTPClient, when set, is the agent's client to the control plane
+// (trusting FLOTILLA_AGENT_CA), which its image source uses too.
+var agentHTTPClient *http.Client
 
 // newDriver builds the named driver with its state under dataDir.
 func newDriver(name, dataDir string, log *slog.Logger) (driver.Driver, error) {

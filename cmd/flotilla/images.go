@@ -48,7 +48,8 @@ func imageBlobs(dataDir string) (*oci.DirStore, error) {
 // Config.Images: blobs cached under dataDir/image-cache, the node
 // credential read from dataDir/node.json.
 func newImageSource(dataDir string) (driver.ImageSource, error) {
-	return agent.NewImageSource(agent.ImageSourceConfig{CacheDir: filepath.Join(dataDir, "image-cache"), DataDir: dataDir})
+	return agent.NewImageSource(agent.ImageSourceConfig{CacheDir: filepath.Join(dataDir, "image-cache"), DataDir: dataDir,
+		HTTPClient: agentHTTPClient})
 }
 
 // imageService is the image part of the service layer over st with blobs

@@ -10,14 +10,17 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"flotilla/api/agentapi"
 	"flotilla/api/agentapi/wire"
+	"flotilla/api/auth"
 	"flotilla/api/cloudapi"
 	"flotilla/api/cns"
+	"flotilla/api/dockerapi"
 	"flotilla/api/service"
 	"flotilla/internal/metrics"
 	"flotilla/scheduler"
@@ -29,7 +32,12 @@ type serveConfig struct {
 	DB           string
 	CloudAPIAddr string
 	AgentAPIAddr string
-	DockerAddr   string
+	// AgentAPITLS serves the agent API (and its registry endpoint) in TLS
+	// with a certificate of the node CA (DataDir/node-ca); required off
+	// loopback. AgentAPIHosts are extra names for that certificate.
+	AgentAPITLS   bool
+	AgentAPIHosts string
+	DockerAddr    string
 	// DockerRegistry is the registry or mirror Docker Hub pulls go to.
 	DockerRegistry string
 	// DockerClientKeys are private key files to make the Docker client
@@ -63,6 +71,8 @@ type serveConfig struct {
 func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CloudAPIAddr, "cloudapi-addr", "127.0.0.1:8080", "CloudAPI listen address")
 	fs.StringVar(&c.AgentAPIAddr, "agentapi-addr", "127.0.0.1:8081", "agent API listen address")
+	fs.BoolVar(&c.AgentAPITLS, "agentapi-tls", false, "serve the agent API in TLS with the node CA in DATA/node-ca (required off loopback; agents trust DATA/node-ca/ca.pem via FLOTILLA_AGENT_CA)")
+	fs.StringVar(&c.AgentAPIHosts, "agentapi-hosts", "", "comma-separated names and addresses agents reach the agent API by, for its certificate (default: the listen address and this host's name)")
 	fs.StringVar(&c.DockerAddr, "docker-addr", "", "Docker API listen address (empty: off)")
 	fs.StringVar(&c.DockerRegistry, "docker-registry", "", "registry or mirror URL that Docker Hub images (docker pull busybox) come from (empty: Docker Hub)")
 	fs.StringVar(&c.DataDir, "data", "/var/lib/flotilla", "directory for image blobs and the Docker endpoint's certificates")
@@ -117,12 +127,15 @@ type controlPlane struct {
 	Service     *service.Service
 	CloudAPIURL string
 	AgentAPIURL string
-	Docker      *dockerEndpoint
-	Metrics     *metrics.Registry
-	CNSAddr     string // the CNS server's bound address, "" when off
-	servers     []*http.Server
-	cancel      context.CancelFunc
-	wg          sync.WaitGroup
+	// NodeCAFile is the node CA's certificate, which agents trust for an
+	// agent API in TLS (FLOTILLA_AGENT_CA).
+	NodeCAFile string
+	Docker     *dockerEndpoint
+	Metrics    *metrics.Registry
+	CNSAddr    string // the CNS server's bound address, "" when off
+	servers    []*http.Server
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
 }
 
 func isLoopback(addr string) bool {
@@ -143,6 +156,10 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 		level = slog.LevelWarn
 	}
 	log := newLogger(cfg.LogJSON, level)
+	if !cfg.AgentAPITLS && !isLoopback(cfg.AgentAPIAddr) {
+		return nil, usagef("the agent API on %s needs TLS: add --agentapi-tls (plain HTTP is only allowed on loopback; agents then trust %s through FLOTILLA_AGENT_CA)",
+			cfg.AgentAPIAddr, filepath.Join(cfg.DataDir, "node-ca", "ca.pem"))
+	}
 	if err := store.Migrate(ctx, cfg.DB); err != nil {
 		return nil, err
 	}
@@ -179,18 +196,39 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 		st.Close()
 		return nil, fmt.Errorf("CloudAPI listener: %w", err)
 	}
+	// The node CA signs the agent API's certificate and the certificates of
+	// nodes' stream servers, which this control plane verifies.
+	nodeCA, err := auth.NewDevCA(filepath.Join(cfg.DataDir, "node-ca"), agentAPIHosts(cfg)...)
+	if err != nil {
+		cl.Close()
+		st.Close()
+		return nil, err
+	}
+	dockerapi.UseNodeCA(nodeCA.CertPool())
 	al, err := net.Listen("tcp", cfg.AgentAPIAddr)
 	if err != nil {
 		cl.Close()
 		st.Close()
 		return nil, fmt.Errorf("agent API listener: %w", err)
 	}
+	agentScheme := "http"
+	if cfg.AgentAPITLS {
+		tcfg, err := nodeCA.TLSConfig()
+		if err != nil {
+			cl.Close()
+			al.Close()
+			st.Close()
+			return nil, err
+		}
+		tcfg.ClientAuth = tls.NoClientCert
+		al, agentScheme = tls.NewListener(al, tcfg), "https"
+	}
 	scheme := "http"
 	if useTLS {
 		scheme = "https"
 	}
-	cp := &controlPlane{Store: st, Service: svc,
-		CloudAPIURL: scheme + "://" + cl.Addr().String(), AgentAPIURL: "http://" + al.Addr().String()}
+	cp := &controlPlane{Store: st, Service: svc, NodeCAFile: nodeCA.CAFile,
+		CloudAPIURL: scheme + "://" + cl.Addr().String(), AgentAPIURL: agentScheme + "://" + al.Addr().String()}
 	if cfg.PublicURL == "" {
 		cfg.PublicURL = cp.CloudAPIURL
 	}
@@ -212,6 +250,7 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 	capi := cloudapi.New(svc, log, ccfg)
 	aapi.ImageRegistry = al.Addr().String()
 	aapi.SetBlobs(blobs)
+	aapi.SetNodeCA(nodeCA)
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(log)
 	}
@@ -295,6 +334,29 @@ func (cp *controlPlane) startCNS(ctx context.Context, cfg serveConfig, log *slog
 		return zone, "", err
 	}
 	return zone, addr.String(), nil
+}
+
+// agentAPIHosts are the names in the agent API's certificate: those given,
+// or the listen host (unless a wildcard) and this host's name.
+func agentAPIHosts(cfg serveConfig) []string {
+	var hosts []string
+	for _, h := range strings.Split(cfg.AgentAPIHosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	if len(hosts) > 0 {
+		return hosts
+	}
+	if h, _, err := net.SplitHostPort(cfg.AgentAPIAddr); err == nil && h != "" {
+		if ip := net.ParseIP(h); ip == nil || !ip.IsUnspecified() {
+			hosts = append(hosts, h)
+		}
+	}
+	if name, err := os.Hostname(); err == nil {
+		hosts = append(hosts, name)
+	}
+	return hosts
 }
 
 // Close stops the listeners (waiting briefly for requests in flight) and the loops.

@@ -123,3 +123,21 @@ type ExecInfo struct {
 	ExitCode   *int       `json:"exit_code,omitempty"`
 	Pid        int        `json:"pid,omitempty"`
 }
+
+// NodeCertName is the DNS name in the certificate of node id's stream
+// server: the control plane verifies it (TLS server name) against the node it
+// means to reach, whatever the node's address.
+func NodeCertName(id string) string { return id + ".node.flotilla.internal" }
+
+// CertificateRequest asks the control plane for a stream server
+// certificate (POST /agent/v1/nodes/{node}/certificate).
+type CertificateRequest struct {
+	// PublicKey is the stream server's public key, PEM "PUBLIC KEY" (PKIX).
+	PublicKey string `json:"public_key"`
+}
+
+// CertificateResponse is the certificate and the CA that signed it.
+type CertificateResponse struct {
+	Certificate string `json:"certificate"` // PEM
+	CA          string `json:"ca"`          // PEM
+}
