@@ -72,12 +72,13 @@ func UnpackLayer(ctx context.Context, layer v1.Layer, dir string, opts UnpackOpt
 // Nothing is ever written outside root: entry names containing ".." are
 // rejected, every parent directory is resolved inside root (symlinks,
 // including absolute ones, are followed as if root were /), the final
-// component is never followed, and hardlinks must point inside root. Whiteout
+// component is never followed, and hardlinks must point inside root. Owner,
+// mode and times are set on the opened entry, never through its name.
+// Character and block devices are refused. Whiteout
 // files delete what lower layers put there and opaque markers empty a
 // directory (unless opts.Overlay). Hardlinks to files that come later in the
-// same tar are made at the end. Device nodes are skipped when the process
-// cannot make them (not root). It returns Invalid for a malformed or hostile
-// layer.
+// same tar are made at the end. It returns Invalid for a malformed or
+// hostile layer.
 func Unpack(ctx context.Context, r io.Reader, root string, opts UnpackOptions) error {
 	rootDir, err := os.OpenFile(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -184,6 +185,11 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	fd := int(dir.Fd())
 	mode := uint32(hdr.Mode) & 0o7777
 
+	// Every entry but a symlink is opened once made, and its owner, mode and
+	// times are set through that descriptor: a container racing the unpack
+	// (docker cp into a running container) may swap the name for a symlink
+	// meanwhile, and a path-based chmod would follow it to the host.
+	var obj *os.File
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		var st unix.Stat_t
@@ -197,6 +203,14 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 				return u.failed(name, err)
 			}
 		}
+		if testHookCreated != nil {
+			testHookCreated(fd, base)
+		}
+		dfd, err := unix.Openat(fd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return u.failed(name, err)
+		}
+		obj = os.NewFile(uintptr(dfd), name)
 	case tar.TypeReg, tar.TypeRegA:
 		if err := removeAt(fd, base); err != nil {
 			return u.failed(name, err)
@@ -205,13 +219,13 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		if err != nil {
 			return u.failed(name, err)
 		}
-		f := os.NewFile(uintptr(nfd), name)
-		_, err = io.Copy(f, r)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		obj = os.NewFile(uintptr(nfd), name)
+		if _, err := io.Copy(obj, r); err != nil {
+			obj.Close()
 			return errdefs.Wrap(errdefs.Invalid, err, "write layer file %q", name)
+		}
+		if testHookCreated != nil {
+			testHookCreated(fd, base)
 		}
 	case tar.TypeSymlink:
 		if err := removeAt(fd, base); err != nil {
@@ -220,37 +234,83 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		if err := unix.Symlinkat(hdr.Linkname, fd, base); err != nil {
 			return u.failed(name, err)
 		}
-	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
-		if kind != unix.S_IFIFO && !u.isRoot {
-			return nil // only root may make device nodes; runc provides /dev anyway
-		}
+	case tar.TypeChar, tar.TypeBlock:
+		return errdefs.InvalidArgument("entry %q is a device node (%d:%d); device nodes are refused in images and "+
+			"copied archives (containers get their devices from the runtime): remove it from the archive",
+			hdr.Name, hdr.Devmajor, hdr.Devminor)
+	case tar.TypeFifo:
 		if err := removeAt(fd, base); err != nil {
 			return u.failed(name, err)
 		}
-		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
-		if err := unix.Mknodat(fd, base, kind|mode, int(dev)); err != nil {
-			if errors.Is(err, unix.EPERM) {
-				return nil // e.g. inside a user namespace
-			}
+		if err := unix.Mknodat(fd, base, unix.S_IFIFO|0o600, 0); err != nil {
 			return u.failed(name, err)
+		}
+		if testHookCreated != nil {
+			testHookCreated(fd, base)
+		}
+		// O_PATH: opening a fifo for reading or writing would block.
+		pfd, err := unix.Openat(fd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return u.failed(name, err)
+		}
+		obj = os.NewFile(uintptr(pfd), name)
+		var st unix.Stat_t
+		if err := unix.Fstat(pfd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+			obj.Close()
+			return errdefs.InvalidArgument("layer entry %q was replaced while it was unpacked", name)
 		}
 	default:
 		return nil // unknown entry types are ignored, as Docker does
 	}
 	u.record(name)
-	return u.attrs(fd, base, hdr, mode)
+	if obj == nil {
+		return u.symlinkAttrs(fd, base, hdr)
+	}
+	defer obj.Close()
+	if err := u.attrs(obj, hdr.Typeflag == tar.TypeFifo, hdr, mode); err != nil {
+		return err
+	}
+	return obj.Close()
 }
 
-func (u *unpacker) attrs(fd int, base string, hdr *tar.Header, mode uint32) error {
+// testHookCreated, when set by a test, runs after an entry is created and
+// before it is opened to set its owner, mode and times: where a container
+// racing the unpack would swap the entry.
+var testHookCreated func(dirfd int, base string)
+
+// attrs sets owner, mode and times on the open entry f. An O_PATH
+// descriptor (isPath) refuses fchmod, so its mode goes through its
+// /proc/self/fd link, which names the very inode f holds (as do the times,
+// which have no descriptor-only call in x/sys).
+func (u *unpacker) attrs(f *os.File, isPath bool, hdr *tar.Header, mode uint32) error {
+	fd := int(f.Fd())
 	if u.isRoot {
-		if err := unix.Fchownat(fd, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
+		if err := unix.Fchownat(fd, "", hdr.Uid, hdr.Gid, unix.AT_EMPTY_PATH); err != nil && !errors.Is(err, unix.EINVAL) {
 			return u.failed(hdr.Name, err)
 		}
 	}
-	if hdr.Typeflag != tar.TypeSymlink {
-		// After chown, which clears setuid bits.
-		if err := unix.Fchmodat(fd, base, mode, 0); err != nil {
+	ts := []unix.Timespec{unix.NsecToTimespec(hdr.AccessTime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
+	if hdr.AccessTime.IsZero() {
+		ts[0] = ts[1]
+	}
+	proc := fmt.Sprintf("/proc/self/fd/%d", fd)
+	// After chown, which clears setuid bits.
+	if isPath {
+		if err := unix.Fchmodat(unix.AT_FDCWD, proc, mode, 0); err != nil {
+			return u.failed(hdr.Name, err)
+		}
+	} else if err := unix.Fchmod(fd, mode); err != nil {
+		return u.failed(hdr.Name, err)
+	}
+	_ = unix.UtimesNanoAt(unix.AT_FDCWD, proc, ts, 0) // best effort
+	return nil
+}
+
+// symlinkAttrs sets a symlink's owner and times; it has no mode of its own,
+// and neither call follows it.
+func (u *unpacker) symlinkAttrs(fd int, base string, hdr *tar.Header) error {
+	if u.isRoot {
+		if err := unix.Fchownat(fd, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) {
 			return u.failed(hdr.Name, err)
 		}
 	}
