@@ -9,6 +9,9 @@ package runc
 // as if the rootfs were /), and below the handle everything is opened
 // relative to a directory fd with O_NOFOLLOW, so a container that swaps a
 // directory for a symlink meanwhile cannot point the agent at the host.
+// Only regular files are read, and only after fstat of the opened handle
+// says so (a file swapped for a device, fifo or symlink is left out);
+// device nodes are neither archived nor extracted.
 // Extraction goes through oci.Unpack with the archive's names moved under
 // the target directory: the same checks as image layers (no "..", hardlinks
 // inside the root, the final component never followed).
@@ -215,12 +218,24 @@ func archiveAt(ctx context.Context, tw *tar.Writer, dirfd int, name, tarName str
 	}
 	switch hdr.Typeflag {
 	case tar.TypeReg:
-		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if testHookBeforeOpen != nil {
+			testHookBeforeOpen(dirfd, name)
+		}
+		f, ok, err := openRegular(dirfd, name)
 		if err != nil {
 			return errdefs.Wrap(errdefs.Internal, err, "open %s", tarName)
 		}
-		f := os.NewFile(uintptr(fd), tarName)
+		if !ok {
+			return nil // no longer a regular file: left out, as devices are
+		}
 		defer f.Close()
+		var fst unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &fst); err != nil {
+			return errdefs.Wrap(errdefs.Internal, err, "stat %s", tarName)
+		}
+		hdr.Size, hdr.Mode = fst.Size, int64(fst.Mode&0o7777)
+		hdr.Uid, hdr.Gid = int(fst.Uid), int(fst.Gid)
+		hdr.ModTime = time.Unix(fst.Mtim.Sec, fst.Mtim.Nsec)
 		if err := tw.WriteHeader(hdr); err != nil {
 			return errdefs.Wrap(errdefs.Unavailable, err, "write archive")
 		}
@@ -263,6 +278,40 @@ func archiveAt(ctx context.Context, tw *tar.Writer, dirfd int, name, tarName str
 	}
 	return nil
 }
+
+// openRegular opens name in dirfd for reading if it is a regular file;
+// ok is false (and f nil) if it is anything else or gone. The name is first
+// opened O_PATH without following it, so that opening never touches a
+// device, fifo or socket, and only an inode that fstat shows to be a
+// regular file is reopened for reading: whatever the container swaps in
+// meanwhile, the agent reads a regular file of the rootfs or nothing.
+func openRegular(dirfd int, name string) (f *os.File, ok bool, err error) {
+	pfd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	h := os.NewFile(uintptr(pfd), name)
+	defer h.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(pfd, &st); err != nil {
+		return nil, false, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, false, nil
+	}
+	f, err = pathrs.Reopen(h, unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, false, err
+	}
+	return f, true, nil
+}
+
+// testHookBeforeOpen, when set by a test, runs between the stat of a file
+// and its opening: where a container racing the archive swaps it.
+var testHookBeforeOpen func(dirfd int, name string)
 
 // ExtractArchive implements driver.Archiver. Entries are owned by the
 // container's root, as dockerd does without copyUIDGID.

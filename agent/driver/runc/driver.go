@@ -335,7 +335,9 @@ func mountOverlay(bundle string) error {
 	os.MkdirAll(upper, 0o755)
 	os.MkdirAll(work, 0o700)
 	data := "lowerdir=" + string(lowers) + ",upperdir=" + upper + ",workdir=" + work
-	if err := unix.Mount("overlay", rootfs, "overlay", 0, data); err != nil {
+	// nodev: a device node in the rootfs (made with CAP_MKNOD, say) opens
+	// nothing, neither for the container nor for the agent copying files.
+	if err := unix.Mount("overlay", rootfs, "overlay", unix.MS_NODEV, data); err != nil {
 		return fmt.Errorf("mount overlay on %s: %w", rootfs, err)
 	}
 	return nil

@@ -3,13 +3,16 @@ package runc
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"flotilla/agent/driver"
 	"flotilla/agent/network"
@@ -214,20 +217,26 @@ func resolveUser(rootfs, s string) (specs.User, error) {
 	return out, nil
 }
 
-// lookupFile finds the first colon-separated line of rootfs/name matching.
-// The file is read through the rootfs without following symlinks out of it
-// (a symlinked /etc/passwd is treated as absent).
+// lookupFile finds the first colon-separated line of /name in the rootfs
+// that matches. The path is resolved inside the rootfs (symlinks, /etc
+// itself included, are followed as if the rootfs were /, never to the
+// host), and only a regular file is read, at most maxEtcFile bytes of it.
 func lookupFile(rootfs, name string, match func([]string) bool) ([]string, bool) {
-	p := filepath.Join(rootfs, name)
-	if fi, err := os.Lstat(p); err != nil || !fi.Mode().IsRegular() {
+	h, err := pathrs.OpenInRoot(rootfs, "/"+name)
+	if err != nil {
 		return nil, false
 	}
-	f, err := os.Open(p)
+	defer h.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, false
+	}
+	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_CLOEXEC)
 	if err != nil {
 		return nil, false
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(io.LimitReader(f, maxEtcFile))
 	for sc.Scan() {
 		fields := strings.Split(sc.Text(), ":")
 		if match(fields) {
@@ -236,6 +245,9 @@ func lookupFile(rootfs, name string, match func([]string) bool) ([]string, bool)
 	}
 	return nil, false
 }
+
+// maxEtcFile bounds how much of an image's /etc/passwd or /etc/group is read.
+const maxEtcFile = 16 << 20
 
 // writeNetworkFiles writes the hosts, resolv.conf and hostname files the
 // container bind-mounts. resolv.conf is dns (the network's resolvers when
