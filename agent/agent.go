@@ -327,6 +327,7 @@ func (a *Agent) register(ctx context.Context) (string, error) {
 		Address:   a.cfg.Address,
 
 		StreamToken: a.streamToken,
+		Cgroups:     a.cgroups(),
 	}
 	req.Hostname, _ = os.Hostname()
 	for attempt := 0; ; attempt++ {
@@ -342,6 +343,16 @@ func (a *Agent) register(ctx context.Context) (string, error) {
 			return "", ctx.Err()
 		}
 	}
+}
+
+// cgroups is what the driver reports of the node's cgroups, if anything.
+func (a *Agent) cgroups() wire.Cgroups {
+	c, ok := a.drv.(driver.CgroupReporter)
+	if !ok {
+		return wire.Cgroups{}
+	}
+	info := c.Cgroups()
+	return wire.Cgroups{CgroupVersion: info.Version, CgroupDriver: info.Driver}
 }
 
 func (a *Agent) heartbeatLoop(ctx context.Context) {
@@ -367,6 +378,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 			Running:   running,
 
 			UnderlayIP: a.cfg.UnderlayIP,
+			Cgroups:    a.cgroups(),
 		}
 		if err := a.cp.Heartbeat(ctx, hb); err != nil {
 			if ctx.Err() == nil {

@@ -39,11 +39,14 @@ type Node struct {
 	LastHeartbeat  time.Time      `db:"last_heartbeat"`
 	CreatedAt      time.Time      `db:"created_at"`
 	UpdatedAt      time.Time      `db:"updated_at"`
+	CgroupVersion  string         `db:"cgroup_version"` // "1", "2" or "" (not reported)
+	CgroupDriver   string         `db:"cgroup_driver"`  // "cgroupfs", "systemd" or ""
 }
 
 const nodeColumns = `id::text, name, hostname, state, drained, reserved, driver, brands, traits, address,
 	memory_mib, disk_mib, vcpus_milli, max_instances, ratio_memory, ratio_disk, ratio_vcpu,
-	used_memory_mib, used_disk_mib, used_vcpus_milli, instances, assign_rev, last_heartbeat, created_at, updated_at`
+	used_memory_mib, used_disk_mib, used_vcpus_milli, instances, assign_rev, last_heartbeat, created_at, updated_at,
+	cgroup_version, cgroup_driver`
 
 // NodeRegistration is what an agent tells about its node.
 type NodeRegistration struct {
@@ -60,17 +63,19 @@ type NodeRegistration struct {
 	MaxInstances int // 0 = default
 	// Overprovision ratios; 0 = leave as is (defaults 1, 1, 4).
 	RatioMemory, RatioDisk, RatioVCPU float64
+	CgroupVersion, CgroupDriver       string
 }
 
 // Capacity never drops below what is already used: the CHECK constraints
 // would refuse it, and running workloads do not vanish because a node reports less.
 const sqlRegisterNode = `INSERT INTO nodes (id, name, hostname, driver, brands, traits, address, memory_mib, disk_mib,
-	vcpus_milli, max_instances, ratio_memory, ratio_disk, ratio_vcpu, credential_hash, state, last_heartbeat, assign_rev)
+	vcpus_milli, max_instances, ratio_memory, ratio_disk, ratio_vcpu, credential_hash, state, last_heartbeat, assign_rev,
+	cgroup_version, cgroup_driver)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE(NULLIF($11, 0), 1000), COALESCE(NULLIF($12, 0), 1.0),
-	COALESCE(NULLIF($13, 0), 1.0), COALESCE(NULLIF($14, 0), 4.0), $15, 'running', now(), 1)
+	COALESCE(NULLIF($13, 0), 1.0), COALESCE(NULLIF($14, 0), 4.0), $15, 'running', now(), 1, $16, $17)
 ON CONFLICT (name) DO UPDATE SET
 	hostname = EXCLUDED.hostname, driver = EXCLUDED.driver, brands = EXCLUDED.brands, traits = EXCLUDED.traits,
-	address = EXCLUDED.address,
+	address = EXCLUDED.address, cgroup_version = EXCLUDED.cgroup_version, cgroup_driver = EXCLUDED.cgroup_driver,
 	ratio_memory = COALESCE(NULLIF($12, 0), nodes.ratio_memory),
 	ratio_disk = COALESCE(NULLIF($13, 0), nodes.ratio_disk),
 	ratio_vcpu = COALESCE(NULLIF($14, 0), nodes.ratio_vcpu),
@@ -106,7 +111,8 @@ func registerNode(ctx context.Context, tx pgx.Tx, r NodeRegistration, credential
 		r.Traits = map[string]any{}
 	}
 	rows, _ := tx.Query(ctx, sqlRegisterNode, r.ID, r.Name, r.Hostname, r.Driver, r.Brands, r.Traits, r.Address,
-		r.MemoryMiB, r.DiskMiB, r.VCPUsMilli, r.MaxInstances, r.RatioMemory, r.RatioDisk, r.RatioVCPU, credentialHash)
+		r.MemoryMiB, r.DiskMiB, r.VCPUsMilli, r.MaxInstances, r.RatioMemory, r.RatioDisk, r.RatioVCPU, credentialHash,
+		r.CgroupVersion, r.CgroupDriver)
 	n, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Node])
 	if err != nil {
 		if pgCode(err) == sqlCheckViolation {
@@ -135,7 +141,8 @@ type Heartbeat struct {
 	Traits                         map[string]any
 	Address                        string
 	// UnderlayIP, when set, is where other nodes send this node's VXLAN traffic.
-	UnderlayIP string
+	UnderlayIP                  string
+	CgroupVersion, CgroupDriver string // "" = unchanged
 }
 
 const sqlHeartbeat = `UPDATE nodes SET last_heartbeat = now(), updated_at = now(), state = 'running',
@@ -143,14 +150,16 @@ const sqlHeartbeat = `UPDATE nodes SET last_heartbeat = now(), updated_at = now(
 	disk_mib = GREATEST($3, ceil(used_disk_mib / ratio_disk)::bigint),
 	vcpus_milli = GREATEST($4, ceil(used_vcpus_milli / ratio_vcpu)::bigint),
 	brands = COALESCE($5, brands), traits = COALESCE($6, traits), address = COALESCE(NULLIF($7, ''), address),
-	underlay_ip = COALESCE(NULLIF($8, ''), underlay_ip)
+	underlay_ip = COALESCE(NULLIF($8, ''), underlay_ip),
+	cgroup_version = COALESCE(NULLIF($9, ''), cgroup_version), cgroup_driver = COALESCE(NULLIF($10, ''), cgroup_driver)
 WHERE id = $1 RETURNING (SELECT state FROM nodes WHERE id = $1)`
 
 // Heartbeat records that a node is alive. It reports whether the node was offline.
 func (s *Store) Heartbeat(ctx context.Context, nodeID string, hb Heartbeat) (wasOffline bool, err error) {
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		var prev string
-		if err := tx.QueryRow(ctx, sqlHeartbeat, nodeID, hb.MemoryMiB, hb.DiskMiB, hb.VCPUsMilli, hb.Brands, hb.Traits, hb.Address, hb.UnderlayIP).Scan(&prev); err != nil {
+		if err := tx.QueryRow(ctx, sqlHeartbeat, nodeID, hb.MemoryMiB, hb.DiskMiB, hb.VCPUsMilli, hb.Brands, hb.Traits, hb.Address, hb.UnderlayIP,
+			hb.CgroupVersion, hb.CgroupDriver).Scan(&prev); err != nil {
 			return notFound(err, "node "+nodeID+" not found")
 		}
 		wasOffline = prev == "offline"

@@ -94,6 +94,11 @@ type Image struct {
 	Type   string // zone-dataset, lx-dataset, docker, zvol
 }
 
+// DefaultPIDsLimit bounds the processes and threads of an instance whose
+// spec carries no limit (Triton's default package lwps), so that a fork
+// bomb in one container cannot exhaust the node's pid space.
+const DefaultPIDsLimit = 4000
+
 // Spec is everything a driver needs to create an instance. It is derived from
 // the control plane's desired state; drivers must treat it as read-only.
 type Spec struct {
@@ -106,7 +111,7 @@ type Spec struct {
 	DiskMiB   int64
 	VCPUs     float64 // CPU limit; 0 = unlimited
 	CPUShares int64
-	PIDsLimit int64
+	PIDsLimit int64 // processes and threads; 0 = DefaultPIDsLimit, never unlimited
 
 	// Process settings (containers). Empty values fall back to the image config.
 	Entrypoint []string
@@ -185,6 +190,18 @@ type Driver interface {
 	// Delete stops the instance if needed and removes everything it left on
 	// the node (processes, network, disks, cgroups). Deleting an unknown id is a no-op.
 	Delete(ctx context.Context, id string) error
+}
+
+// CgroupReporter is implemented by drivers that put instances in cgroups:
+// the node reports what it really has (`docker info` shows it).
+type CgroupReporter interface {
+	Cgroups() CgroupInfo
+}
+
+// CgroupInfo names a node's cgroup hierarchy as Docker does.
+type CgroupInfo struct {
+	Version string // "1" (v1 or hybrid) or "2" (unified)
+	Driver  string // "cgroupfs" or "systemd"
 }
 
 // Updater is implemented by drivers that can change resources of an existing

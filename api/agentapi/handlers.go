@@ -35,6 +35,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if req.MemoryMiB < 0 || req.DiskMiB < 0 || req.VCPUs < 0 {
 		return errdefs.InvalidArgument("capacity must not be negative")
 	}
+	if err := checkCgroups(req.Cgroups); err != nil {
+		return err
+	}
 	cred := NewToken()
 	join := store.NodeJoin{TokenHash: HashToken(tok), CredentialHash: HashToken(cred)}
 	if req.CurrentCredential != "" {
@@ -42,7 +45,8 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	}
 	n, err := s.store.JoinNode(r.Context(), store.NodeRegistration{Name: req.Name, Hostname: req.Hostname,
 		Driver: req.Driver, Brands: req.Brands, Traits: req.Traits, Address: req.Address, MemoryMiB: req.MemoryMiB,
-		DiskMiB: req.DiskMiB, VCPUsMilli: int64(req.VCPUs * 1000)}, join)
+		DiskMiB: req.DiskMiB, VCPUsMilli: int64(req.VCPUs * 1000),
+		CgroupVersion: req.CgroupVersion, CgroupDriver: req.CgroupDriver}, join)
 	if err != nil {
 		if errdefs.Is(err, errdefs.Conflict) {
 			s.log.Warn("node registration refused", "name", req.Name, "error", err)
@@ -88,11 +92,30 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err := httpx.DecodeJSON(r, maxBody, false, &hb); err != nil {
 		return err
 	}
+	if err := checkCgroups(hb.Cgroups); err != nil {
+		return err
+	}
 	if _, err := s.store.Heartbeat(r.Context(), nodeOf(r), store.Heartbeat{MemoryMiB: hb.MemoryMiB, DiskMiB: hb.DiskMiB,
-		VCPUsMilli: int64(hb.VCPUs * 1000), Brands: hb.Brands, Traits: hb.Traits, Address: hb.Address, UnderlayIP: hb.UnderlayIP}); err != nil {
+		VCPUsMilli: int64(hb.VCPUs * 1000), Brands: hb.Brands, Traits: hb.Traits, Address: hb.Address, UnderlayIP: hb.UnderlayIP,
+		CgroupVersion: hb.CgroupVersion, CgroupDriver: hb.CgroupDriver}); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// checkCgroups refuses cgroup names Docker does not know.
+func checkCgroups(c wire.Cgroups) error {
+	switch c.CgroupVersion {
+	case "", "1", "2":
+	default:
+		return errdefs.InvalidArgument("cgroup_version %q: want \"1\", \"2\" or nothing", c.CgroupVersion)
+	}
+	switch c.CgroupDriver {
+	case "", "cgroupfs", "systemd":
+	default:
+		return errdefs.InvalidArgument("cgroup_driver %q: want \"cgroupfs\", \"systemd\" or nothing", c.CgroupDriver)
+	}
 	return nil
 }
 
@@ -176,6 +199,10 @@ func (s *Server) assignment(r *http.Request, in store.Instance, images map[strin
 		Hostname: proc.Hostname, Tty: proc.Tty, OpenStdin: proc.OpenStdin, StdinOnce: proc.StdinOnce,
 		Labels: proc.Labels, Metadata: md, Restart: proc.Restart, Autoboot: !in.Docker,
 		StopSignal: proc.StopSignal, StopTimeout: proc.StopTimeout, Options: proc.Options,
+		PIDsLimit: proc.PIDsLimit,
+	}
+	if spec.PIDsLimit <= 0 { // instances created before limits were recorded
+		spec.PIDsLimit = driver.DefaultPIDsLimit
 	}
 	if spec.Hostname == "" {
 		spec.Hostname = in.Name

@@ -449,9 +449,18 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 			Entrypoint: entrypoint, Cmd: cmd, Env: env, WorkingDir: cfg.WorkingDir, User: cfg.User,
 			Hostname: cfg.Hostname, Tty: cfg.Tty, OpenStdin: cfg.OpenStdin, StdinOnce: cfg.StdinOnce,
 			Labels: labels, Restart: restart, Extra: extra, StopSignal: stopSignal, StopTimeout: cfg.StopTimeout,
-			Options: opts, DNS: dnsCfg, NetworkAliases: aliases,
+			Options: opts, DNS: dnsCfg, NetworkAliases: aliases, PIDsLimit: pidsLimit(hc.PidsLimit),
 		},
 	}, warnings, nil
+}
+
+// pidsLimit is the limit --pids-limit asked for; 0 (the package's) when
+// unset or unlimited (0 or -1), which the package then bounds.
+func pidsLimit(p *int64) int64 {
+	if p == nil || *p < 0 {
+		return 0
+	}
+	return *p
 }
 
 // checkPortBindings refuses remapped ports: a container publishes its own

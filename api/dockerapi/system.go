@@ -75,11 +75,12 @@ func (s *Server) info(w http.ResponseWriter, r *http.Request) error {
 			up++
 		}
 	}
+	cgVersion, cgDriver := nodeCgroups(nodes)
 	info := system.Info{
 		ID: "flotilla:" + s.cfg.Datacenter, Name: s.cfg.Datacenter, Images: len(imgs),
 		Driver: "flotilla", DriverStatus: [][2]string{{"Account", c.Login}, {"Datacenter", s.cfg.Datacenter},
 			{"Compute nodes", itoa(up)}},
-		SystemTime: s.now().Format(time.RFC3339Nano), LoggingDriver: "json-file", CgroupDriver: "systemd", CgroupVersion: "2",
+		SystemTime: s.now().Format(time.RFC3339Nano), LoggingDriver: "json-file", CgroupDriver: cgDriver, CgroupVersion: cgVersion,
 		KernelVersion: "flotilla", OperatingSystem: "Flotilla", OSVersion: EngineVersion, OSType: "linux",
 		Architecture: runtime.GOARCH, NCPU: int(vcpusMilli / 1000), MemTotal: mem << 20,
 		IndexServerAddress: "https://index.docker.io/v1/", ServerVersion: EngineVersion,
@@ -332,4 +333,23 @@ func (s *Server) pruneVolumes(w http.ResponseWriter, r *http.Request) error {
 // are not built here, so there is no cache to remove.
 func (s *Server) pruneBuildCache(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, build.CachePruneReport{CachesDeleted: []string{}})
+}
+
+// nodeCgroups is the cgroup version and driver most running nodes report
+// (on a tie, the one that reached that count first in name order); empty
+// when no node reports any.
+func nodeCgroups(nodes []store.Node) (version, driver string) {
+	count := map[[2]string]int{}
+	best := 0
+	for _, n := range nodes {
+		if n.State != "running" || n.CgroupVersion == "" {
+			continue
+		}
+		k := [2]string{n.CgroupVersion, n.CgroupDriver}
+		count[k]++
+		if count[k] > best {
+			best, version, driver = count[k], k[0], k[1]
+		}
+	}
+	return version, driver
 }

@@ -43,9 +43,26 @@ type ProcessSpec struct {
 	// NetworkAliases are extra names per network id (Docker
 	// --network-alias), answered by the node resolvers.
 	NetworkAliases map[string][]string `json:"network_aliases,omitempty"`
+	// PIDsLimit bounds the instance's processes and threads: the package's
+	// lwps, or a lower limit the client asked for (docker --pids-limit).
+	PIDsLimit int64 `json:"pids_limit,omitempty"`
 	// Extra holds dialect-specific settings the Docker endpoint keeps for
 	// inspect (ports, host config) without the service needing to know them.
 	Extra json.RawMessage `json:"extra,omitempty"`
+}
+
+// PIDsLimit is the process limit of an instance of pkg whose client asked
+// for requested (0 or less: none): the package's lwps, or the request if it
+// is lower. An instance is never unlimited.
+func PIDsLimit(pkg store.Package, requested int64) int64 {
+	limit := int64(pkg.LWPs)
+	if limit <= 0 {
+		limit = driver.DefaultPIDsLimit
+	}
+	if requested > 0 && requested < limit {
+		return requested
+	}
+	return limit
 }
 
 // DecodeProcessSpec reads an instance's spec column.
@@ -208,6 +225,7 @@ func (s *Service) CreateInstance(ctx context.Context, c Caller, req CreateReques
 	if req.Process != nil {
 		proc = *req.Process
 	}
+	proc.PIDsLimit = PIDsLimit(pkg, proc.PIDsLimit)
 	vcpusMilli := int64(pkg.VCPUs) * 1000
 	if req.VCPUs > 0 {
 		vcpusMilli = int64(req.VCPUs * 1000)

@@ -52,6 +52,16 @@ func (d *Driver) Brands() []string {
 	return out
 }
 
+// Cgroups reports the first part that puts instances in cgroups.
+func (d *Driver) Cgroups() driver.CgroupInfo {
+	for _, p := range d.parts {
+		if c, ok := p.(driver.CgroupReporter); ok {
+			return c.Cgroups()
+		}
+	}
+	return driver.CgroupInfo{}
+}
+
 // List merges the parts' instances and remembers which part has each.
 func (d *Driver) List(ctx context.Context) ([]driver.Status, error) {
 	var out []driver.Status

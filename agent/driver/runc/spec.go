@@ -23,6 +23,20 @@ import (
 // container gets its own cgroup named by its id.
 const CgroupParent = "flotilla"
 
+var _ driver.CgroupReporter = (*Driver)(nil)
+
+// Cgroups implements driver.CgroupReporter: version 2 when /sys/fs/cgroup
+// is the unified hierarchy, else 1 (v1 or hybrid); the driver is cgroupfs,
+// as runc manages the cgroups named by CgroupsPath itself.
+func (d *Driver) Cgroups() driver.CgroupInfo {
+	info := driver.CgroupInfo{Version: "1", Driver: "cgroupfs"}
+	var fs unix.Statfs_t
+	if unix.Statfs("/sys/fs/cgroup", &fs) == nil && fs.Type == unix.CGROUP2_SUPER_MAGIC {
+		info.Version = "2"
+	}
+	return info
+}
+
 // buildSpec writes the OCI runtime spec for spec from the image config.
 // rootfs is the bundle-relative or absolute rootfs path; bundle holds the
 // hosts/resolv.conf/hostname files it bind-mounts.
@@ -74,6 +88,10 @@ func buildSpec(spec driver.Spec, img *v1.ConfigFile, bundle, rootfs, netnsPath s
 	}
 
 	caps := append([]string{}, defaultCapabilities...)
+	profile, err := defaultSeccomp()
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "build the default seccomp profile")
+	}
 	s := &specs.Spec{
 		Version:  "1.0.2-dev",
 		Hostname: hostname,
@@ -106,11 +124,12 @@ func buildSpec(spec driver.Spec, img *v1.ConfigFile, bundle, rootfs, netnsPath s
 			Resources:   resources(spec),
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
-				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace, Path: netnsPath},
+				{Type: specs.MountNamespace}, {Type: specs.CgroupNamespace},
+				{Type: specs.NetworkNamespace, Path: netnsPath},
 			},
 			MaskedPaths:   maskedPaths,
 			ReadonlyPaths: readonlyPaths,
-			Seccomp:       defaultSeccomp(),
+			Seccomp:       profile,
 		},
 	}
 	return s, nil
@@ -138,10 +157,11 @@ func resources(spec driver.Spec) *specs.LinuxResources {
 	if cpu.Quota != nil || cpu.Shares != nil {
 		r.CPU = cpu
 	}
-	if spec.PIDsLimit > 0 {
-		limit := spec.PIDsLimit
-		r.Pids = &specs.LinuxPids{Limit: &limit}
+	pids := spec.PIDsLimit
+	if pids <= 0 {
+		pids = driver.DefaultPIDsLimit
 	}
+	r.Pids = &specs.LinuxPids{Limit: &pids}
 	return r
 }
 

@@ -50,6 +50,14 @@ type RegisterRequest struct {
 	// node of that name, which may then be registered again without an
 	// operator's approval.
 	CurrentCredential string `json:"current_credential,omitempty"`
+	Cgroups
+}
+
+// Cgroups is the node's cgroup hierarchy, empty when its driver uses none:
+// version "1" or "2", driver "cgroupfs" or "systemd".
+type Cgroups struct {
+	CgroupVersion string `json:"cgroup_version,omitempty"`
+	CgroupDriver  string `json:"cgroup_driver,omitempty"`
 }
 
 // RegisterResponse carries the node's id and its credential, which the agent
@@ -71,6 +79,7 @@ type Heartbeat struct {
 	// UnderlayIP is the node's address for VXLAN traffic between nodes
 	// (fabric networks); empty keeps fabrics on the node.
 	UnderlayIP string `json:"underlay_ip,omitempty"`
+	Cgroups
 }
 
 // Desired states.
