@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"flotilla/agent/driver/runc"
+	"flotilla/store"
 )
 
 // hostCgroupFile is the path of a cgroup file of a container (by Docker
@@ -118,4 +119,28 @@ func TestDockerRuncHardening(t *testing.T) {
 		}
 	})
 	e.ok("alice", "rm", "-f", "limited", "limited50")
+}
+
+func TestNodeCgroups(t *testing.T) {
+	n := func(state, v, d string) store.Node {
+		return store.Node{State: state, CgroupVersion: v, CgroupDriver: d}
+	}
+	cases := []struct {
+		name  string
+		nodes []store.Node
+		want  [2]string
+	}{
+		{"NoneReported", []store.Node{n("running", "", "")}, [2]string{"1", "none"}},
+		{"MostCommon", []store.Node{n("running", "2", "systemd"), n("running", "1", "cgroupfs"), n("running", "1", "cgroupfs")}, [2]string{"1", "cgroupfs"}},
+		{"TieFirst", []store.Node{n("running", "2", "systemd"), n("running", "1", "cgroupfs")}, [2]string{"2", "systemd"}},
+		{"OfflineIgnored", []store.Node{n("offline", "2", "systemd"), n("running", "1", "cgroupfs")}, [2]string{"1", "cgroupfs"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			v, d := nodeCgroups(c.nodes)
+			if [2]string{v, d} != c.want {
+				t.Errorf("nodeCgroups = %s %s, want %v", v, d, c.want)
+			}
+		})
+	}
 }

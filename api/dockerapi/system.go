@@ -336,8 +336,9 @@ func (s *Server) pruneBuildCache(w http.ResponseWriter, r *http.Request) error {
 }
 
 // nodeCgroups is the cgroup version and driver most running nodes report
-// (on a tie, the one that reached that count first in name order); empty
-// when no node reports any.
+// (on a tie, the one that reached that count first in name order). When
+// no node reports any (simulated nodes), the driver is "none" and the
+// version the Engine API's default, "1".
 func nodeCgroups(nodes []store.Node) (version, driver string) {
 	count := map[[2]string]int{}
 	best := 0
@@ -350,6 +351,12 @@ func nodeCgroups(nodes []store.Node) (version, driver string) {
 		if count[k] > best {
 			best, version, driver = count[k], k[0], k[1]
 		}
+	}
+	if version == "" {
+		return "1", "none"
+	}
+	if driver == "" {
+		driver = "cgroupfs"
 	}
 	return version, driver
 }

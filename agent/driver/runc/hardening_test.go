@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -54,6 +55,32 @@ func TestSeccompProfileIsDockersAllowlist(t *testing.T) {
 		if !allowed[n] {
 			t.Errorf("%s is not allowed: ordinary programs would fail", n)
 		}
+	}
+}
+
+// TestSeccompFollowsCapabilities: as in Docker, --cap-add SYS_NICE allows
+// the NUMA syscalls the default set does not.
+func TestSeccompFollowsCapabilities(t *testing.T) {
+	allows := func(p *specs.LinuxSeccomp, name string) bool {
+		for _, sc := range p.Syscalls {
+			if sc.Action == specs.ActAllow && slices.Contains(sc.Names, name) {
+				return true
+			}
+		}
+		return false
+	}
+	def, err := defaultSeccomp()
+	must(t, err)
+	nice, err := seccompFor(append(slices.Clone(defaultCapabilities), "CAP_SYS_NICE"))
+	must(t, err)
+	if allows(def, "mbind") || !allows(nice, "mbind") {
+		t.Errorf("mbind allowed: default %v, with CAP_SYS_NICE %v; want false, true", allows(def, "mbind"), allows(nice, "mbind"))
+	}
+	s := &specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{Bounding: defaultCapabilities}},
+		Linux: &specs.Linux{Seccomp: def}}
+	must(t, applyOptions(s, driver.ContainerOptions{CapAdd: []string{"SYS_NICE"}}, t.TempDir()))
+	if !allows(s.Linux.Seccomp, "mbind") {
+		t.Errorf("--cap-add SYS_NICE did not extend the profile")
 	}
 }
 

@@ -73,6 +73,12 @@ func applyOptions(s *specs.Spec, o driver.ContainerOptions, volumeRoot string) e
 			}
 		}
 		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Effective: slices.Clone(caps), Permitted: slices.Clone(caps)}
+		// Docker's profile follows the capabilities (CAP_SYS_NICE allows mbind ...).
+		profile, err := seccompFor(caps)
+		if err != nil {
+			return errdefs.Wrap(errdefs.Internal, err, "build the seccomp profile")
+		}
+		s.Linux.Seccomp = profile
 	}
 	return nil
 }

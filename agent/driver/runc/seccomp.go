@@ -1,25 +1,47 @@
 package runc
 
 import (
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// defaultSeccomp returns Docker's default seccomp profile for a container
-// with defaultCapabilities: an allowlist (any syscall not listed fails with
-// EPERM, so one added to the kernel later is denied until allowed), which
-// without CAP_SYS_ADMIN leaves out mount and the new mount API, unshare,
-// setns, clone with namespace flags (clone3 answers ENOSYS so that libcs
-// fall back to clone), io_uring, bpf, the keyring, ptrace, kernel modules
-// and kexec, clock setting, quotas and swap. The profile is the same for
-// every container and built once; callers must not modify it.
-var defaultSeccomp = sync.OnceValues(func() (*specs.LinuxSeccomp, error) {
-	return seccomp.GetDefaultProfile(&specs.Spec{Process: &specs.Process{
-		Capabilities: &specs.LinuxCapabilities{Bounding: defaultCapabilities},
+// seccompFor returns Docker's default seccomp profile for a container
+// whose bounding capabilities are caps: an allowlist (any syscall not
+// listed fails with EPERM, so one added to the kernel later is denied until
+// allowed), which without CAP_SYS_ADMIN leaves out mount and the new mount
+// API, unshare, setns, clone with namespace flags (clone3 answers ENOSYS so
+// that libcs fall back to clone), and with the capabilities a container may
+// have here io_uring, bpf, the keyring, kernel modules and kexec, clock
+// setting, quotas and swap. Profiles are
+// built once per capability set and shared; callers must not modify them.
+func seccompFor(caps []string) (*specs.LinuxSeccomp, error) {
+	key := strings.Join(slices.Sorted(slices.Values(caps)), ",")
+	seccompCache.Lock()
+	defer seccompCache.Unlock()
+	if p, ok := seccompCache.m[key]; ok {
+		return p, nil
+	}
+	p, err := seccomp.GetDefaultProfile(&specs.Spec{Process: &specs.Process{
+		Capabilities: &specs.LinuxCapabilities{Bounding: slices.Clone(caps)},
 	}})
-})
+	if err != nil {
+		return nil, err
+	}
+	seccompCache.m[key] = p
+	return p, nil
+}
+
+var seccompCache = struct {
+	sync.Mutex
+	m map[string]*specs.LinuxSeccomp
+}{m: map[string]*specs.LinuxSeccomp{}}
+
+// defaultSeccomp is the profile for defaultCapabilities.
+func defaultSeccomp() (*specs.LinuxSeccomp, error) { return seccompFor(defaultCapabilities) }
 
 // defaultCapabilities is Docker's default capability set.
 var defaultCapabilities = []string{
