@@ -886,7 +886,15 @@ func (s *StreamServer) wait(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return errdefs.InvalidArgument("condition must be not-running or next-exit")
 	}
-	res, err := s.waitExit(r.Context(), id, cond == "next-exit")
+	var after *time.Time
+	if v := r.URL.Query().Get("after"); v != "" && cond == "next-exit" {
+		t, err := ParseStreamTime(v)
+		if err != nil {
+			return err
+		}
+		after = &t
+	}
+	res, err := s.waitExit(r.Context(), id, cond == "next-exit", after)
 	if err != nil {
 		return err
 	}
@@ -900,13 +908,18 @@ func (s *StreamServer) wait(w http.ResponseWriter, r *http.Request) error {
 // instance the driver does not know yet may be on its way (created by the
 // control plane, not yet by this agent); one that disappears after being
 // seen answers NotFound.
-func (s *StreamServer) waitExit(ctx context.Context, id string, next bool) (wire.WaitResult, error) {
+func (s *StreamServer) waitExit(ctx context.Context, id string, next bool, after *time.Time) (wire.WaitResult, error) {
 	st0, err0 := s.drv.Inspect(ctx, id)
 	seen := err0 == nil
 	if err0 != nil && !errdefs.Is(err0, errdefs.NotFound) {
 		return wire.WaitResult{}, err0
 	}
 	if !next && (err0 != nil || st0.State != driver.StateRunning) {
+		return result(st0), nil
+	}
+	if next && after != nil && err0 == nil && st0.State != driver.StateRunning && st0.State != driver.StateProvisioning &&
+		!st0.StartedAt.IsZero() && st0.StartedAt.Truncate(time.Microsecond).After(*after) {
+		// The run the caller waits for started and ended before we looked.
 		return result(st0), nil
 	}
 	began := time.Now()

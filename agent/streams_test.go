@@ -504,3 +504,23 @@ func TestStreamKillStop(t *testing.T) {
 		t.Fatalf("stop on sim: %d %s", code, b)
 	}
 }
+
+// TestStreamWaitAfter: a next-exit wait that arrives after the run it is
+// for has started and ended (the docker CLI starts once the wait's headers
+// are back) answers at once when the caller says which run it saw last.
+func TestStreamWaitAfter(t *testing.T) {
+	e := newStreamEnv(t)
+	e.create(t, "w", true, "SIM_EXIT=4")
+	waitFor(t, 5*time.Second, "the run to end", func() bool {
+		st, err := e.d.Inspect(context.Background(), "w")
+		return err == nil && st.State == driver.StateStopped
+	})
+	start := time.Now()
+	code, b := e.get(t, "/instances/w/wait?condition=next-exit&after=0")
+	if code != 200 || string(b) != "{\"StatusCode\":4}\n" || time.Since(start) > 2*time.Second {
+		t.Fatalf("next-exit after=0 on a run that ended: %d %s after %v", code, b, time.Since(start))
+	}
+	if code, _ := e.get(t, "/instances/w/wait?condition=next-exit&after=bogus"); code != 400 {
+		t.Fatalf("bad after: %d", code)
+	}
+}

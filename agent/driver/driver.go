@@ -349,6 +349,10 @@ type ContainerOptions struct {
 	// is a directory of the node's own (the driver's data), never a path
 	// the caller chose.
 	Volumes []VolumeMount `json:",omitempty"`
+	// ConsoleHeight and ConsoleWidth size a tty from its first moment
+	// (Docker's HostConfig.ConsoleSize), before any resize arrives.
+	ConsoleHeight uint `json:",omitempty"`
+	ConsoleWidth  uint `json:",omitempty"`
 }
 
 // VolumeMount mounts a volume (by id) at Destination in the container.

@@ -3,12 +3,15 @@ package dockerapi
 import (
 	"bytes"
 	"context"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/creack/pty"
 )
 
 // runIn runs the docker CLI as login with stdin.
@@ -50,10 +53,10 @@ func (e *testEnv) waitLogs(login, ref, want string) string {
 	}
 }
 
-// TestDockerRuncLifecycle runs what the docker CLI exposes of a container's
+// TestRuncLife runs what the docker CLI exposes of a container's
 // lifecycle against a real runc node: piped stdin, exits visible as soon as
 // the CLI returns, signals, stop timeouts, commands that cannot run.
-func TestDockerRuncLifecycle(t *testing.T) {
+func TestRuncLife(t *testing.T) {
 	re := newRuncEnv(t)
 	e := re.testEnv
 
@@ -78,6 +81,37 @@ func TestDockerRuncLifecycle(t *testing.T) {
 		}
 		if _, errOut, code = e.runIn("alice", big, "run", "-i", "--rm", "busybox", "sh", "-c", "exit 2"); code != 2 {
 			t.Fatalf("1 MiB into docker run -i busybox sh -c 'exit 2': exit %d stderr %q", code, errOut)
+		}
+	})
+	t.Run("RunTTY", func(t *testing.T) {
+		e := e.with(t)
+		cmd := e.cmd("alice", "run", "-it", "--rm", "busybox", "sh")
+		f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 30, Cols: 100})
+		must(t, err)
+		defer f.Close()
+		// Typed before the shell runs: a held start loses none of it, and
+		// the tty has the CLI's size from its first moment.
+		io.WriteString(f, "echo answer=$((6*7)) size=$(stty size); exit 3\r")
+		got := make(chan string, 1)
+		go func() {
+			b, _ := io.ReadAll(f)
+			got <- string(b)
+		}()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+				f.Close()
+				t.Fatalf("docker run -it busybox sh: %v, want exit status 3; output %q", err, <-got)
+			}
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			t.Fatal("docker run -it busybox sh hung")
+		}
+		f.Close()
+		if out := <-got; !strings.Contains(out, "answer=42 size=30 100") {
+			t.Fatalf("docker run -it output: %q", out)
 		}
 	})
 	t.Run("OutputBeforeAttachIsKept", func(t *testing.T) {

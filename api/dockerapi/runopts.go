@@ -71,6 +71,9 @@ func runOptions(hc container.HostConfig, nc *network.NetworkingConfig, platform 
 		}
 	}
 	o.CapAdd, o.CapDrop = []string(hc.CapAdd), []string(hc.CapDrop)
+	if h, w := hc.ConsoleSize[0], hc.ConsoleSize[1]; h > 0 && w > 0 && h <= 65535 && w <= 65535 {
+		o.ConsoleHeight, o.ConsoleWidth = h, w
+	}
 	if err := o.Check(); err != nil {
 		return o, err
 	}

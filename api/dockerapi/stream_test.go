@@ -96,7 +96,7 @@ func TestDockerStreams(t *testing.T) {
 		}
 	})
 	t.Run("RunInteractiveTTY", func(t *testing.T) {
-		cmd := e.cmd("alice", "run", "-it", "--rm", "busybox:1.36", "sh")
+		cmd := e.cmd("alice", "run", "-it", "--rm", "--name", "ttyrun", "busybox:1.36", "sh")
 		ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 30, Cols: 100})
 		if err != nil {
 			t.Fatal(err)
@@ -119,8 +119,20 @@ func TestDockerStreams(t *testing.T) {
 				}
 			}
 		}()
-		// The sim echoes stdin (cat-like) through the tty.
-		time.Sleep(500 * time.Millisecond)
+		// The sim echoes stdin (cat-like) through the tty. Type only once
+		// the container runs: the CLI has put the terminal in raw mode
+		// before it starts it, and a cooked terminal would echo the line
+		// itself and swallow the detach keys (^Q is XON).
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			if out, _, _ := e.run("alice", "ps", "-q", "--filter", "name=ttyrun"); strings.TrimSpace(out) != "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("docker run -it: the container never ran")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		io.WriteString(ptmx, "typed-line\r")
 		select {
 		case out := <-got:

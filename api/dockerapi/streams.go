@@ -342,7 +342,11 @@ func (s *Server) waitExit(ctx context.Context, c service.Caller, in store.Instan
 	node, nerr := s.nodeOf(ctx, in)
 	if nerr == nil && node.Address != "" {
 		go func() {
-			res, err := nodes.Wait(ctx, node, in.ID, cond)
+			var last time.Time
+			if in.StartedAt != nil {
+				last = *in.StartedAt
+			}
+			res, err := nodes.WaitAfter(ctx, node, in.ID, cond, last)
 			if err == nil {
 				// Answer only once the exit is stored: a `docker rm` or
 				// inspect right after `docker run` must see it.

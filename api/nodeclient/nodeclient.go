@@ -388,8 +388,23 @@ func (c *Client) Resize(ctx context.Context, n Node, id string, h, w uint16) err
 // Wait blocks until the instance's main process meets condition
 // ("not-running" or "next-exit") and returns its exit.
 func (c *Client) Wait(ctx context.Context, n Node, id, condition string) (wire.WaitResult, error) {
+	return c.WaitAfter(ctx, n, id, condition, time.Time{})
+}
+
+// WaitAfter is Wait for next-exit where the caller knows the start of the
+// run it has seen last (zero: none): a run that started after it and has
+// already ended answers at once, so a start that overtakes the wait (the
+// docker CLI starts once the wait's headers are back) is not missed.
+func (c *Client) WaitAfter(ctx context.Context, n Node, id, condition string, lastStart time.Time) (wire.WaitResult, error) {
 	var res wire.WaitResult
-	err := c.doJSON(ctx, n, http.MethodGet, instancePath(id, "wait"), url.Values{"condition": {condition}}, nil, &res)
+	q := url.Values{"condition": {condition}}
+	if condition == "next-exit" {
+		q.Set("after", "0")
+		if !lastStart.IsZero() {
+			q.Set("after", streamTime(lastStart))
+		}
+	}
+	err := c.doJSON(ctx, n, http.MethodGet, instancePath(id, "wait"), q, nil, &res)
 	return res, err
 }
 

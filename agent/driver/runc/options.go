@@ -36,6 +36,9 @@ func applyOptions(s *specs.Spec, o driver.ContainerOptions, volumeRoot string) e
 	if o.ReadOnly {
 		s.Root.Readonly = true
 	}
+	if s.Process.Terminal && o.ConsoleHeight > 0 && o.ConsoleWidth > 0 {
+		s.Process.ConsoleSize = &specs.Box{Height: o.ConsoleHeight, Width: o.ConsoleWidth}
+	}
 	if o.ShmSize > 0 {
 		for i := range s.Mounts {
 			if s.Mounts[i].Destination == "/dev/shm" {

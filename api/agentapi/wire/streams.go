@@ -21,7 +21,9 @@ import "time"
 //	GET  /streams/v1/instances/{id}/wait?condition=next-exit|not-running -> 200 WaitResult
 //	     Blocks until the condition holds: not-running returns at once when
 //	     the main process is not running; next-exit waits for the end of
-//	     the current run, or of the next one when none is running.
+//	     the current run, or of the next one when none is running. With
+//	     after=T (Unix seconds, 0 for never) next-exit also answers at once
+//	     when a run that started after T (to the microsecond) has ended.
 //	POST /streams/v1/instances/{id}/kill?signal=N&stop=1              -> 204
 //	     Delivers signal N to the main process; stop=1 first marks the
 //	     instance stopped on purpose (its restart policy leaves it so).
