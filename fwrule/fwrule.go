@@ -58,7 +58,10 @@ type Target struct {
 }
 
 // PortRange is an inclusive range of ports; a single port has Lo == Hi.
-type PortRange struct{ Lo, Hi int }
+type PortRange struct {
+	Lo int `json:"lo"`
+	Hi int `json:"hi"`
+}
 
 // Rule is a parsed rule.
 type Rule struct {

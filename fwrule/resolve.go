@@ -16,17 +16,17 @@ type Member struct {
 // direction, with its peers (sources for inbound, destinations for
 // outbound) reduced to addresses.
 type Entry struct {
-	Inbound  bool
-	Action   Action
-	Protocol string
-	AllPorts bool
-	Ports    []PortRange
-	ICMPType int
-	ICMPCode int // -1: any code
-	Priority int
+	Inbound  bool        `json:"inbound"`
+	Action   Action      `json:"action"`
+	Protocol string      `json:"protocol"`
+	AllPorts bool        `json:"all_ports,omitempty"`
+	Ports    []PortRange `json:"ports,omitempty"`
+	ICMPType int         `json:"icmp_type,omitempty"`
+	ICMPCode int         `json:"icmp_code,omitempty"` // -1: any code
+	Priority int         `json:"priority,omitempty"`
 	// AnyPeer matches every address; otherwise Peers lists them.
-	AnyPeer bool
-	Peers   []netip.Prefix
+	AnyPeer bool           `json:"any_peer,omitempty"`
+	Peers   []netip.Prefix `json:"peers,omitempty"`
 }
 
 // selects reports whether one of ts names m as an instance (all vms, vm,
