@@ -3,8 +3,8 @@
 // driver's instances match them with a level-triggered work queue keyed by
 // instance id, reporting what it observes.
 //
-// Imports: standard library, agent/driver, agent/dns, api/agentapi/wire and
-// api/errdefs only. It never imports store or any other api package: it talks
+// Imports: standard library, agent/driver, agent/dns, agent/firewall, fwrule,
+// api/agentapi/wire and api/errdefs only. It never imports store or any other api package: it talks
 // to the control plane only over the agent API (Client), or through a
 // ControlPlane supplied by the caller.
 package agent
@@ -22,6 +22,7 @@ import (
 
 	"flotilla/agent/dns"
 	"flotilla/agent/driver"
+	"flotilla/agent/firewall"
 	"flotilla/api/agentapi/wire"
 	"flotilla/api/errdefs"
 )
@@ -72,6 +73,11 @@ type Config struct {
 	// RouterNetNS, when set, is the path of the router namespace that holds
 	// the gateways of fabric VLAN vni; the resolver serves those gateways there.
 	RouterNetNS func(vni int) string
+	// Firewall, when set, is the node's firewall: the agent applies the
+	// control plane's resolved rules and every NIC's anti-spoofing to it
+	// (when the control plane is a FirewallSource and the driver names
+	// host interfaces).
+	Firewall *firewall.Firewall
 
 	// ResyncInterval is how often every instance is synced (default 30s).
 	ResyncInterval time.Duration
@@ -300,6 +306,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	lwg.Go(func() { a.tickLoop(loops) })
 	if src, ok := a.cp.(NameSource); ok && a.cfg.Resolver != nil {
 		lwg.Go(func() { a.namesLoop(loops, src) })
+	}
+	if src, ok := a.cp.(FirewallSource); ok && a.cfg.Firewall != nil {
+		if h, ok := a.drv.(driver.HostInterfacer); ok {
+			lwg.Go(func() { a.firewallLoop(loops, src, h) })
+		}
 	}
 	<-ctx.Done()
 	cancel()

@@ -282,6 +282,18 @@ func (c *Client) Names(ctx context.Context, since string, wait time.Duration) (w
 	return out, err
 }
 
+// Firewall long-polls the node's resolved firewall.
+func (c *Client) Firewall(ctx context.Context, since string, wait time.Duration) (wire.Firewall, error) {
+	q := url.Values{}
+	q.Set("since", since)
+	q.Set("wait", strconv.Itoa(int(wait/time.Second)))
+	var out wire.Firewall
+	err := c.nodeCall(ctx, http.MethodGet, func(node string) string {
+		return "/agent/v1/nodes/" + url.PathEscape(node) + "/firewall"
+	}, q, nil, &out, wait)
+	return out, err
+}
+
 // ReportStatus reports one instance's status. It returns errdefs NotFound
 // when the instance is not assigned to this node.
 func (c *Client) ReportStatus(ctx context.Context, id string, st wire.InstanceStatus) error {

@@ -130,6 +130,7 @@ type FirewallMember struct {
 	Spec            json.RawMessage
 	IPs             []string
 	MACs            []string
+	Primaries       []bool
 }
 
 // NodeFirewall is the input for resolving one node's firewall: every live
@@ -143,7 +144,8 @@ type NodeFirewall struct {
 const sqlFirewallMembers = `SELECT i.id::text, i.owner_id::text, COALESCE(i.node_id::text, ''), i.tags, i.firewall_enabled,
 	i.docker, CASE WHEN i.node_id = $1 THEN i.spec ELSE '{}'::jsonb END,
 	COALESCE(array_agg(host(n.ip) ORDER BY n.position) FILTER (WHERE n.ip IS NOT NULL), '{}'),
-	COALESCE(array_agg(n.mac ORDER BY n.position) FILTER (WHERE n.ip IS NOT NULL), '{}')
+	COALESCE(array_agg(n.mac ORDER BY n.position) FILTER (WHERE n.ip IS NOT NULL), '{}'),
+	COALESCE(array_agg(n.is_primary ORDER BY n.position) FILTER (WHERE n.ip IS NOT NULL), '{}')
 FROM instances i LEFT JOIN nics n ON n.instance_id = i.id
 WHERE i.desired_state <> 'deleted'
 	AND i.owner_id IN (SELECT owner_id FROM instances WHERE node_id = $1 AND desired_state <> 'deleted')
@@ -162,7 +164,7 @@ func (s *Store) NodeFirewall(ctx context.Context, nodeID string) (NodeFirewall, 
 		out.Members, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (FirewallMember, error) {
 			var m FirewallMember
 			var spec []byte
-			err := row.Scan(&m.ID, &m.OwnerID, &m.NodeID, &m.Tags, &m.FirewallEnabled, &m.Docker, &spec, &m.IPs, &m.MACs)
+			err := row.Scan(&m.ID, &m.OwnerID, &m.NodeID, &m.Tags, &m.FirewallEnabled, &m.Docker, &spec, &m.IPs, &m.MACs, &m.Primaries)
 			m.Spec = spec
 			return m, err
 		})

@@ -204,6 +204,16 @@ type CgroupInfo struct {
 	Driver  string // "cgroupfs" or "systemd"
 }
 
+// HostInterfacer is implemented by drivers whose instances' NICs appear on
+// the node as host-side interfaces on a bridge (veth ends, taps); the node
+// firewall filters by these names.
+type HostInterfacer interface {
+	// HostInterfaces returns, for each NIC of instance id in position order
+	// (primary[i] marks the primary NIC), the names of its host-side
+	// interfaces: none for a NIC the driver does not connect.
+	HostInterfaces(id string, primary []bool) [][]string
+}
+
 // Updater is implemented by drivers that can change resources of an existing
 // instance (resize).
 type Updater interface {

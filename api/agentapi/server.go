@@ -41,6 +41,7 @@ type Server struct {
 
 	waiters service.Waiters // long polls waiting for their node's assignments
 	names   service.Waiters // long polls of node resolvers' tables, woken by any node's change
+	fw      service.Waiters // long polls of node firewalls, woken by any node's or rule's change
 
 	// CNS, when its Address is set, tells node resolvers where names under
 	// its suffix go. An unspecified host (":53", "0.0.0.0:53") is replaced
@@ -100,6 +101,7 @@ func (s *Server) Handler() http.Handler {
 		r.Post("/agent/v1/nodes/{node}/certificate", httpx.Handle(renderError, s.certificate))
 		r.Get("/agent/v1/nodes/{node}/assignments", httpx.Handle(renderError, s.assignments))
 		r.Get("/agent/v1/nodes/{node}/names", httpx.Handle(renderError, s.nodeNames))
+		r.Get("/agent/v1/nodes/{node}/firewall", httpx.Handle(renderError, s.nodeFirewall))
 		r.Put("/agent/v1/instances/{id}/status", httpx.Handle(renderError, s.status))
 	})
 	return r
@@ -198,7 +200,11 @@ func (s *Server) Listen(ctx context.Context) {
 	s.store.Listen(ctx, "flotilla_node", func() {
 		s.waiters.WakeAll()
 		s.names.WakeAll()
+		s.fw.WakeAll()
 	}, func(node string) {
+		// Tags, addresses and rules of any account may change what any
+		// node enforces.
+		s.fw.Wake(fwKey)
 		s.waiters.Wake(node)
 		// A change on any node may change the names other nodes serve.
 		s.names.Wake(namesKey)

@@ -46,6 +46,9 @@ type ProcessSpec struct {
 	// PIDsLimit bounds the instance's processes and threads: the package's
 	// lwps, or a lower limit the client asked for (docker --pids-limit).
 	PIDsLimit int64 `json:"pids_limit,omitempty"`
+	// Published are the ports Docker -p/-P publishes: reachable from any
+	// address through the instance's firewall (see PublishedEntries).
+	Published []PublishedPort `json:"published,omitempty"`
 	// Extra holds dialect-specific settings the Docker endpoint keeps for
 	// inspect (ports, host config) without the service needing to know them.
 	Extra json.RawMessage `json:"extra,omitempty"`

@@ -33,6 +33,7 @@ type agentConfig struct {
 	Address     string // where instance streams are served
 	Resolver    bool   // serve names on the gateways (real drivers only)
 	Underlay    string // this node's address for VXLAN between nodes
+	Firewall    bool   // enforce firewall rules and anti-spoofing (real drivers only)
 }
 
 func runAgent(ctx context.Context, args []string) error {
@@ -48,6 +49,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.BoolVar(&c.LogJSON, "log-json", false, "log as JSON")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port to serve Prometheus /metrics on (empty: off)")
 	fs.BoolVar(&c.Resolver, "resolver", true, "serve DNS to containers on each network's gateway (port 53; runc and qemu drivers)")
+	fs.BoolVar(&c.Firewall, "firewall", true, "enforce firewall rules and per-NIC anti-spoofing with nftables (runc and qemu drivers)")
 	fs.StringVar(&c.Address, "stream-address", "", "host:port to serve instance streams (logs, attach, exec) to the control plane on")
 	fs.StringVar(&c.Underlay, "underlay-ip", "", "this node's IPv4 address that other nodes reach it at, for fabric (VXLAN) traffic; empty keeps fabric networks on this node")
 	if err := fs.Parse(args); err != nil {
@@ -94,6 +96,13 @@ func runAgent(ctx context.Context, args []string) error {
 		res := dns.New(dns.Config{Logger: log})
 		defer res.Close()
 		cfg.Resolver = res.Feed(c.Name)
+	}
+	if c.Firewall && c.Driver != "sim" {
+		// The table outlives the agent: instances keep running, and
+		// protected, while it restarts.
+		if cfg.Firewall, err = nodeFirewall(c.Name); err != nil {
+			return err
+		}
 	}
 	a, err := agent.New(cfg)
 	if err != nil {

@@ -112,6 +112,11 @@ func benchE2EReal(ctx context.Context, drv string, n int, asJSON bool) error {
 	}
 	resolver := dns.New(dns.Config{Logger: log})
 	defer resolver.Close()
+	fw, err := nodeFirewall("bench-" + drv + "-" + agentapi.NewToken()[:8])
+	if err != nil {
+		return err
+	}
+	defer fw.Close()
 	actx, stopAgent := context.WithCancel(context.Background())
 	var awg sync.WaitGroup
 	defer func() { stopAgent(); awg.Wait() }()
@@ -120,7 +125,7 @@ func benchE2EReal(ctx context.Context, drv string, n int, asJSON bool) error {
 		defer awg.Done()
 		agent.Run(actx, agent.Config{Name: "bench-" + drv, DataDir: nodeDir, APIURL: cp.AgentAPIURL, JoinToken: tok,
 			Driver: d, Address: "127.0.0.1:0", Logger: log, Resolver: resolver.Feed("bench-" + drv),
-			RouterNetNS: network.RouterNetNSPath})
+			RouterNetNS: network.RouterNetNSPath, Firewall: fw})
 	}()
 	if err := waitReady(ctx, cp, 1); err != nil {
 		return err

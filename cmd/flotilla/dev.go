@@ -20,6 +20,7 @@ import (
 	"flotilla/agent"
 	"flotilla/agent/dns"
 	"flotilla/agent/driver"
+	"flotilla/agent/firewall"
 	"flotilla/agent/network"
 	"flotilla/api/auth"
 	"flotilla/api/errdefs"
@@ -290,6 +291,9 @@ type agentGroup struct {
 	// its nodes; dev deletes only bridges it made.
 	bridgesBefore map[string]int
 	log           *slog.Logger
+	// firewalls are the nodes' nftables tables, removed once their
+	// workloads are stopped.
+	firewalls []*firewall.Firewall
 }
 
 // stop ends the agents, then stops the containers and VMs they run and
@@ -340,6 +344,9 @@ func (g *agentGroup) stop() {
 	if g.resolver != nil {
 		g.resolver.Close()
 	}
+	for _, f := range g.firewalls {
+		f.Close()
+	}
 	g.deleteBridges()
 }
 
@@ -389,6 +396,11 @@ func startAgents(ctx context.Context, c devConfig, data, apiURL string, tokens [
 			cfg.Resolver = res.Feed(cfg.Name)
 			// The in-process nodes share one host: fabrics stay local.
 			cfg.RouterNetNS = network.RouterNetNSPath
+			if cfg.Firewall, err = nodeFirewall(cfg.Name); err != nil {
+				cancel()
+				return nil, err
+			}
+			g.firewalls = append(g.firewalls, cfg.Firewall)
 		}
 		a, err := agent.New(cfg)
 		if err != nil {

@@ -778,3 +778,12 @@ func (d *Driver) Update(ctx context.Context, spec driver.Spec) error {
 	}
 	return d.saveState(st)
 }
+
+// HostInterfaces names each NIC's tap.
+func (d *Driver) HostInterfaces(id string, primary []bool) [][]string {
+	out := make([][]string, len(primary))
+	for i := range primary {
+		out[i] = []string{network.TapName(id, i)}
+	}
+	return out
+}

@@ -308,3 +308,21 @@ func primaryNIC(nics []driver.NIC) (driver.NIC, bool) {
 }
 
 var _ = network.NetNSPath
+
+// HostInterfaces names the one veth end of the NIC runc connects: the
+// primary, else the first.
+func (d *Driver) HostInterfaces(id string, primary []bool) [][]string {
+	out := make([][]string, len(primary))
+	if len(primary) == 0 {
+		return out
+	}
+	i := 0
+	for j, p := range primary {
+		if p {
+			i = j
+			break
+		}
+	}
+	out[i] = []string{network.VethName(id, 0)}
+	return out
+}

@@ -1,6 +1,6 @@
 // Package wire holds the JSON types of the agent API: the internal HTTP API
 // between the control plane (api/agentapi) and the agents on compute nodes
-// (agent). Both sides import it; it imports only agent/driver.
+// (agent). Both sides import it; it imports only agent/driver and fwrule.
 //
 // Routes (all under /agent/v1, JSON bodies, errors as {"code","message"}):
 //
@@ -18,6 +18,10 @@
 //	     -> 200 Names: the names the node's resolver answers (every running
 //	     instance on the networks, and of the accounts, that the node hosts).
 //	     Long-polls like assignments while the table's revision is still REV.
+//	GET  /agent/v1/nodes/{node}/firewall?since=REV&wait=SECONDS
+//	     -> 200 Firewall: the node's instances with their NICs, whether
+//	     their firewall is on, and their accounts' rules resolved to
+//	     addresses for each. Long-polls like names while its revision is REV.
 //	PUT  /agent/v1/instances/{id}/status     body InstanceStatus -> 204
 //	     A node may only report instances assigned to it (404 otherwise).
 //
@@ -29,6 +33,7 @@ import (
 	"time"
 
 	"flotilla/agent/driver"
+	"flotilla/fwrule"
 )
 
 // RegisterRequest is sent once by a new agent (and again when it has lost its credential).
@@ -162,4 +167,30 @@ type NameRecord struct {
 type CNS struct {
 	Suffix  string `json:"suffix"`
 	Address string `json:"address"` // host:port
+}
+
+// Firewall is what a node enforces: every live instance assigned to it.
+// Anti-spoofing applies to every NIC; Entries apply only when Enabled.
+type Firewall struct {
+	// Revision identifies the content; polling with it waits for a change.
+	Revision  string             `json:"revision"`
+	Instances []FirewallInstance `json:"instances"`
+}
+
+// FirewallInstance is one instance's part of the node's firewall.
+type FirewallInstance struct {
+	ID      string        `json:"id"`
+	Enabled bool          `json:"enabled"`
+	NICs    []FirewallNIC `json:"nics"`
+	// Entries are the account's rules (and the instance's published ports)
+	// resolved for this instance, in enforcement order.
+	Entries []fwrule.Entry `json:"entries,omitempty"`
+}
+
+// FirewallNIC is a NIC in position order: the only MAC and IP it may send from.
+type FirewallNIC struct {
+	Index   int    `json:"index"`
+	Primary bool   `json:"primary"`
+	MAC     string `json:"mac"`
+	IP      string `json:"ip"`
 }
