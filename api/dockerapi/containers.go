@@ -430,6 +430,7 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 		exposed[p] = struct{}{}
 	}
 	cfg.ExposedPorts = exposed
+	published := publishedSpec(hc, exposed)
 	cfg.Env, cfg.Labels, cfg.Entrypoint, cfg.Cmd = env, labels, entrypoint, cmd
 	if hc.NanoCPUs < 0 || hc.Memory < 0 {
 		return service.CreateRequest{}, nil, errdefs.InvalidArgument("memory and CPUs cannot be negative")
@@ -443,13 +444,13 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 	start := false
 	return service.CreateRequest{
 		Name: name, Image: img.ID, Package: pkg, MemoryMiB: memMiB, VCPUs: float64(hc.NanoCPUs) / 1e9,
-		Networks: nets, Rules: rules, Docker: true, Tags: tags, Start: &start, FirewallEnabled: false,
+		Networks: nets, Rules: rules, Docker: true, Tags: tags, Start: &start, FirewallEnabled: len(published) > 0,
 		PublicNIC: len(hc.PortBindings) > 0 || hc.PublishAllPorts,
 		Process: &service.ProcessSpec{
 			Entrypoint: entrypoint, Cmd: cmd, Env: env, WorkingDir: cfg.WorkingDir, User: cfg.User,
 			Hostname: cfg.Hostname, Tty: cfg.Tty, OpenStdin: cfg.OpenStdin, StdinOnce: cfg.StdinOnce,
 			Labels: labels, Restart: restart, Extra: extra, StopSignal: stopSignal, StopTimeout: cfg.StopTimeout,
-			Options: opts, DNS: dnsCfg, NetworkAliases: aliases, PIDsLimit: pidsLimit(hc.PidsLimit),
+			Options: opts, DNS: dnsCfg, NetworkAliases: aliases, PIDsLimit: pidsLimit(hc.PidsLimit), Published: published,
 		},
 	}, warnings, nil
 }
@@ -461,6 +462,32 @@ func pidsLimit(p *int64) int64 {
 		return 0
 	}
 	return *p
+}
+
+// publishedSpec lists the ports -p (or -P, all exposed ports) publishes.
+// A container that publishes ports gets its firewall on, so that from
+// outside its account only those ports reach it (sdc-docker's model); its
+// account's instances still reach every port.
+func publishedSpec(hc container.HostConfig, exposed nat.PortSet) []service.PublishedPort {
+	seen := map[nat.Port]bool{}
+	for p := range hc.PortBindings {
+		seen[p] = true
+	}
+	if hc.PublishAllPorts {
+		for p := range exposed {
+			seen[p] = true
+		}
+	}
+	var out []service.PublishedPort
+	for p := range seen {
+		if n := p.Int(); n > 0 && (p.Proto() == "tcp" || p.Proto() == "udp") {
+			out = append(out, service.PublishedPort{Port: n, Protocol: p.Proto()})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Port < out[j].Port || out[i].Port == out[j].Port && out[i].Protocol < out[j].Protocol
+	})
+	return out
 }
 
 // checkPortBindings refuses remapped ports: a container publishes its own

@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +22,7 @@ import (
 
 	"flotilla/agent"
 	"flotilla/agent/dns"
+	"flotilla/agent/firewall"
 	"flotilla/agent/driver/runc"
 	agentnet "flotilla/agent/network"
 	"flotilla/api/service"
@@ -96,7 +99,11 @@ func newRuncEnv(t *testing.T) *runcEnv {
 	// The node's resolver, on the gateways of the networks it has instances on.
 	resolver := dns.New(dns.Config{Logger: log})
 	t.Cleanup(resolver.Close)
-	startNode(t, ctx, svc, agent.Config{Name: "runc-1", DataDir: dataDir, APIURL: apiURL, JoinToken: tok,
+	// The node's firewall, a table of its own.
+	fw, err := firewall.New(fmt.Sprintf("flotilla-test-%d-%d", os.Getpid(), rand.IntN(1e9)))
+	must(t, err)
+	t.Cleanup(func() { fw.Close() })
+	startNode(t, ctx, svc, agent.Config{Name: "runc-1", Firewall: fw, DataDir: dataDir, APIURL: apiURL, JoinToken: tok,
 		Address: "127.0.0.1:0", Driver: drv, MemoryMiB: 8192, DiskMiB: 1 << 18, VCPUs: 8,
 		WatchInterval: 100 * time.Millisecond, StopTimeout: 5 * time.Second, Logger: log, Resolver: resolver.Feed("runc-1"),
 		RouterNetNS: agentnet.RouterNetNSPath})
