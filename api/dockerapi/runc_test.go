@@ -22,8 +22,8 @@ import (
 
 	"flotilla/agent"
 	"flotilla/agent/dns"
-	"flotilla/agent/firewall"
 	"flotilla/agent/driver/runc"
+	"flotilla/agent/firewall"
 	agentnet "flotilla/agent/network"
 	"flotilla/api/service"
 	"flotilla/oci"
