@@ -8,12 +8,14 @@ CREATE TABLE volumes (
     name        text NOT NULL CHECK (name <> ''),
     type        text NOT NULL CHECK (type IN ('tritonnfs', 'local')),
     size_mib    bigint NOT NULL CHECK (size_mib > 0),
-    state       text NOT NULL DEFAULT 'ready' CHECK (state IN ('creating', 'ready', 'deleting', 'failed')),
+    state       text NOT NULL DEFAULT 'ready' CHECK (state IN ('creating', 'ready', 'deleting', 'failed', 'deleted')),
     anonymous   boolean NOT NULL DEFAULT false,
     labels      jsonb NOT NULL DEFAULT '{}',
     tags        jsonb NOT NULL DEFAULT '{}',
     node_id     uuid REFERENCES nodes (id) ON DELETE SET NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (owner_id, name)
+    updated_at  timestamptz NOT NULL DEFAULT now()
 );
+-- A deleted volume keeps its row (CloudAPI answers VolumeNotFound for it,
+-- which `triton volume delete -w` waits for) and frees its name.
+CREATE UNIQUE INDEX volumes_owner_name ON volumes (owner_id, name) WHERE state <> 'deleted';

@@ -61,7 +61,7 @@ func (s *Store) CreateVolume(ctx context.Context, v Volume) (Volume, error) {
 	return out, nil
 }
 
-const sqlGetVolume = `SELECT ` + volumeColumns + ` FROM volumes WHERE owner_id = $1 AND ($2 = id::text OR $2 = name)
+const sqlGetVolume = `SELECT ` + volumeColumns + ` FROM volumes WHERE owner_id = $1 AND state <> 'deleted' AND ($2 = id::text OR $2 = name)
 ORDER BY ($2 = id::text) DESC LIMIT 1`
 
 // GetVolume returns owner's volume by id or name, or NotFound.
@@ -78,7 +78,7 @@ func (s *Store) GetVolume(ctx context.Context, owner, idOrName string) (Volume, 
 	return v, nil
 }
 
-const sqlListVolumes = `SELECT ` + volumeColumns + ` FROM volumes WHERE owner_id = $1 AND ($2 = '' OR type = $2)
+const sqlListVolumes = `SELECT ` + volumeColumns + ` FROM volumes WHERE owner_id = $1 AND state <> 'deleted' AND ($2 = '' OR type = $2)
 ORDER BY created_at, name`
 
 // ListVolumes returns owner's volumes, only those of type typ unless it is
@@ -106,18 +106,19 @@ func (s *Store) VolumeUsers(ctx context.Context, owner, id string) ([]string, er
 	return out, translate(err)
 }
 
-// sqlDeleteVolume deletes the volume unless a live instance mounts it, in
-// one statement so a create cannot slip in between check and delete
+// sqlDeleteVolume marks the volume deleted unless a live instance mounts
+// it, in one statement so a create cannot slip in between check and delete
 // unnoticed by both.
-const sqlDeleteVolume = `DELETE FROM volumes v WHERE v.owner_id = $1 AND v.id = $2 AND NOT EXISTS (
+const sqlDeleteVolume = `UPDATE volumes v SET state = 'deleted', updated_at = now()
+WHERE v.owner_id = $1 AND v.id = $2 AND v.state <> 'deleted' AND NOT EXISTS (
 	SELECT 1 FROM instances i WHERE i.owner_id = $1 AND i.desired_state <> 'deleted' AND i.state <> 'deleted'
 	AND i.spec -> 'options' -> 'Volumes' @> jsonb_build_array(jsonb_build_object('Volume', $2::text)))
 RETURNING ` + volumeColumns
 
-// DeleteVolume removes owner's volume id. NotFound if there is none,
-// Conflict (VolumeInUse) while an instance mounts it.
-func (s *Store) DeleteVolume(ctx context.Context, owner, id string) (Volume, error) {
-	v, err := s.GetVolume(ctx, owner, id)
+// DeleteVolume deletes owner's volume (by id or name). NotFound if there
+// is none, Conflict (VolumeInUse) while an instance mounts it.
+func (s *Store) DeleteVolume(ctx context.Context, owner, idOrName string) (Volume, error) {
+	v, err := s.GetVolume(ctx, owner, idOrName)
 	if err != nil {
 		return Volume{}, err
 	}
@@ -132,6 +133,19 @@ func (s *Store) DeleteVolume(ctx context.Context, owner, id string) (Volume, err
 	users, _ := s.VolumeUsers(ctx, owner, v.ID)
 	return Volume{}, &errdefs.Error{Code: errdefs.Conflict, Reason: "VolumeInUse",
 		Message: "volume " + v.Name + " is in use by " + joinIDs(users) + "; remove those instances first"}
+}
+
+const sqlVolumeDeleted = `SELECT EXISTS (SELECT 1 FROM volumes WHERE owner_id = $1 AND id::text = $2 AND state = 'deleted')`
+
+// VolumeDeleted reports whether owner had a volume with id that is now
+// deleted.
+func (s *Store) VolumeDeleted(ctx context.Context, owner, id string) (bool, error) {
+	if !validUUID(owner) {
+		return false, nil
+	}
+	var ok bool
+	err := s.pool.QueryRow(ctx, sqlVolumeDeleted, owner, id).Scan(&ok)
+	return ok, translate(err)
 }
 
 func joinIDs(ids []string) string {

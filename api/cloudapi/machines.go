@@ -307,6 +307,9 @@ func createParams(p map[string]any) (service.CreateRequest, error) {
 	default:
 		return req, errdefs.InvalidArgument("affinity must be a string or an array of strings")
 	}
+	if req.Volumes, err = volumeMounts(p["volumes"]); err != nil {
+		return req, err
+	}
 	if loc, ok := p["locality"]; ok && loc != nil {
 		var l scheduler.Locality
 		b, _ := json.Marshal(loc)

@@ -95,6 +95,7 @@ func (s *Server) Handler() http.Handler {
 		s.networkRoutes(r)
 		s.machineRoutes(r)
 		s.fwruleRoutes(r)
+		s.volumeRoutes(r)
 		s.miscRoutes(r)
 	})
 	return r

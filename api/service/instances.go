@@ -99,9 +99,12 @@ type CreateRequest struct {
 	Brand              string
 	Docker             bool
 	Process            *ProcessSpec
-	Start              *bool // Docker create: do not start until asked
-	IdempotencyKey     string
-	RequestHash        string
+	// Volumes are CloudAPI's volumes to mount (existing tritonnfs ones, by
+	// name); Docker's come resolved in Process.Options.Volumes.
+	Volumes        []MountRequest
+	Start          *bool // Docker create: do not start until asked
+	IdempotencyKey string
+	RequestHash    string
 }
 
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,188}$`)
@@ -229,6 +232,16 @@ func (s *Service) CreateInstance(ctx context.Context, c Caller, req CreateReques
 		proc = *req.Process
 	}
 	proc.PIDsLimit = PIDsLimit(pkg, proc.PIDsLimit)
+	if len(req.Volumes) > 0 {
+		if brand == driver.BrandBhyve || brand == driver.BrandKVM {
+			return store.Instance{}, false, errdefs.InvalidArgument("volumes cannot be mounted in %s virtual machines, only in containers", brand)
+		}
+		mounts, err := s.ResolveMounts(ctx, c, req.Volumes, VolumeTypeTritonNFS, false)
+		if err != nil {
+			return store.Instance{}, false, err
+		}
+		proc.Options.Volumes = append(proc.Options.Volumes, mounts...)
+	}
 	vcpusMilli := int64(pkg.VCPUs) * 1000
 	if req.VCPUs > 0 {
 		vcpusMilli = int64(req.VCPUs * 1000)

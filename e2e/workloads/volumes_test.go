@@ -1,0 +1,99 @@
+package workloads
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestVolumes drives CloudAPI volumes with the triton CLI on a runc node:
+// sizes, create -w, ls, get, delete -w, and two containers mounting one
+// volume (read-write and read-only) that see each other's files.
+func TestVolumes(t *testing.T) {
+	c := startDev(t, "v", "runc")
+	pub := c.addNetwork(t, "vol-pub", "")
+	other := c.addAccount(t, "vol2")
+
+	if out := c.tri(t, "volume", "sizes"); !strings.Contains(out, " 10G\n") || !strings.Contains(out, "1000G") || !strings.Contains(out, "tritonnfs") {
+		t.Fatalf("triton volume sizes: %s", out)
+	}
+	c.tri(t, "volume", "create", "-n", "vol1", "-s", "20G", "-w")
+	var vol struct {
+		ID, Name, Type, State string
+		Size                  int
+		Refs                  []string
+	}
+	if err := json.Unmarshal([]byte(c.tri(t, "volume", "get", "vol1")), &vol); err != nil {
+		t.Fatal(err)
+	}
+	if vol.Name != "vol1" || vol.State != "ready" || vol.Size != 20480 || vol.Type != "tritonnfs" {
+		t.Fatalf("triton volume get vol1: %+v", vol)
+	}
+	if out := c.tri(t, "volume", "ls"); !strings.Contains(out, "vol1") {
+		t.Fatalf("triton volume ls: %s", out)
+	}
+	t.Run("ErrSizeNotAvailable", func(t *testing.T) {
+		_, errOut, err := c.tritonAs(c.Owner, "volume", "create", "-n", "odd", "-s", "15G")
+		if err == nil || !strings.Contains(errOut, "volume size not available") {
+			t.Fatalf("a 15G volume: %v %s", err, errOut)
+		}
+	})
+	t.Run("ErrOtherAccount", func(t *testing.T) {
+		if out, errOut, err := c.tritonAs(other, "volume", "get", vol.ID); err == nil {
+			t.Fatalf("another account reads vol1: %s %s", out, errOut)
+		}
+		if out := c.triAs(t, other, "volume", "ls", "-H", "-o", "name"); strings.TrimSpace(out) != "" {
+			t.Fatalf("another account lists %q", out)
+		}
+		if _, _, err := c.tritonAs(other, "volume", "delete", "-f", vol.ID); err == nil {
+			t.Fatal("another account deleted vol1")
+		}
+	})
+
+	w, _ := c.createAs(t, c.Owner, "vw", "busybox@1.36", "g1-nano-256M", "--network", pub.Name, "-v", "vol1:/data")
+	r, _ := c.createAs(t, c.Owner, "vr", "busybox@1.36", "g1-nano-256M", "--network", pub.Name, "-v", "vol1:/shared:ro")
+	t.Run("SharedBetweenInstances", func(t *testing.T) {
+		// Write through the writer's mount namespace, read through the
+		// reader's: the same storage.
+		wpid, rpid := c.runningPid(t, w.ID), c.runningPid(t, r.ID)
+		if err := os.WriteFile(filepath.Join("/proc", strconv.Itoa(wpid), "root", "data", "hello"), []byte("from vw\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(rpid), "root", "shared", "hello"))
+		if err != nil || string(b) != "from vw\n" {
+			t.Fatalf("vr reads %q, %v", b, err)
+		}
+		if err := os.WriteFile(filepath.Join("/proc", strconv.Itoa(rpid), "root", "shared", "x"), []byte("x"), 0o644); err == nil {
+			t.Error("wrote through a read-only volume mount")
+		}
+		if err := json.Unmarshal([]byte(c.tri(t, "volume", "get", "vol1")), &vol); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(vol.Refs, w.ID) || !slices.Contains(vol.Refs, r.ID) {
+			t.Errorf("refs %v, want %s and %s", vol.Refs, w.ID, r.ID)
+		}
+	})
+	t.Run("ErrInUse", func(t *testing.T) {
+		_, errOut, err := c.tritonAs(c.Owner, "volume", "delete", "-f", "vol1")
+		if err == nil || !strings.Contains(errOut, "in use") {
+			t.Fatalf("deleting a volume in use: %v %s", err, errOut)
+		}
+	})
+	t.Run("ErrMissingVolume", func(t *testing.T) {
+		_, errOut, err := c.tritonAs(c.Owner, "inst", "create", "-n", "nov", "-v", "nosuch:/x", "--network", pub.Name, "busybox@1.36", "g1-nano-256M")
+		if err == nil || !strings.Contains(errOut, "volume nosuch not found") {
+			t.Fatalf("a missing volume: %v %s", err, errOut)
+		}
+	})
+	t.Run("Delete", func(t *testing.T) {
+		c.tri(t, "inst", "delete", "-f", "-w", "vw", "vr")
+		c.tri(t, "volume", "delete", "-f", "-w", "vol1")
+		if _, _, err := c.tritonAs(c.Owner, "volume", "get", "vol1"); err == nil {
+			t.Fatal("vol1 still there after delete -w")
+		}
+	})
+}
