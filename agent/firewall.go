@@ -54,11 +54,11 @@ func (a *Agent) firewallLoop(ctx context.Context, src FirewallSource, names driv
 func firewallInstances(t wire.Firewall, names driver.HostInterfacer) []firewall.Instance {
 	out := make([]firewall.Instance, 0, len(t.Instances))
 	for _, x := range t.Instances {
-		primary := make([]bool, len(x.NICs))
+		refs := make([]driver.NICRef, len(x.NICs))
 		for i, n := range x.NICs {
-			primary[i] = n.Primary
+			refs[i] = driver.NICRef{MAC: n.MAC, Primary: n.Primary}
 		}
-		ifaces := names.HostInterfaces(x.ID, primary)
+		ifaces := names.HostInterfaces(x.ID, refs)
 		in := firewall.Instance{ID: x.ID, Enabled: x.Enabled, Entries: x.Entries}
 		for i, n := range x.NICs {
 			mac, err1 := net.ParseMAC(n.MAC)

@@ -13,6 +13,10 @@ var createdRuleRE = regexp.MustCompile(`Created firewall rule ([0-9a-f-]{36})( \
 func TestTritonFirewallRules(t *testing.T) {
 	requireTriton(t)
 	webID := tritonCreate(t, "e2e-fw-web", "-t", "role=fwweb")
+	// Other tests count the account's instances: leave none behind.
+	t.Cleanup(func() {
+		tri(t, "delete", "-w", webID)
+	})
 
 	out := tri(t, "fwrule", "create", "-D", "web from anywhere", `FROM any TO (tag "role" = "fwweb") ALLOW tcp PORT 80`)
 	m := createdRuleRE.FindStringSubmatch(out)

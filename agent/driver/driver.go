@@ -208,10 +208,16 @@ type CgroupInfo struct {
 // the node as host-side interfaces on a bridge (veth ends, taps); the node
 // firewall filters by these names.
 type HostInterfacer interface {
-	// HostInterfaces returns, for each NIC of instance id in position order
-	// (primary[i] marks the primary NIC), the names of its host-side
-	// interfaces: none for a NIC the driver does not connect.
-	HostInterfaces(id string, primary []bool) [][]string
+	// HostInterfaces returns, for each NIC of instance id in position order,
+	// the names of its host-side interfaces: none for a NIC the driver does
+	// not connect.
+	HostInterfaces(id string, nics []NICRef) [][]string
+}
+
+// NICRef identifies one NIC of an instance for HostInterfaces.
+type NICRef struct {
+	MAC     string
+	Primary bool
 }
 
 // Updater is implemented by drivers that can change resources of an existing

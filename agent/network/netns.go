@@ -226,6 +226,37 @@ func TeardownInstanceNetNS(nsName, vethHost string) error {
 	return nil
 }
 
+// InstanceVeths maps the MAC address (lower case) of each eth<n> link in the
+// persistent namespace nsName to the host end of its veth pair,
+// VethName(instanceID, n). A missing namespace maps nothing.
+func InstanceVeths(nsName, instanceID string) (map[string]string, error) {
+	if nsName != sanitizeNSName(nsName) || !NetNSExists(nsName) {
+		return nil, nil
+	}
+	ns, err := netns.GetFromPath(NetNSPath(nsName))
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "open network namespace %s", nsName)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "open netlink in namespace %s", nsName)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "list links in %s", nsName)
+	}
+	out := map[string]string{}
+	for _, l := range links {
+		name := l.Attrs().Name
+		if n, err := strconv.Atoi(strings.TrimPrefix(name, "eth")); err == nil && strings.HasPrefix(name, "eth") && n >= 0 && n < 10 {
+			out[strings.ToLower(l.Attrs().HardwareAddr.String())] = VethName(instanceID, n)
+		}
+	}
+	return out, nil
+}
+
 // NetNSExists reports whether the named namespace file exists.
 func NetNSExists(nsName string) bool {
 	_, err := os.Stat(NetNSPath(nsName))

@@ -14,7 +14,7 @@ import (
 // sizes, create -w, ls, get, delete -w, and two containers mounting one
 // volume (read-write and read-only) that see each other's files.
 func TestVolumes(t *testing.T) {
-	c := startDev(t, "v", "runc")
+	c := startDev(t, "vol", "runc")
 	pub := c.addNetwork(t, "vol-pub", "")
 	other := c.addAccount(t, "vol2")
 

@@ -285,11 +285,11 @@ func (d *Driver) ExtractArchive(ctx context.Context, id, dir string, r io.Reader
 // HostInterfaces merges the names of every part that connects NICs: which
 // part runs an instance may not be known before it is created, and a name
 // that matches no interface costs nothing.
-func (d *Driver) HostInterfaces(id string, primary []bool) [][]string {
-	out := make([][]string, len(primary))
+func (d *Driver) HostInterfaces(id string, nics []driver.NICRef) [][]string {
+	out := make([][]string, len(nics))
 	for _, p := range d.parts {
 		if h, ok := p.(driver.HostInterfacer); ok {
-			for i, names := range h.HostInterfaces(id, primary) {
+			for i, names := range h.HostInterfaces(id, nics) {
 				if i < len(out) {
 					out[i] = append(out[i], names...)
 				}

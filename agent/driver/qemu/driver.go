@@ -780,9 +780,9 @@ func (d *Driver) Update(ctx context.Context, spec driver.Spec) error {
 }
 
 // HostInterfaces names each NIC's tap.
-func (d *Driver) HostInterfaces(id string, primary []bool) [][]string {
-	out := make([][]string, len(primary))
-	for i := range primary {
+func (d *Driver) HostInterfaces(id string, nics []driver.NICRef) [][]string {
+	out := make([][]string, len(nics))
+	for i := range nics {
 		out[i] = []string{network.TapName(id, i)}
 	}
 	return out

@@ -309,20 +309,25 @@ func primaryNIC(nics []driver.NIC) (driver.NIC, bool) {
 
 var _ = network.NetNSPath
 
-// HostInterfaces names the one veth end of the NIC runc connects: the
-// primary, else the first.
-func (d *Driver) HostInterfaces(id string, primary []bool) [][]string {
-	out := make([][]string, len(primary))
-	if len(primary) == 0 {
-		return out
-	}
-	i := 0
-	for j, p := range primary {
-		if p {
-			i = j
-			break
+// HostInterfaces names the host end of each NIC's veth pair: the one its
+// MAC address has in the instance's namespace, else the one a fresh
+// namespace gives it (eth0 for the primary, then eth1... in order).
+func (d *Driver) HostInterfaces(id string, nics []driver.NICRef) [][]string {
+	out := make([][]string, len(nics))
+	have, _ := network.InstanceVeths(network.NetNSName(id), id)
+	n := 0
+	for _, primaryPass := range []bool{true, false} {
+		for i, nic := range nics {
+			if nic.Primary != primaryPass {
+				continue
+			}
+			if name, ok := have[strings.ToLower(nic.MAC)]; ok {
+				out[i] = []string{name}
+			} else {
+				out[i] = []string{network.VethName(id, n)}
+			}
+			n++
 		}
 	}
-	out[i] = []string{network.VethName(id, 0)}
 	return out
 }
