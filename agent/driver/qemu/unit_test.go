@@ -231,13 +231,22 @@ func TestQEMUArgs(t *testing.T) {
 		NICs: []driver.NIC{{MAC: "90:b8:d0:00:00:01", Bridge: "br"}}}, Format: FormatKernel, Cmdline: "quiet"}
 	args := strings.Join(d.qemuArgs(st, AccelTCG), " ")
 	for _, want := range []string{"-m 512", "-smp 2", "accel=tcg", "-daemonize", "-append console=ttyS0 quiet",
-		"virtio-net-pci,netdev=net0,mac=90:b8:d0:00:00:01", "file.label=cidata", "append=on"} {
+		"virtio-net-pci,netdev=net0,mac=90:b8:d0:00:00:01", "readonly=on,file=" + filepath.Join(d.dir("x1"), cidataImage), "append=on"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args lack %q: %s", want, args)
 		}
 	}
 	if strings.Contains(args, "-cpu host") {
 		t.Error("TCG with -cpu host")
+	}
+	if !strings.Contains(args, "-sandbox on,") || !strings.Contains(args, "resourcecontrol=deny") {
+		t.Errorf("args lack a seccomp sandbox: %s", args)
+	}
+	if os.Geteuid() == 0 && !strings.Contains(args, fmt.Sprintf("-runas %d:%d", GuestUID("x1"), GuestUID("x1"))) {
+		t.Errorf("args lack -runas: %s", args)
+	}
+	if u := GuestUID("x1"); u < 1<<28 || u == GuestUID("x2") {
+		t.Errorf("GuestUID(x1) = %d, GuestUID(x2) = %d: want distinct ids from 1<<28", u, GuestUID("x2"))
 	}
 	if _, err := New(Config{Root: "/tmp/a,b"}); errdefs.CodeOf(err) != errdefs.Invalid {
 		t.Errorf("root with comma: %v", err)

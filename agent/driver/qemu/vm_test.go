@@ -161,6 +161,18 @@ func TestVMLifecycle(t *testing.T) {
 	if err := d.Start(ctx, id); err != nil {
 		t.Fatalf("Start again (no-op): %v", err)
 	}
+	// QEMU runs confined: its own unprivileged user, no capabilities, a
+	// seccomp filter.
+	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.Pid)); err != nil {
+		t.Error(err)
+	} else {
+		uid := GuestUID(id)
+		for _, want := range []string{fmt.Sprintf("Uid:\t%d\t%d\t%d\t%d\n", uid, uid, uid, uid), "CapEff:\t0000000000000000\n", "Seccomp:\t2\n"} {
+			if !strings.Contains(string(status), want) {
+				t.Errorf("QEMU's /proc status lacks %q:\n%s", want, status)
+			}
+		}
+	}
 	console := d.ConsoleLogPath(id)
 	t.Cleanup(func() {
 		if t.Failed() {
