@@ -15,7 +15,7 @@ func TestTritonFirewallRules(t *testing.T) {
 	webID := tritonCreate(t, "e2e-fw-web", "-t", "role=fwweb")
 	// Other tests count the account's instances: leave none behind.
 	t.Cleanup(func() {
-		tri(t, "delete", "-w", webID)
+		tri(t, "delete", "-f", "-w", webID)
 	})
 
 	out := tri(t, "fwrule", "create", "-D", "web from anywhere", `FROM any TO (tag "role" = "fwweb") ALLOW tcp PORT 80`)
