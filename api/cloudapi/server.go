@@ -93,6 +93,7 @@ func (s *Server) Handler() http.Handler {
 		s.packageRoutes(r)
 		s.imageRoutes(r)
 		s.networkRoutes(r)
+		s.fabricRoutes(r)
 		s.machineRoutes(r)
 		s.fwruleRoutes(r)
 		s.volumeRoutes(r)
