@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
@@ -294,4 +295,90 @@ FROM networks WHERE id = $1`, networkID).Scan(&free); err != nil {
 		}
 	}
 	return "", errdefs.New(errdefs.InsufficientCapacity, "network %s has no free addresses", networkID)
+}
+
+const sqlGetNetworkIP = `SELECT host(ip), reserved, owner_id::text, instance_id::text FROM network_ips
+WHERE network_id = $1 AND ip = $2::inet`
+
+// GetNetworkIP returns address ip of network n (one the caller has already
+// found visible to ownerID): its allocation or reservation, or a free
+// address with no owner. Another account's allocation on a shared network
+// shows without its owner and instance. Errors: NotFound (ip is not an
+// IPv4 address of n's subnet).
+func (s *Store) GetNetworkIP(ctx context.Context, ownerID string, n Network, ip string) (NetworkIP, error) {
+	return getNetworkIP(ctx, s.pool, ownerID, n, ip)
+}
+
+func getNetworkIP(ctx context.Context, q querier, ownerID string, n Network, ip string) (NetworkIP, error) {
+	a, err := addrOf(n, ip)
+	if err != nil {
+		return NetworkIP{}, err
+	}
+	rows, _ := q.Query(ctx, sqlGetNetworkIP, n.ID, a.String())
+	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[NetworkIP])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return NetworkIP{IP: a.String()}, nil
+	}
+	if err != nil {
+		return NetworkIP{}, translate(err)
+	}
+	if out.OwnerID == nil || *out.OwnerID != ownerID {
+		out.OwnerID, out.InstanceID = nil, nil
+	}
+	return out, nil
+}
+
+// addrOf parses ip as an address of n's subnet.
+func addrOf(n Network, ip string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(ip)
+	p, perr := netip.ParsePrefix(n.Subnet)
+	if err != nil || perr != nil || !a.Is4() || !p.Contains(a) {
+		return netip.Addr{}, errdefs.NotFoundf("IP %s is not an address of network %s (%s)", ip, n.Name, n.Subnet)
+	}
+	return a, nil
+}
+
+// SetNetworkIPReserved reserves a free address of one of the owner's own
+// networks, so that no instance is given it, or releases such a
+// reservation. Errors: NotFound (network or address), Forbidden (a shared
+// network: its addresses are the operator's), Conflict (the address is an
+// instance's, or the network's gateway).
+func (s *Store) SetNetworkIPReserved(ctx context.Context, ownerID string, n Network, ip string, reserved bool) (NetworkIP, error) {
+	if n.OwnerID == nil || *n.OwnerID != ownerID {
+		return NetworkIP{}, errdefs.New(errdefs.Forbidden, "addresses of the shared network %s are reserved by operators only", n.Name)
+	}
+	a, err := addrOf(n, ip)
+	if err != nil {
+		return NetworkIP{}, err
+	}
+	if n.Gateway != nil && *n.Gateway == a.String() {
+		return NetworkIP{}, errdefs.Conflictf("%s is the gateway of network %s", a, n.Name)
+	}
+	var out NetworkIP
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		cur, err := getNetworkIP(ctx, tx, ownerID, n, ip)
+		if err != nil {
+			return err
+		}
+		if cur.InstanceID != nil {
+			return errdefs.Conflictf("%s is in use by instance %s: only free addresses can be reserved or released", a, *cur.InstanceID)
+		}
+		switch {
+		case reserved && !cur.Reserved:
+			_, err = tx.Exec(ctx, `INSERT INTO network_ips (network_id, ip, owner_id, reserved) VALUES ($1, $2::inet, $3, true)`,
+				n.ID, a.String(), ownerID)
+		case !reserved && cur.Reserved:
+			_, err = tx.Exec(ctx, `DELETE FROM network_ips WHERE network_id = $1 AND ip = $2::inet AND instance_id IS NULL`,
+				n.ID, a.String())
+		}
+		if err != nil {
+			if pgCode(err) == sqlUniqueViolation {
+				return errdefs.Conflictf("%s was just given to an instance", a)
+			}
+			return translate(err)
+		}
+		out, err = getNetworkIP(ctx, tx, ownerID, n, ip)
+		return err
+	})
+	return out, err
 }

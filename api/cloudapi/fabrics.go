@@ -1,6 +1,7 @@
 package cloudapi
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -51,16 +52,16 @@ func vlanParam(r *http.Request) (int, error) {
 	return id, nil
 }
 
-// intParam reads a JSON number or a decimal string.
+// intParam reads a JSON integer or a decimal string.
 func intParam(p map[string]any, k string) (int, bool, error) {
 	v, ok := p[k]
 	if !ok || v == nil {
 		return 0, false, nil
 	}
 	switch x := v.(type) {
-	case float64:
-		if x == float64(int(x)) {
-			return int(x), true, nil
+	case json.Number:
+		if n, err := strconv.Atoi(x.String()); err == nil {
+			return n, true, nil
 		}
 	case string:
 		if n, err := strconv.Atoi(x); err == nil {
@@ -378,7 +379,7 @@ func (s *Server) addNic(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, r, http.StatusCreated, nicJSON(nic, in.State))
+	return writeJSON(w, r, http.StatusCreated, nicJSON(nic, in))
 }
 
 func (s *Server) removeNic(w http.ResponseWriter, r *http.Request) error {

@@ -51,19 +51,26 @@ func machineType(brand string) string {
 	return "smartmachine"
 }
 
-func nicJSON(n store.NIC, state string) map[string]any {
+func nicJSON(n store.NIC, in store.Instance) map[string]any {
 	m := map[string]any{"mac": n.MAC, "ip": n.IP, "primary": n.Primary, "netmask": netmask(n.Subnet),
-		"state": nicState(state), "network": n.NetworkID}
+		"state": nicState(in), "network": n.NetworkID}
 	if n.Gateway != nil {
 		m["gateway"] = *n.Gateway
 	}
 	return m
 }
 
-func nicState(state string) string {
-	switch state {
+// nicState is the instance's settled state once its node has applied the
+// instance's latest change, and "provisioning" until then: a NIC added to a
+// running instance is plumbed by its node, and `triton inst nic create -w`
+// waits for "running".
+func nicState(in store.Instance) string {
+	switch in.State {
 	case "running", "stopped":
-		return state
+		if in.ObservedGeneration < in.Generation && in.DesiredState != "deleted" {
+			return "provisioning"
+		}
+		return in.State
 	case "deleted":
 		return "stopped"
 	}
@@ -92,7 +99,7 @@ func machineJSON(in store.Instance, credentials bool) map[string]any {
 	for _, n := range in.NICs {
 		ips = append(ips, n.IP)
 		networks = append(networks, n.NetworkID)
-		nics = append(nics, nicJSON(n, in.State))
+		nics = append(nics, nicJSON(n, in))
 		if n.Primary && primary == "" {
 			primary = n.IP
 		}
@@ -659,7 +666,7 @@ func (s *Server) listNics(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := []any{}
 	for _, n := range in.NICs {
-		out = append(out, nicJSON(n, in.State))
+		out = append(out, nicJSON(n, in))
 	}
 	w.Header().Set("x-resource-count", strconv.Itoa(len(out)))
 	return writeJSON(w, r, http.StatusOK, out)
@@ -673,7 +680,7 @@ func (s *Server) getNic(w http.ResponseWriter, r *http.Request) error {
 	mac := strings.ToLower(strings.ReplaceAll(pathParam(r, "mac"), ":", ""))
 	for _, n := range in.NICs {
 		if strings.ReplaceAll(n.MAC, ":", "") == mac {
-			return writeJSON(w, r, http.StatusOK, nicJSON(n, in.State))
+			return writeJSON(w, r, http.StatusOK, nicJSON(n, in))
 		}
 	}
 	return errdefs.NotFoundf("nic %s not found", pathParam(r, "mac"))

@@ -14,6 +14,8 @@ func (s *Server) networkRoutes(r chi.Router) {
 	getHead(r, "/networks", s.handle(s.listNetworks))
 	getHead(r, "/networks/{id}", s.handle(s.getNetwork))
 	getHead(r, "/networks/{id}/ips", s.handle(s.listNetworkIPs))
+	getHead(r, "/networks/{id}/ips/{ip}", s.handle(s.getNetworkIP))
+	r.Put("/networks/{id}/ips/{ip}", s.handle(s.updateNetworkIP))
 }
 
 func networkJSON(n store.Network) map[string]any {
@@ -71,7 +73,8 @@ func (s *Server) listNetworkIPs(w http.ResponseWriter, r *http.Request) error {
 	if !isUUID(id) {
 		return errdefs.NotFoundf("network %s not found", id)
 	}
-	if _, err := s.store.GetNetwork(r.Context(), caller(r).AccountID, id); err != nil {
+	n, err := s.store.GetNetwork(r.Context(), caller(r).AccountID, id)
+	if err != nil {
 		return err
 	}
 	limit, offset, err := paging(r)
@@ -84,18 +87,71 @@ func (s *Server) listNetworkIPs(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := []any{}
 	for _, ip := range ips {
-		m := map[string]any{"ip": ip.IP, "reserved": ip.Reserved, "managed": false}
-		if ip.OwnerID != nil {
-			m["owner_uuid"] = *ip.OwnerID
-		}
-		if ip.InstanceID != nil {
-			m["belongs_to_uuid"] = *ip.InstanceID
-		}
-		out = append(out, m)
+		out = append(out, networkIPJSON(n, ip))
 	}
 	w.Header().Set("x-query-limit", strconv.Itoa(limit))
 	w.Header().Set("x-resource-count", strconv.Itoa(len(out)))
 	return writeJSON(w, r, http.StatusOK, out)
+}
+
+// networkIPJSON is one address of n; managed marks the one the network
+// itself uses (its gateway).
+func networkIPJSON(n store.Network, ip store.NetworkIP) map[string]any {
+	m := map[string]any{"ip": ip.IP, "reserved": ip.Reserved, "managed": n.Gateway != nil && *n.Gateway == ip.IP}
+	if ip.OwnerID != nil {
+		m["owner_uuid"] = *ip.OwnerID
+	}
+	if ip.InstanceID != nil {
+		m["belongs_to_uuid"] = *ip.InstanceID
+	}
+	return m
+}
+
+// ipNetwork is the network of an /networks/{id}/ips/{ip} path.
+func (s *Server) ipNetwork(r *http.Request) (store.Network, error) {
+	id := pathParam(r, "id")
+	if !isUUID(id) {
+		return store.Network{}, errdefs.NotFoundf("network %s not found", id)
+	}
+	return s.store.GetNetwork(r.Context(), caller(r).AccountID, id)
+}
+
+func (s *Server) getNetworkIP(w http.ResponseWriter, r *http.Request) error {
+	n, err := s.ipNetwork(r)
+	if err != nil {
+		return err
+	}
+	ip, err := s.store.GetNetworkIP(r.Context(), caller(r).AccountID, n, pathParam(r, "ip"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, r, http.StatusOK, networkIPJSON(n, ip))
+}
+
+// updateNetworkIP reserves or releases a free address of one of the
+// caller's own networks (triton network ip update NET IP reserved=true).
+func (s *Server) updateNetworkIP(w http.ResponseWriter, r *http.Request) error {
+	n, err := s.ipNetwork(r)
+	if err != nil {
+		return err
+	}
+	p, err := params(r)
+	if err != nil {
+		return err
+	}
+	v, ok := p["reserved"]
+	if !ok {
+		return &errdefs.Error{Code: errdefs.Invalid, Message: "reserved is a required argument", Reason: "MissingParameter"}
+	}
+	reserved, err := boolParam(v)
+	if err != nil {
+		return errdefs.InvalidArgument("reserved must be a boolean")
+	}
+	ip, err := s.store.SetNetworkIPReserved(r.Context(), caller(r).AccountID, n, pathParam(r, "ip"), reserved)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, r, http.StatusOK, networkIPJSON(n, ip))
 }
 
 // paging reads limit (default and max 1000) and offset.
