@@ -374,7 +374,8 @@ func (s *Store) AddNIC(ctx context.Context, ownerID, instanceID, networkID strin
 			if err != nil {
 				return err
 			}
-			nic, err = insertNIC(ctx, tx, in.ID, ownerID, networkID, ip, len(in.NICs) == 0, pos)
+			// UpdateInstance writes the instance at the next generation.
+			nic, err = insertNIC(ctx, tx, in.ID, ownerID, networkID, ip, len(in.NICs) == 0, pos, in.Generation+1)
 			created = err == nil
 			in.NICs = nil // loaded again with the new one
 			return err

@@ -72,6 +72,9 @@ type NIC struct {
 	Fabric bool `db:"fabric"`
 	VLANID int  `db:"vlan_id"`
 	VNI    int  `db:"vni"`
+	// Generation is the instance generation the NIC was added at: its
+	// node has plumbed it once it reports that generation.
+	Generation int64 `db:"generation"`
 }
 
 const instanceColumns = `i.id::text, i.owner_id::text, i.name, i.brand, i.image_id::text, i.package_id::text, i.package_name,
@@ -81,7 +84,8 @@ const instanceColumns = `i.id::text, i.owner_id::text, i.name, i.brand, i.image_
 	i.started_at, i.finished_at, i.created_at, i.updated_at, i.deleted_at`
 
 const nicColumns = `n.mac, n.instance_id::text, n.network_id::text, host(n.ip), n.is_primary, n.position,
-	w.subnet::text, host(w.gateway), w.bridge, w.public, w.internet_nat, w.resolvers, w.name, w.fabric, w.vlan_id, w.vni`
+	w.subnet::text, host(w.gateway), w.bridge, w.public, w.internet_nat, w.resolvers, w.name, w.fabric, w.vlan_id, w.vni,
+	n.generation`
 
 func scanInstance(row pgx.CollectableRow) (Instance, error) {
 	return pgx.RowToStructByPos[Instance](row)
@@ -153,7 +157,7 @@ func (s *Store) CreateInstance(ctx context.Context, in NewInstance) (Instance, b
 			if err != nil {
 				return err
 			}
-			nic, err := insertNIC(ctx, tx, in.ID, in.OwnerID, netID, ip, i == 0, i)
+			nic, err := insertNIC(ctx, tx, in.ID, in.OwnerID, netID, ip, i == 0, i, in.Generation)
 			if err != nil {
 				return err
 			}
@@ -342,13 +346,14 @@ func insertInstance(ctx context.Context, tx pgx.Tx, in *Instance) error {
 
 // sqlInsertNIC adds a NIC and returns it with its network's settings.
 const sqlInsertNIC = `WITH n AS (
-	INSERT INTO nics (mac, instance_id, owner_id, network_id, ip, is_primary, position)
-	VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (mac) DO NOTHING RETURNING *
+	INSERT INTO nics (mac, instance_id, owner_id, network_id, ip, is_primary, position, generation)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (mac) DO NOTHING RETURNING *
 ) SELECT ` + nicColumns + ` FROM n JOIN networks w ON w.id = n.network_id`
 
-func insertNIC(ctx context.Context, tx pgx.Tx, instanceID, ownerID, networkID, ip string, primary bool, pos int) (NIC, error) {
+// insertNIC adds a NIC that the instance's node applies at generation gen.
+func insertNIC(ctx context.Context, tx pgx.Tx, instanceID, ownerID, networkID, ip string, primary bool, pos int, gen int64) (NIC, error) {
 	for attempt := 0; attempt < 5; attempt++ {
-		rows, _ := tx.Query(ctx, sqlInsertNIC, randomMAC(), instanceID, ownerID, networkID, ip, primary, pos)
+		rows, _ := tx.Query(ctx, sqlInsertNIC, randomMAC(), instanceID, ownerID, networkID, ip, primary, pos, gen)
 		nic, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[NIC])
 		if err == nil {
 			return nic, nil

@@ -166,11 +166,21 @@ func ensureFabric(f Fabric, peers []netip.Addr) error {
 			return errdefs.Wrap(errdefs.Internal, err, "VXLAN device for VNI %d", f.VNI)
 		}
 	}
+	// The host holds no address of a tenant's subnet on the bridge, but by
+	// default it answers ARP on any interface for any of its own addresses:
+	// a host address equal to a tenant's gateway (another bridge's, a
+	// docker0's) would take the gateway's traffic from the router.
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+brName+"/arp_ignore", []byte("8"), 0o644); err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "stop the host answering ARP on fabric bridge %s", brName)
+	}
 	if err := netlink.LinkSetUp(br); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "bring fabric bridge %s up", brName)
 	}
 	if err := ensureBridgeForwarding(brName); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "accept forwarding on fabric bridge %s", brName)
+	}
+	if err := ensureFabricsUnNATed(); err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "keep the host's NAT off fabric bridges")
 	}
 	if err := ensureRouter(f, br); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "router namespace for VNI %d", f.VNI)
@@ -557,6 +567,33 @@ func ensureBridgeForwarding(br string) error {
 		return err
 	}
 	installed.Store("fwd|"+br, true)
+	return nil
+}
+
+// ensureFabricsUnNATed keeps the host's own NAT rules off frames bridged
+// within a fabric bridge. br_netfilter passes those frames through the
+// host's nat table, where a rule meant for a host network (docker0's
+// "-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", or any bridge of the host
+// on a subnet a tenant also uses) would rewrite a tenant's traffic between
+// its instances and its gateway. Tenant traffic leaves a fabric only
+// through its router, which NATs it on its own uplink.
+func ensureFabricsUnNATed() error {
+	if _, ok := installed.Load("fabric-nat-bypass"); ok {
+		return nil
+	}
+	iptablesMu.Lock()
+	defer iptablesMu.Unlock()
+	bridges := Prefix + "f+"
+	for _, r := range []struct{ chain, dir string }{{"PREROUTING", "-i"}, {"POSTROUTING", "-o"}} {
+		rule := []string{r.dir, bridges, "-m", "comment", "--comment", "flt:fabric-bridged", "-j", "ACCEPT"}
+		if _, err := iptables(append([]string{"-t", "nat", "-C", r.chain}, rule...)...); err == nil {
+			continue
+		}
+		if _, err := iptables(append([]string{"-t", "nat", "-I", r.chain, "1"}, rule...)...); err != nil {
+			return err
+		}
+	}
+	installed.Store("fabric-nat-bypass", true)
 	return nil
 }
 

@@ -53,7 +53,7 @@ func machineType(brand string) string {
 
 func nicJSON(n store.NIC, in store.Instance) map[string]any {
 	m := map[string]any{"mac": n.MAC, "ip": n.IP, "primary": n.Primary, "netmask": netmask(n.Subnet),
-		"state": nicState(in), "network": n.NetworkID}
+		"state": nicState(n, in), "network": n.NetworkID}
 	if n.Gateway != nil {
 		m["gateway"] = *n.Gateway
 	}
@@ -61,13 +61,12 @@ func nicJSON(n store.NIC, in store.Instance) map[string]any {
 }
 
 // nicState is the instance's settled state once its node has applied the
-// instance's latest change, and "provisioning" until then: a NIC added to a
-// running instance is plumbed by its node, and `triton inst nic create -w`
-// waits for "running".
-func nicState(in store.Instance) string {
+// NIC (reported the generation the NIC was added at), and "provisioning"
+// until then: `triton inst nic create -w` waits for "running".
+func nicState(n store.NIC, in store.Instance) string {
 	switch in.State {
 	case "running", "stopped":
-		if in.ObservedGeneration < in.Generation && in.DesiredState != "deleted" {
+		if in.ObservedGeneration < n.Generation && in.DesiredState != "deleted" {
 			return "provisioning"
 		}
 		return in.State

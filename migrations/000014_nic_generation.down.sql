@@ -1,0 +1,1 @@
+ALTER TABLE nics DROP COLUMN IF EXISTS generation;
