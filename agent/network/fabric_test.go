@@ -71,8 +71,9 @@ func TestFabricHostHelper(t *testing.T) {
 // to the other by an underlay link, and two tenants whose VLANs both span
 // both nodes with the same subnet (and one address used by both). A
 // tenant's instances reach each other across nodes (ping and TCP) and their
-// gateway in the router namespace; the other tenant's are unreachable, and
-// a shared address reaches the caller's own tenant's instance.
+// gateway in the router namespace (also on a node with a host network and
+// NAT rule of its own on their subnet); the other tenant's are unreachable,
+// and a shared address reaches the caller's own tenant's instance.
 func TestFabricAcrossNodes(t *testing.T) {
 	needRoot(t)
 	testenv.NeedCommand(t, "nsenter", "util-linux")
@@ -102,6 +103,16 @@ func TestFabricAcrossNodes(t *testing.T) {
 		run(t, "ip", "-n", h, "addr", "add", underlay[i]+"/24", "dev", dev)
 		run(t, "ip", "-n", h, "link", "set", dev, "up")
 	}
+
+	// Node b has a host network of its own on the tenants' subnet, as a
+	// docker0 might, with the usual MASQUERADE for it: neither its address
+	// (ARP) nor its NAT (br_netfilter) may take the tenants' gateway traffic.
+	hostNet := "fltd" + sfx[:6]
+	run(t, "ip", "-n", hosts[1], "link", "add", hostNet, "type", "bridge")
+	run(t, "ip", "-n", hosts[1], "addr", "add", "192.168.128.1/22", "dev", hostNet)
+	run(t, "ip", "-n", hosts[1], "link", "set", hostNet, "up")
+	run(t, "ip", "netns", "exec", hosts[1], "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "192.168.128.0/22",
+		"!", "-o", hostNet, "-j", "MASQUERADE")
 
 	// Tenants A and B: the same subnet, different VNIs.
 	vniA, vniB := 0x100000+rand.IntN(1<<19), 0x180000+rand.IntN(1<<19)
