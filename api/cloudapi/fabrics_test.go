@@ -364,6 +364,18 @@ func TestMachineNICs(t *testing.T) {
 		resp, b = e.do(request{method: "POST", path: "/bob/machines/" + bm + "/nics", signer: bob, body: map[string]any{"network": back}})
 		wantError(t, resp, b, http.StatusConflict, "InvalidArgument", "network "+back+" not found")
 	})
+	t.Run("ErrVM", func(t *testing.T) {
+		img, err := e.st.CreateImage(e.ctx, store.Image{Name: "vm-img", Version: "1.0", OS: "linux", Type: "zvol", Public: true, SizeBytes: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, b := e.post("/alice/machines", map[string]any{"name": "vm1", "image": img.ID, "package": "g1-nano-256M"})
+		wantStatus(t, resp, b, http.StatusCreated)
+		vm := decode[map[string]any](t, b)["id"].(string)
+		resp, b = e.post("/alice/machines/"+vm+"/nics", map[string]any{"network": back})
+		wantError(t, resp, b, http.StatusConflict, "InvalidArgument",
+			"adding or removing NICs of a VM (brand bhyve) is not supported: its NICs are fixed when it is created")
+	})
 	t.Run("OK/Remove", func(t *testing.T) {
 		bare := strings.ReplaceAll(mac, ":", "")
 		resp, b := e.do(request{method: "DELETE", path: "/alice/machines/" + id + "/nics/" + bare})

@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 
+	"flotilla/agent/driver"
 	"flotilla/api/errdefs"
 	"flotilla/store"
 )
@@ -30,6 +31,9 @@ func (s *Service) AddNIC(ctx context.Context, c Caller, instanceID, networkRef s
 	if in.State == "deleted" || in.DesiredState == "deleted" {
 		return store.NIC{}, false, errdefs.New(errdefs.Gone, "VM %s has been deleted", in.ID)
 	}
+	if err := nicsChangeable(in); err != nil {
+		return store.NIC{}, false, err
+	}
 	n, err := s.Store.GetNetwork(ctx, c.AccountID, networkRef)
 	if err != nil {
 		if errdefs.Is(err, errdefs.NotFound) {
@@ -50,5 +54,21 @@ func (s *Service) AddNIC(ctx context.Context, c Caller, instanceID, networkRef s
 // RemoveNIC removes the NIC with mac from one of the caller's instances and
 // frees its address. Errors: NotFound (instance or NIC), Gone.
 func (s *Service) RemoveNIC(ctx context.Context, c Caller, instanceID, mac string) error {
+	in, err := s.Store.GetInstance(ctx, c.AccountID, instanceID)
+	if err != nil {
+		return err
+	}
+	if err := nicsChangeable(in); err != nil {
+		return err
+	}
 	return s.Store.RemoveNIC(ctx, c.AccountID, instanceID, mac, c.Audit())
+}
+
+// nicsChangeable refuses NIC changes the instance's node cannot apply: a
+// QEMU VM keeps the NICs it was created with.
+func nicsChangeable(in store.Instance) error {
+	if in.Brand == driver.BrandBhyve || in.Brand == driver.BrandKVM {
+		return errdefs.InvalidArgument("adding or removing NICs of a VM (brand %s) is not supported: its NICs are fixed when it is created", in.Brand)
+	}
+	return nil
 }
