@@ -136,6 +136,7 @@ func NewStreamServer(drv driver.Driver, token string, log *slog.Logger) *StreamS
 	m.HandleFunc("GET "+p+"/archive/stat", s.handle(s.archiveStat))
 	m.HandleFunc("GET "+p+"/archive", s.handle(s.archiveGet))
 	m.HandleFunc("PUT "+p+"/archive", s.handle(s.archivePut))
+	s.diffRoutes(m, p)
 	m.HandleFunc("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.NotFoundf("no stream route %s %s", r.Method, r.URL.Path)
 	}))

@@ -57,6 +57,7 @@ func (s *Server) streamRoutes(r chi.Router) {
 	s.execRoutes(r)
 	s.statsRoutes(r)
 	s.archiveRoutes(r)
+	s.commitRoutes(r)
 }
 
 // nodeOf returns how to reach the node running in. It returns Conflict for

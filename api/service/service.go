@@ -4,7 +4,8 @@
 // it; neither imports the other.
 //
 // Imports: store, scheduler, oci, go-containerregistry, api/errdefs,
-// agent/driver (brand names and types). Never api/cloudapi, api/dockerapi or
+// agent/driver (brand names and types), api/nodeclient (reading an
+// instance's changes on its node). Never api/cloudapi, api/dockerapi or
 // net/http servers.
 package service
 
@@ -12,6 +13,7 @@ import (
 	"context"
 	"log/slog"
 
+	"flotilla/api/nodeclient"
 	"flotilla/oci"
 	"flotilla/store"
 )
@@ -22,9 +24,10 @@ type Service struct {
 	Placer *Placer
 	Log    *slog.Logger
 
-	blobs       oci.BlobStore // image content; see SetBlobs
-	imagePolicy ImagePolicy   // limits on image content and pulls; see SetImagePolicy
-	watch       Waiters       // requests waiting for instances to change; see RunWatcher
+	blobs       oci.BlobStore      // image content; see SetBlobs
+	imagePolicy ImagePolicy        // limits on image content and pulls; see SetImagePolicy
+	watch       Waiters            // requests waiting for instances to change; see RunWatcher
+	nodes       *nodeclient.Client // reaches nodes' stream servers; see SetNodeClient
 }
 
 // New returns a Service whose placer loads its snapshot from st.

@@ -21,6 +21,7 @@ import (
 	"flotilla/api/cloudapi"
 	"flotilla/api/cns"
 	"flotilla/api/dockerapi"
+	"flotilla/api/nodeclient"
 	"flotilla/api/service"
 	"flotilla/internal/metrics"
 	"flotilla/scheduler"
@@ -205,6 +206,9 @@ func startControlPlane(ctx context.Context, cfg serveConfig) (*controlPlane, err
 		return nil, err
 	}
 	dockerapi.UseNodeCA(nodeCA.CertPool())
+	nodes := nodeclient.New()
+	nodes.UseTLS(nodeCA.CertPool())
+	svc.SetNodeClient(nodes)
 	al, err := net.Listen("tcp", cfg.AgentAPIAddr)
 	if err != nil {
 		cl.Close()

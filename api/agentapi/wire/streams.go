@@ -44,6 +44,14 @@ import "time"
 //	PUT  /streams/v1/instances/{id}/archive?path=DIR&noOverwriteDirNonDir=1  body tar -> 204
 //	     P and DIR are absolute paths as the instance sees them; a missing
 //	     one is NotFound, a DIR that is not a directory Invalid.
+//	GET  /streams/v1/instances/{id}/changes                          -> 200 []Change
+//	GET  /streams/v1/instances/{id}/export                           -> 200 application/x-tar,
+//	     the whole filesystem
+//	GET  /streams/v1/instances/{id}/layer                            -> 200 application/x-tar,
+//	     what the instance changed, as an uncompressed OCI layer (whiteouts
+//	     for deletions); both tars abort the connection on a failure after
+//	     the headers. An instance whose driver keeps no record of its
+//	     changes (a VM, a copied rootfs) is NotImplemented.
 //
 // Upgrades: the request has "Connection: Upgrade" and "Upgrade: tcp"; the
 // answer is "101 Switching Protocols" with header StreamTTYHeader ("1" for a
@@ -72,6 +80,14 @@ type PathStat struct {
 	Mode       uint32    `json:"mode"`
 	Mtime      time.Time `json:"mtime"`
 	LinkTarget string    `json:"linkTarget"`
+}
+
+// Change is a path of an instance's filesystem that differs from its
+// image; its JSON is Docker's container.FilesystemChange (Kind 0 modified,
+// 1 added, 2 deleted).
+type Change struct {
+	Path string `json:"Path"`
+	Kind uint8  `json:"Kind"`
 }
 
 // WaitResult is the exit of an instance's main process.
