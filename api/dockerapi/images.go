@@ -747,7 +747,7 @@ func importChanges(changes []string) (v1.Config, error) {
 					cfg.ExposedPorts[p] = struct{}{}
 				}
 			default:
-				return cfg, errdefs.InvalidArgument("%s is not a valid change command (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE)", op)
+				return cfg, errdefs.InvalidArgument("%s is not a valid change command for import or commit (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE)", op)
 			}
 		}
 	}

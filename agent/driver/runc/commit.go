@@ -411,6 +411,9 @@ func (o *overlayFS) layer(ctx context.Context, tw *tar.Writer, dirfd int, dir st
 // hard link to an earlier name of the same inode. A file that is no longer
 // a regular file is left out.
 func writeRegular(tw *tar.Writer, dirfd int, name string, hdr *tar.Header, links map[[2]uint64]string) error {
+	if testHookBeforeOpen != nil {
+		testHookBeforeOpen(dirfd, name)
+	}
 	f, ok, err := openRegular(dirfd, name)
 	if err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "open %s", hdr.Name)
