@@ -13,6 +13,7 @@ func (s *Server) imageRoutes(r chi.Router) {
 	getHead(r, "/images", s.handle(s.listImages))
 	getHead(r, "/images/{id}", s.handle(s.getImage))
 	r.Delete("/images/{id}", s.handle(s.deleteImage))
+	r.Post("/images", s.handle(s.createImage))
 }
 
 // imageJSON renders an image; API ranges below 8 see the old type names.

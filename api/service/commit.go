@@ -106,6 +106,12 @@ func (s *Service) CommitInstance(ctx context.Context, owner string, in store.Ins
 	if opts.Meta.Type == "" {
 		opts.Meta.Type = baseRow.Type
 	}
+	if opts.Meta.OS == "" {
+		opts.Meta.OS = baseRow.OS
+	}
+	if opts.Meta.Requirements == nil {
+		opts.Meta.Requirements = baseRow.Requirements
+	}
 	if err := validateMeta(&opts.Meta, ImageTypeDocker); err != nil {
 		return store.Image{}, err
 	}
