@@ -2,6 +2,7 @@ package dockerapi
 
 import (
 	"archive/tar"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -121,6 +122,14 @@ func TestRuncCommit(t *testing.T) {
 		if out != want {
 			t.Errorf("a container of the committed image sees:\n%s\nwant:\n%s", out, want)
 		}
+		// An image committed from a container of a committed image has
+		// both layers of changes.
+		e.ok("alice", "run", "--name", "second", "mine/app:v1", "sh", "-c", "echo two > /data/two; rm /data/sub/new.txt")
+		e.ok("alice", "commit", "second", "mine/app:v2")
+		if out := e.ok("alice", "run", "--rm", "mine/app:v2", "sh", "-c", "cat two; ls sub; echo $FOO"); out != "two\nbar\n" {
+			t.Errorf("a container of the second commit sees %q", out)
+		}
+		e.ok("alice", "rm", "second")
 	})
 
 	t.Run("CommitRunningWithCmd", func(t *testing.T) {
@@ -157,6 +166,23 @@ func TestRuncCommit(t *testing.T) {
 			t.Errorf("bob sees alice's committed image")
 		}
 		e.fails("alice", 1, "not a valid change command", "commit", "-c", "FROM scratch", "src", "x:2")
+		// A container whose image the account can no longer see cannot be
+		// committed: the new manifest would name layers the account may
+		// not read.
+		appID := strings.TrimSpace(e.ok("alice", "image", "inspect", "-f", "{{.Id}}", "mine/app:v1"))
+		setPublic := func(public bool) {
+			_, err := e.st.Pool().Exec(context.Background(), `UPDATE images SET public = $1 WHERE name = 'mine/app'`, public)
+			must(t, err)
+		}
+		setPublic(true)
+		e.ok("bob", "run", "--name", "bobsrc", appID, "touch", "/mine")
+		setPublic(false)
+		e.fails("bob", 1, "no longer available to this account", "commit", "bobsrc", "bob/img:1")
+		setPublic(true)
+		e.ok("bob", "commit", "bobsrc", "bob/img:1")
+		e.ok("bob", "rmi", "bob/img:1")
+		setPublic(false)
+		e.ok("bob", "rm", "bobsrc")
 		for _, q := range []string{"container=src&repo=BAD%20REPO", "container=src&repo=Upper", "container=src&repo=a&tag=b@c",
 			"repo=x", "container=src&tag=only"} {
 			resp, err := e.client("alice").Post(e.srv.URL+"/v1.47/commit?"+q, "application/json", nil)
