@@ -98,6 +98,10 @@ func (a *Agent) putNames(as []wire.Assignment) {
 		}
 		if len(l.Networks) > 0 {
 			put[x.ID] = l
+		} else {
+			// Disconnected from its last network: its old names go now,
+			// not when they expire.
+			forget = append(forget, x.ID)
 		}
 	}
 	r.Update(put, forget)

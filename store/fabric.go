@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"net/netip"
 	"time"
 
@@ -335,15 +336,19 @@ func (s *Store) EnsureDefaultFabric(ctx context.Context, ownerID string) (string
 
 // AddNIC gives one of the owner's instances a NIC on networkID (one the
 // owner may use) with an address from its pool, bumping the instance's
-// generation so that its node plumbs it. The boolean is false (and the
-// existing NIC returned) when the instance already has a NIC there.
-// Errors: NotFound (instance or network), Gone (deleted instance),
-// InsufficientCapacity (network full).
-func (s *Store) AddNIC(ctx context.Context, ownerID, instanceID, networkID string, caller map[string]any) (NIC, bool, error) {
+// generation so that its node plumbs it. edit, when set, changes the
+// instance in the same transaction (a Docker connect's aliases go into its
+// spec), and only when the NIC is new. The boolean is false (and the
+// existing NIC returned, nothing written) when the instance already has a
+// NIC there. Errors: NotFound (instance or network), Gone (deleted
+// instance), InsufficientCapacity (network full), Invalid (10 NICs), and
+// edit's.
+func (s *Store) AddNIC(ctx context.Context, ownerID, instanceID, networkID string, caller map[string]any, edit func(in *Instance) error) (NIC, bool, error) {
 	var nic NIC
 	created := false
 	_, err := s.UpdateInstance(ctx, ownerID, instanceID, Mutation{Action: "add_nics", Caller: caller,
 		Params: map[string]any{"network": networkID},
+		Apply:  edit,
 		applyTx: func(ctx context.Context, tx pgx.Tx, in *Instance) error {
 			if in.DesiredState == "deleted" {
 				return errGone(*in)
@@ -392,20 +397,22 @@ func (s *Store) AddNIC(ctx context.Context, ownerID, instanceID, networkID strin
 var errNICExists = errdefs.Conflictf("the instance already has a NIC on that network")
 
 // RemoveNIC removes the NIC with mac (colons optional) from one of the
-// owner's instances and frees its address. The primary NIC of an instance
-// with others cannot go. Errors: NotFound, Gone.
+// owner's instances, frees its address and forgets the instance's Docker
+// aliases on that network. When the primary NIC goes, the next one becomes
+// primary. Errors: NotFound, Gone.
 func (s *Store) RemoveNIC(ctx context.Context, ownerID, instanceID, mac string, caller map[string]any) error {
 	mac = NormaliseMAC(mac)
 	_, err := s.UpdateInstance(ctx, ownerID, instanceID, Mutation{Action: "remove_nics", Caller: caller,
 		Params: map[string]any{"mac": mac},
 		applyTx: func(ctx context.Context, tx pgx.Tx, in *Instance) error {
-			var ip string
+			var ip, networkID string
 			var primary bool
-			err := tx.QueryRow(ctx, `DELETE FROM nics WHERE instance_id = $1 AND mac = $2 RETURNING host(ip), is_primary`,
-				in.ID, mac).Scan(&ip, &primary)
+			err := tx.QueryRow(ctx, `DELETE FROM nics WHERE instance_id = $1 AND mac = $2 RETURNING host(ip), is_primary, network_id::text`,
+				in.ID, mac).Scan(&ip, &primary, &networkID)
 			if err != nil {
 				return notFound(err, "NIC "+mac+" not found")
 			}
+			in.Spec = dropNetworkAliases(in.Spec, networkID)
 			if _, err := tx.Exec(ctx, `DELETE FROM network_ips WHERE instance_id = $1 AND ip = $2::inet`, in.ID, ip); err != nil {
 				return translate(err)
 			}
@@ -419,6 +426,39 @@ WHERE instance_id = $1 ORDER BY position LIMIT 1)`, in.ID); err != nil {
 			return nil
 		}})
 	return err
+}
+
+// dropNetworkAliases removes the names an instance's spec gives it on
+// networkID (network_aliases, which node resolvers read): an instance off
+// a network has no names there, and a later NIC on it starts without them.
+// A spec it cannot read is returned as it is.
+func dropNetworkAliases(spec json.RawMessage, networkID string) json.RawMessage {
+	var top map[string]json.RawMessage
+	if len(spec) == 0 || json.Unmarshal(spec, &top) != nil || top["network_aliases"] == nil {
+		return spec
+	}
+	var aliases map[string]json.RawMessage
+	if json.Unmarshal(top["network_aliases"], &aliases) != nil {
+		return spec
+	}
+	if _, ok := aliases[networkID]; !ok {
+		return spec
+	}
+	delete(aliases, networkID)
+	if len(aliases) == 0 {
+		delete(top, "network_aliases")
+	} else {
+		b, err := json.Marshal(aliases)
+		if err != nil {
+			return spec
+		}
+		top["network_aliases"] = b
+	}
+	out, err := json.Marshal(top)
+	if err != nil {
+		return spec
+	}
+	return out
 }
 
 // NormaliseMAC lower-cases a MAC and puts colons in one sent without them

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -207,25 +208,25 @@ func TestAddRemoveNIC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nic, created, err := f.st.AddNIC(ctx, f.owner.ID, in.ID, netID, nil)
+	nic, created, err := f.st.AddNIC(ctx, f.owner.ID, in.ID, netID, nil, nil)
 	if err != nil || !created || nic.Primary || nic.Position != 1 || !nic.Fabric {
 		t.Fatalf("AddNIC: %v %v %+v", err, created, nic)
 	}
-	if _, created, err := f.st.AddNIC(ctx, f.owner.ID, in.ID, netID, nil); err != nil || created {
+	if _, created, err := f.st.AddNIC(ctx, f.owner.ID, in.ID, netID, nil, nil); err != nil || created {
 		t.Fatalf("second AddNIC on the same network: created=%v %v", created, err)
 	}
 	got, err := f.st.GetInstance(ctx, f.owner.ID, in.ID)
 	if err != nil || len(got.NICs) != 2 || got.Generation != in.Generation+1 {
 		t.Fatalf("after AddNIC: %v gen %d->%d nics %+v", err, in.Generation, got.Generation, got.NICs)
 	}
-	if _, _, err := f.st.AddNIC(ctx, f.other.ID, in.ID, netID, nil); !errdefs.Is(err, errdefs.NotFound) {
+	if _, _, err := f.st.AddNIC(ctx, f.other.ID, in.ID, netID, nil, nil); !errdefs.Is(err, errdefs.NotFound) {
 		t.Fatalf("bob adds a NIC to alice's instance: %v", err)
 	}
 	bobNet, err := f.st.EnsureDefaultFabric(ctx, f.other.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.st.AddNIC(ctx, f.owner.ID, in.ID, bobNet, nil); !errdefs.Is(err, errdefs.NotFound) {
+	if _, _, err := f.st.AddNIC(ctx, f.owner.ID, in.ID, bobNet, nil, nil); !errdefs.Is(err, errdefs.NotFound) {
 		t.Fatalf("alice joins bob's network: %v", err)
 	}
 	if err := f.st.RemoveNIC(ctx, f.owner.ID, in.ID, strings.ReplaceAll(nic.MAC, ":", ""), nil); err != nil {
@@ -238,6 +239,71 @@ func TestAddRemoveNIC(t *testing.T) {
 	if err := f.st.RemoveNIC(ctx, f.owner.ID, in.ID, nic.MAC, nil); !errdefs.Is(err, errdefs.NotFound) {
 		t.Fatalf("removing it again: %v", err)
 	}
+}
+
+// TestAddNICEdit checks that a NIC's edit (a Docker connect's aliases) is
+// written with it and only with it, and that removing the NIC forgets the
+// instance's aliases on its network and keeps the others.
+func TestAddNICEdit(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 1<<20, "10.91.0.0/20")
+	in, err := f.create(ctx, f.owner.ID, "web", 128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	netID, err := f.st.EnsureDefaultFabric(ctx, f.owner.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := `{"cmd":["sh"],"network_aliases":{"` + f.network.ID + `":["www"],"` + netID + `":["db"]}}`
+	edit := func(in *store.Instance) error { in.Spec = []byte(spec); return nil }
+	nic, created, err := f.st.AddNIC(ctx, f.owner.ID, in.ID, netID, nil, edit)
+	if err != nil || !created {
+		t.Fatalf("AddNIC: %v %v", err, created)
+	}
+	got, err := f.st.GetInstance(ctx, f.owner.ID, in.ID)
+	if err != nil || !strings.Contains(string(got.Spec), `"db"`) {
+		t.Fatalf("the edit was not written with the NIC: %v %s", err, got.Spec)
+	}
+	t.Run("ErrExistingNICWritesNothing", func(t *testing.T) {
+		other := func(in *store.Instance) error { in.Spec = []byte(`{}`); return nil }
+		if _, created, err := f.st.AddNIC(ctx, f.owner.ID, in.ID, netID, nil, other); err != nil || created {
+			t.Fatalf("AddNIC again: %v %v", err, created)
+		}
+		again, err := f.st.GetInstance(ctx, f.owner.ID, in.ID)
+		if err != nil || again.Generation != got.Generation || string(again.Spec) != string(got.Spec) {
+			t.Fatalf("a NIC that existed changed the instance: gen %d->%d spec %s", got.Generation, again.Generation, again.Spec)
+		}
+	})
+	t.Run("ErrEditFails", func(t *testing.T) {
+		bad := func(in *store.Instance) error { return errdefs.InvalidArgument("no") }
+		if _, _, err := f.st.AddNIC(ctx, f.owner.ID, in.ID, f.network.ID, nil, bad); !errdefs.Is(err, errdefs.Invalid) {
+			t.Fatalf("AddNIC with a failing edit: %v", err)
+		}
+		again, _ := f.st.GetInstance(ctx, f.owner.ID, in.ID)
+		if len(again.NICs) != len(got.NICs) {
+			t.Fatalf("a failed edit left a NIC: %+v", again.NICs)
+		}
+	})
+	t.Run("RemoveForgetsAliases", func(t *testing.T) {
+		if err := f.st.RemoveNIC(ctx, f.owner.ID, in.ID, nic.MAC, nil); err != nil {
+			t.Fatal(err)
+		}
+		after, err := f.st.GetInstance(ctx, f.owner.ID, in.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p struct {
+			Cmd     []string            `json:"cmd"`
+			Aliases map[string][]string `json:"network_aliases"`
+		}
+		if err := json.Unmarshal(after.Spec, &p); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := p.Aliases[netID]; ok || len(p.Aliases[f.network.ID]) != 1 || len(p.Cmd) != 1 {
+			t.Fatalf("spec after RemoveNIC: %s", after.Spec)
+		}
+	})
 }
 
 func FuzzParseSubnet(f *testing.F) {

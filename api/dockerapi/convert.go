@@ -237,11 +237,14 @@ func publishedPorts(in store.Instance, x dockerExtra) (nat.PortMap, []container.
 // endpoints returns the container's networks keyed by name.
 func endpoints(in store.Instance) map[string]*network.EndpointSettings {
 	out := map[string]*network.EndpointSettings{}
+	aliases := service.DecodeProcessSpec(in.Spec).NetworkAliases
 	for _, n := range in.NICs {
+		// As dockerd: the name, the aliases on this network, the short id.
+		names := append(append([]string{in.Name}, aliases[n.NetworkID]...), ContainerID(in.ID)[:12])
 		es := &network.EndpointSettings{
 			NetworkID: NetworkID(n.NetworkID), EndpointID: endpointID(in.ID, n.MAC), IPAddress: n.IP,
-			Aliases: []string{}, Links: []string{},
-			MacAddress: n.MAC, DNSNames: []string{in.Name, ContainerID(in.ID)[:12]},
+			Aliases: append([]string{}, aliases[n.NetworkID]...), Links: []string{},
+			MacAddress: n.MAC, DNSNames: names,
 		}
 		if n.Gateway != nil {
 			es.Gateway = *n.Gateway

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/docker/docker/api/types/events"
@@ -22,8 +23,8 @@ func (s *Server) networkRoutes(r chi.Router) {
 	r.Get("/networks/{id}", s.handle(s.inspectNetwork))
 	r.Post("/networks/create", s.handle(s.createNetwork))
 	r.Delete("/networks/{id}", s.handle(s.deleteNetwork))
-	r.Post("/networks/{id}/connect", s.handle(s.unsupported("connecting a running container to another network")))
-	r.Post("/networks/{id}/disconnect", s.handle(s.unsupported("disconnecting a container from a network")))
+	r.Post("/networks/{id}/connect", s.handle(s.connectNetwork))
+	r.Post("/networks/{id}/disconnect", s.handle(s.disconnectNetwork))
 }
 
 // NetworkID is a network's 64-hex Docker id: its uuid's hex digits twice
@@ -242,4 +243,137 @@ func (s *Server) deleteNetwork(w http.ResponseWriter, r *http.Request) error {
 	s.recordObjectEvent(r.Context(), c, n.ID, events.NetworkEventType, events.ActionDestroy, NetworkID(n.ID), map[string]string{"name": n.Name, "type": "bridge"})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// connectNetwork gives a container a NIC on a network (docker network
+// connect [--alias]): the same NIC a CloudAPI AddNic makes, plumbed live
+// into a running container by its node. It answers once the node has
+// applied it (or ConvergeTimeout has passed: the change is recorded and the
+// node will get there).
+func (s *Server) connectNetwork(w http.ResponseWriter, r *http.Request) error {
+	c := Caller(r)
+	var req network.ConnectOptions
+	if err := httpx.DecodeJSON(r, maxBody, false, &req); err != nil {
+		return err
+	}
+	in, err := s.resolveContainer(r.Context(), c, req.Container)
+	if err != nil {
+		return err
+	}
+	n, err := s.resolveNetwork(r.Context(), c, chi.URLParam(r, "id"))
+	if err != nil {
+		return err
+	}
+	aliases, err := connectAliases(n, req.EndpointConfig)
+	if err != nil {
+		return err
+	}
+	for _, nic := range in.NICs {
+		if nic.NetworkID == n.ID {
+			return errAlreadyConnected(in, n)
+		}
+	}
+	if _, err := s.Service.ConnectNetwork(r.Context(), c, in.ID, n.ID, aliases); err != nil {
+		if errdefs.Is(err, errdefs.Conflict) {
+			return errAlreadyConnected(in, n)
+		}
+		if errdefs.Is(err, errdefs.Gone) {
+			return notFoundContainer(req.Container)
+		}
+		return err
+	}
+	if err := s.waitApplied(r.Context(), c, in); err != nil {
+		return err
+	}
+	s.recordObjectEvent(r.Context(), c, n.ID, events.NetworkEventType, events.ActionConnect, NetworkID(n.ID),
+		map[string]string{"container": ContainerID(in.ID), "name": n.Name, "type": "bridge"})
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// disconnectNetwork removes a container's NIC on a network (docker network
+// disconnect [-f]), with its address and aliases there, live from a
+// running container. -f is accepted: the control plane's record is the
+// authority, so a disconnect is always complete once it answers.
+func (s *Server) disconnectNetwork(w http.ResponseWriter, r *http.Request) error {
+	c := Caller(r)
+	var req network.DisconnectOptions
+	if err := httpx.DecodeJSON(r, maxBody, false, &req); err != nil {
+		return err
+	}
+	in, err := s.resolveContainer(r.Context(), c, req.Container)
+	if err != nil {
+		return err
+	}
+	n, err := s.resolveNetwork(r.Context(), c, chi.URLParam(r, "id"))
+	if err != nil {
+		return err
+	}
+	if err := s.Service.DisconnectNetwork(r.Context(), c, in.ID, n.ID); err != nil {
+		if errdefs.Is(err, errdefs.Conflict) {
+			return errdefs.New(errdefs.Forbidden, "container %s is not connected to network %s", ContainerID(in.ID), n.Name)
+		}
+		if errdefs.Is(err, errdefs.Gone) {
+			return notFoundContainer(req.Container)
+		}
+		return err
+	}
+	if err := s.waitApplied(r.Context(), c, in); err != nil {
+		return err
+	}
+	s.recordObjectEvent(r.Context(), c, n.ID, events.NetworkEventType, events.ActionDisconnect, NetworkID(n.ID),
+		map[string]string{"container": ContainerID(in.ID), "name": n.Name, "type": "bridge"})
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// errAlreadyConnected is dockerd's answer to a second connect (403).
+func errAlreadyConnected(in store.Instance, n store.Network) error {
+	return errdefs.New(errdefs.Forbidden, "endpoint with name %s already exists in network %s", in.Name, n.Name)
+}
+
+// waitApplied waits until the container's node has applied its last change
+// when it has a node to apply it.
+func (s *Server) waitApplied(ctx context.Context, c service.Caller, in store.Instance) error {
+	if in.NodeID == nil {
+		return nil
+	}
+	_, err := s.converge(ctx, c, in.ID, s.cfg.ConvergeTimeout, observed)
+	return err
+}
+
+// connectAliases checks a connect's endpoint settings and returns its
+// aliases. What this cloud cannot honour is refused, saying why: a fixed
+// address (addresses come from the network's IPAM), links, driver options,
+// a gateway priority (the first network's gateway is the default route)
+// and a chosen MAC address.
+func connectAliases(n store.Network, ep *network.EndpointSettings) ([]string, error) {
+	if ep == nil {
+		return nil, nil
+	}
+	if c := ep.IPAMConfig; c != nil && (c.IPv4Address != "" || c.IPv6Address != "" || len(c.LinkLocalIPs) > 0) {
+		return nil, errdefs.InvalidArgument("a fixed address (--ip, --ip6, --link-local-ip) on network %s is not supported by this cloud yet: every container gets an address from its network's IPAM; leave them out", n.Name)
+	}
+	switch {
+	case len(ep.Links) > 0:
+		return nil, errdefs.InvalidArgument("--link is not supported by this cloud: containers on a network find each other by name through its resolver")
+	case len(ep.DriverOpts) > 0:
+		return nil, errdefs.InvalidArgument("--driver-opt is not supported by this cloud: network %s has no driver options", n.Name)
+	case ep.GwPriority != 0:
+		return nil, errdefs.InvalidArgument("--gw-priority is not supported by this cloud: a container's default route is via its first network's gateway")
+	case ep.MacAddress != "":
+		return nil, errdefs.InvalidArgument("a fixed MAC address is not supported by this cloud: every NIC gets one of its own")
+	case len(ep.Aliases) > maxDNSEntries:
+		return nil, errdefs.InvalidArgument("at most %d aliases per network are allowed", maxDNSEntries)
+	}
+	var out []string
+	for _, a := range ep.Aliases {
+		if !aliasRE.MatchString(a) {
+			return nil, errdefs.InvalidArgument("invalid network alias %q: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, up to 63 characters", a)
+		}
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out, nil
 }

@@ -41,14 +41,97 @@ func (s *Service) AddNIC(ctx context.Context, c Caller, instanceID, networkRef s
 		}
 		return store.NIC{}, false, err
 	}
+	if err := checkNewNIC(in, n); err != nil {
+		return store.NIC{}, false, err
+	}
+	return s.Store.AddNIC(ctx, c.AccountID, in.ID, n.ID, c.Audit(), nil)
+}
+
+// checkNewNIC refuses a NIC on n for a deleted instance (Gone), a VM and
+// a second public network (Invalid).
+func checkNewNIC(in store.Instance, n store.Network) error {
+	if in.State == "deleted" || in.DesiredState == "deleted" {
+		return errdefs.New(errdefs.Gone, "VM %s has been deleted", in.ID)
+	}
+	if err := nicsChangeable(in); err != nil {
+		return err
+	}
 	if n.Public {
 		for _, x := range in.NICs {
 			if x.Public && x.NetworkID != n.ID {
-				return store.NIC{}, false, errdefs.InvalidArgument("Invalid Networks: only one public network is allowed (the instance is on %s)", x.NetworkName)
+				return errdefs.InvalidArgument("Invalid Networks: only one public network is allowed (the instance is on %s)", x.NetworkName)
 			}
 		}
 	}
-	return s.Store.AddNIC(ctx, c.AccountID, in.ID, n.ID, c.Audit())
+	return nil
+}
+
+// ConnectNetwork gives one of the caller's instances a NIC on the network
+// networkID, with aliases as its extra names there (answered by node
+// resolvers), in one change; a running instance gets the NIC live. Errors:
+// NotFound (instance, network), Conflict (already on the network), Gone,
+// Invalid (a second public network, more than 10 NICs),
+// InsufficientCapacity (no free address).
+func (s *Service) ConnectNetwork(ctx context.Context, c Caller, instanceID, networkID string, aliases []string) (store.NIC, error) {
+	in, err := s.Store.GetInstance(ctx, c.AccountID, instanceID)
+	if err != nil {
+		return store.NIC{}, err
+	}
+	n, err := s.Store.GetNetwork(ctx, c.AccountID, networkID)
+	if err != nil {
+		return store.NIC{}, err
+	}
+	if err := checkNewNIC(in, n); err != nil {
+		return store.NIC{}, err
+	}
+	var edit func(in *store.Instance) error
+	if len(aliases) > 0 {
+		edit = func(in *store.Instance) error {
+			p := DecodeProcessSpec(in.Spec)
+			if p.NetworkAliases == nil {
+				p.NetworkAliases = map[string][]string{}
+			}
+			p.NetworkAliases[n.ID] = append([]string{}, aliases...)
+			in.Spec = mustJSON(p)
+			return nil
+		}
+	}
+	nic, created, err := s.Store.AddNIC(ctx, c.AccountID, in.ID, n.ID, c.Audit(), edit)
+	if err != nil {
+		return store.NIC{}, err
+	}
+	if !created {
+		return store.NIC{}, errdefs.Conflictf("instance %s is already on network %s", in.ID, n.Name)
+	}
+	return nic, nil
+}
+
+// DisconnectNetwork removes one of the caller's instances' NIC on the
+// network networkID (live for a running instance), its address and its
+// aliases there. Errors: NotFound (instance), Conflict (not on the
+// network), Gone.
+func (s *Service) DisconnectNetwork(ctx context.Context, c Caller, instanceID, networkID string) error {
+	in, err := s.Store.GetInstance(ctx, c.AccountID, instanceID)
+	if err != nil {
+		return err
+	}
+	if in.State == "deleted" || in.DesiredState == "deleted" {
+		return errdefs.New(errdefs.Gone, "VM %s has been deleted", in.ID)
+	}
+	if err := nicsChangeable(in); err != nil {
+		return err
+	}
+	for _, nic := range in.NICs {
+		if nic.NetworkID == networkID {
+			err := s.Store.RemoveNIC(ctx, c.AccountID, in.ID, nic.MAC, c.Audit())
+			if errdefs.Is(err, errdefs.NotFound) {
+				// Removed by a concurrent request between the two reads.
+				return errdefs.Conflictf("instance %s is not on network %s", in.ID, networkID)
+			}
+			return err
+		}
+	}
+	return errdefs.Conflictf("instance %s is not on network %s", in.ID, networkID)
 }
 
 // RemoveNIC removes the NIC with mac from one of the caller's instances and
