@@ -134,6 +134,21 @@ func TestRuncNetworkConnect(t *testing.T) {
 		}
 	})
 
+	t.Run("StoppedHasItAtStart", func(t *testing.T) {
+		e := e.with(t)
+		e.ok("alice", "run", "-d", "--name", "late", "--network", "front", "busybox", "sleep", "600")
+		e.ok("alice", "stop", "-t", "0", "late")
+		e.ok("alice", "network", "connect", "back", "late")
+		e.ok("alice", "start", "late")
+		lateIP := strings.TrimSpace(e.ok("alice", "inspect", "--format", `{{(index .NetworkSettings.Networks "back").IPAddress}}`, "late"))
+		if out := e.ok("alice", "exec", "late", "ip", "-o", "-4", "addr"); lateIP == "" || !strings.Contains(out, " "+lateIP+"/24 ") {
+			t.Fatalf("late's interfaces after connect and start (back %q):\n%s", lateIP, out)
+		}
+		if out, code := onBack(t, "nslookup late"); code != 0 || !strings.Contains(out, "Address: "+lateIP) {
+			t.Fatalf("nslookup late on back: exit %d %q, want %s", code, out, lateIP)
+		}
+	})
+
 	t.Run("StillOnFront", func(t *testing.T) {
 		e := e.with(t)
 		out, _, code := e.run("alice", "run", "--rm", "--network", "front", "busybox", "sh", "-c", httpGet("web"))
