@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
 	"github.com/go-chi/chi/v5"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -148,6 +149,11 @@ func (s *Server) commitContainer(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	attrs := map[string]string{"comment": q.Get("comment"), "imageID": ImageID(im)}
+	if repo != "" {
+		attrs["imageRef"] = repo + ":" + tag
+	}
+	s.recordObjectEvent(r.Context(), c, in.ID, events.ContainerEventType, events.ActionCommit, ContainerID(in.ID), attrs)
 	s.log.Info("container committed", "account", c.Login, "instance", in.ID, "image", im.ID, "took", time.Since(t0))
 	return writeJSON(w, http.StatusCreated, map[string]string{"Id": ImageID(im)})
 }

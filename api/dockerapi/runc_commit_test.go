@@ -94,6 +94,11 @@ func TestRuncCommit(t *testing.T) {
 		if !strings.HasPrefix(id, "sha256:") {
 			t.Fatalf("docker commit printed %q", id)
 		}
+		ev := e.ok("alice", "events", "--since", t0.Add(-time.Second).Format(time.RFC3339), "--until", time.Now().Add(time.Second).Format(time.RFC3339),
+			"--filter", "event=commit", "--format", "{{.Type}} {{.Action}} {{.Actor.Attributes.imageRef}} {{.Actor.Attributes.name}}")
+		if ev != "container commit mine/app:v1 src\n" {
+			t.Errorf("docker events for the commit: %q", ev)
+		}
 		if got := e.ok("alice", "image", "inspect", "-f", "{{.Id}}", "mine/app:v1"); strings.TrimSpace(got) != id {
 			t.Fatalf("image inspect mine/app:v1 = %q, want %s", got, id)
 		}
