@@ -160,6 +160,7 @@ type Agent struct {
 	reported map[string]report  // last successful report, by id
 	failed   map[string]failure // instances given up on, by id
 	booted   map[string]bool    // instances whose autoboot was considered since this agent started
+	snaps    snapshotFailures
 }
 
 type report struct {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"flotilla/agent/driver"
@@ -105,6 +106,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 			Generation:        want.Generation,
 			StartedGeneration: want.Generation,
 			RebootCount:       want.RebootCount,
+			RestoreCount:      want.RestoreCount,
 			Resources:         resourcesOf(want.Spec),
 			NICs:              driver.NICSet(want.Spec.NICs),
 		}
@@ -116,8 +118,8 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 		if err := a.drv.Create(ctx, want.Spec); err != nil {
 			return &workloadError{want.Generation, err}
 		}
-		ap = applied{RebootCount: want.RebootCount, Resources: resourcesOf(want.Spec), Restarts: ap.Restarts,
-			NICs: driver.NICSet(want.Spec.NICs)}
+		ap = applied{RebootCount: want.RebootCount, RestoreCount: want.RestoreCount, Resources: resourcesOf(want.Spec),
+			Restarts: ap.Restarts, NICs: driver.NICSet(want.Spec.NICs)}
 		if want.DesiredState == wire.DesiredRunning {
 			if err := a.start(ctx, id); err != nil {
 				return &workloadError{want.Generation, err}
@@ -154,6 +156,25 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 				log.Info("instance NICs changed", "nics", len(want.Spec.NICs))
 			}
 			ap.NICs = nics
+		}
+		if want.RestoreCount > ap.RestoreCount {
+			err := a.restore(ctx, want, st.State == driver.StateRunning)
+			if err != nil && !permanent(err) {
+				return err
+			}
+			// Tried once for good: a later start must not restore again.
+			ap.RestoreCount = want.RestoreCount
+			ap.Generation = want.Generation
+			if perr := a.state.Put(id, ap, true); perr != nil {
+				return perr
+			}
+			if err != nil {
+				return &workloadError{want.Generation, err}
+			}
+			log.Info("instance restored from snapshot", "snapshot", want.RestoreSnapshot)
+			// Restored stopped; desired running starts it below.
+			st.State = driver.StateStopped
+			ap.StartedGeneration = 0
 		}
 		running := st.State == driver.StateRunning
 		first := a.firstLook(id)
@@ -213,11 +234,16 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 			log.Warn("unknown desired state; leaving the instance alone", "desired_state", want.DesiredState)
 		}
 	}
+	snaps, err := a.syncSnapshots(ctx, want)
+	if err != nil {
+		return err
+	}
 	ap.Generation = want.Generation
 	// What adoption cannot derive (a reboot, a start at a newer generation,
 	// a policy restart) must be on disk before it is reported.
 	prev, _ := a.state.Get(id)
-	durable := known && (ap.RebootCount != prev.RebootCount || ap.StartedGeneration != prev.StartedGeneration || ap.Restarts != prev.Restarts)
+	durable := known && (ap.RebootCount != prev.RebootCount || ap.StartedGeneration != prev.StartedGeneration ||
+		ap.Restarts != prev.Restarts || ap.RestoreCount != prev.RestoreCount)
 	if err := a.state.Put(id, ap, durable); err != nil {
 		return err
 	}
@@ -238,6 +264,8 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 		FinishedAt:         st.FinishedAt,
 		Error:              st.Error,
 		Restarts:           ap.Restarts + st.Restarts,
+		Snapshots:          snaps,
+		RestoreCount:       ap.RestoreCount,
 	}, false)
 	if err == nil && requeue > 0 {
 		a.q.AddAfter(id, requeue)
@@ -338,7 +366,9 @@ func sameStatus(x, y wire.InstanceStatus) bool {
 		x.StartedAt.Equal(y.StartedAt) &&
 		x.FinishedAt.Equal(y.FinishedAt) &&
 		x.Error == y.Error &&
-		x.Restarts == y.Restarts
+		x.Restarts == y.Restarts &&
+		x.RestoreCount == y.RestoreCount &&
+		slices.Equal(x.Snapshots, y.Snapshots)
 }
 
 // firstLook reports whether this is the first time since the agent started

@@ -47,6 +47,8 @@ type applied struct {
 	Resources resources `json:"resources"`
 	// NICs is driver.NICSet of the NICs applied.
 	NICs string `json:"nics,omitempty"`
+	// RestoreCount is the highest start-from-snapshot count applied.
+	RestoreCount int64 `json:"restore_count,omitempty"`
 }
 
 // stateStore keeps the applied records in memory and in DataDir, writing

@@ -138,6 +138,8 @@ type StatusReport struct {
 	FinishedAt         *time.Time
 	Error              string
 	Restarts           int
+	// Snapshots are the node's view of the instance's snapshots.
+	Snapshots []SnapshotReport
 }
 
 const sqlLockAssigned = `SELECT ` + instanceColumns + ` FROM instances i WHERE i.id = $1 AND i.node_id = $2 FOR UPDATE`
@@ -178,6 +180,9 @@ func (s *Store) ReportStatus(ctx context.Context, nodeID, id string, r StatusRep
 		}
 		b.Queue(sqlWriteStatus, id, r.State, r.ObservedGeneration, r.RebootCount, r.ExitCode,
 			r.StartedAt, r.FinishedAt, r.Error, r.Restarts)
+		if err := queueSnapshotReports(b, id, r.Snapshots); err != nil {
+			return err
+		}
 		switch {
 		case r.State != in.State:
 			detail := map[string]any{}

@@ -148,11 +148,20 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) error {
 				return err
 			}
 			images := map[string]store.Image{}
+			ids := make([]string, len(list))
+			for i, in := range list {
+				ids[i] = in.ID
+			}
+			snaps, restores, err := s.store.SnapshotAssignments(r.Context(), ids)
+			if err != nil {
+				return err
+			}
 			for _, in := range list {
 				a, err := s.assignment(r, in, images)
 				if err != nil {
 					return err
 				}
+				addSnapshots(&a, snaps[in.ID], restores[in.ID])
 				out.Assignments = append(out.Assignments, a)
 			}
 			return httpx.WriteJSON(w, http.StatusOK, out)
@@ -278,11 +287,24 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 	if !st.FinishedAt.IsZero() {
 		rep.FinishedAt = &st.FinishedAt
 	}
+	for _, sn := range st.Snapshots {
+		rep.Snapshots = append(rep.Snapshots, store.SnapshotReport{Name: sn.Name, State: sn.State,
+			Error: truncate(sn.Error, 4096), SizeBytes: sn.SizeBytes})
+	}
 	if err := s.store.ReportStatus(r.Context(), nodeOf(r), chi.URLParam(r, "id"), rep); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// addSnapshots puts an instance's snapshots and its latest start from a
+// snapshot into its assignment.
+func addSnapshots(a *wire.Assignment, snaps []store.SnapshotWant, restore store.Restore) {
+	for _, sn := range snaps {
+		a.Snapshots = append(a.Snapshots, wire.SnapshotWant{Name: sn.Name, Desired: sn.Desired, State: sn.State})
+	}
+	a.RestoreCount, a.RestoreSnapshot = restore.Count, restore.Snapshot
 }
 
 func truncate(s string, n int) string {

@@ -39,7 +39,7 @@ func (s *Server) machineRoutes(r chi.Router) {
 	getHead(r, "/machines/{id}/nics", s.handle(s.listNics))
 	getHead(r, "/machines/{id}/nics/{mac}", s.handle(s.getNic))
 	getHead(r, "/machines/{id}/fwrules", s.handle(s.listMachineFwrules))
-	getHead(r, "/machines/{id}/snapshots", s.handle(s.listSnapshots))
+	s.snapshotRoutes(r)
 	r.Get("/changefeed", s.handle(s.changefeed))
 }
 
@@ -683,11 +683,4 @@ func (s *Server) getNic(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return errdefs.NotFoundf("nic %s not found", pathParam(r, "mac"))
-}
-
-func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) error {
-	if _, err := s.getOwned(r); err != nil {
-		return err
-	}
-	return writeJSON(w, r, http.StatusOK, []any{})
 }

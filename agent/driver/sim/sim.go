@@ -74,6 +74,8 @@ type instance struct {
 	ExitAt   time.Time `json:"exit_at,omitzero"`
 	Starts   int       `json:"starts"`
 	Restarts int       `json:"restarts"`
+	// Snapshots are the instance's snapshots, by name: records only.
+	Snapshots map[string]driver.SnapshotInfo `json:"snapshots,omitempty"`
 }
 
 // stateFile is the persisted form of a driver.

@@ -103,6 +103,37 @@ type Assignment struct {
 	// the instance when it sees a count higher than the one it applied.
 	RebootCount int64       `json:"reboot_count"`
 	Spec        driver.Spec `json:"spec"`
+	// Snapshots are the instance's snapshots the node must hold (desired
+	// "present") or remove ("deleted"), with the state the control plane
+	// last recorded: the node takes a snapshot only while it is "creating".
+	Snapshots []SnapshotWant `json:"snapshots,omitempty"`
+	// RestoreCount increments on every start from a snapshot; the agent
+	// stops the instance, restores RestoreSnapshot and starts it when it
+	// sees a count higher than the one it applied.
+	RestoreCount    int64  `json:"restore_count,omitempty"`
+	RestoreSnapshot string `json:"restore_snapshot,omitempty"`
+}
+
+// Snapshot desires.
+const (
+	SnapshotPresent = "present"
+	SnapshotDeleted = "deleted"
+)
+
+// SnapshotWant is one snapshot of an instance as the control plane wants it.
+type SnapshotWant struct {
+	Name    string `json:"name"`
+	Desired string `json:"desired"` // SnapshotPresent or SnapshotDeleted
+	State   string `json:"state"`   // creating, created or failed
+}
+
+// SnapshotStatus is what the node observes of one snapshot: "created"
+// (on the node), "failed" (Error says why) or "deleted" (gone, as asked).
+type SnapshotStatus struct {
+	Name      string `json:"name"`
+	State     string `json:"state"`
+	Error     string `json:"error,omitempty"`
+	SizeBytes int64  `json:"size_bytes,omitempty"`
 }
 
 // Assignments is the answer to a poll.
@@ -125,6 +156,10 @@ type InstanceStatus struct {
 	FinishedAt         time.Time `json:"finished_at,omitzero"`
 	Error              string    `json:"error,omitempty"`
 	Restarts           int       `json:"restarts"`
+	// Snapshots report every snapshot the assignment names.
+	Snapshots []SnapshotStatus `json:"snapshots,omitempty"`
+	// RestoreCount is the restore count applied so far.
+	RestoreCount int64 `json:"restore_count,omitempty"`
 }
 
 // StateDeleted is reported once an instance desired "deleted" is gone from the node.
