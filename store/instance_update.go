@@ -140,6 +140,8 @@ type StatusReport struct {
 	Restarts           int
 	// Snapshots are the node's view of the instance's snapshots.
 	Snapshots []SnapshotReport
+	// RestoreCount is the start-from-snapshot count the node has applied.
+	RestoreCount int64
 }
 
 const sqlLockAssigned = `SELECT ` + instanceColumns + ` FROM instances i WHERE i.id = $1 AND i.node_id = $2 FOR UPDATE`
@@ -171,6 +173,18 @@ func (s *Store) ReportStatus(ctx context.Context, nodeID, id string, r StatusRep
 				r.State = "provisioning"
 			} else {
 				return finishDelete(ctx, tx, in)
+			}
+		}
+		if r.State == "running" && in.State == "stopping" {
+			// A start from a snapshot stops the instance first: a report
+			// of its run from before the node restored the snapshot (one
+			// that crossed the request) must not make it look started.
+			var want int64
+			if err := tx.QueryRow(ctx, `SELECT restore_count FROM instances WHERE id = $1`, id).Scan(&want); err != nil {
+				return translate(err)
+			}
+			if r.RestoreCount < want {
+				r.State = in.State
 			}
 		}
 		// The writes go together in one round trip.

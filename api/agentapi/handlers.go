@@ -280,7 +280,8 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.InvalidArgument("unknown state %q", st.State)
 	}
 	rep := store.StatusReport{ObservedGeneration: st.ObservedGeneration, RebootCount: st.RebootCount, State: st.State,
-		ExitCode: st.ExitCode, Error: truncate(st.Error, 4096), Restarts: st.Restarts}
+		ExitCode: st.ExitCode, Error: truncate(st.Error, 4096), Restarts: st.Restarts,
+		RestoreCount: st.RestoreCount}
 	if !st.StartedAt.IsZero() {
 		rep.StartedAt = &st.StartedAt
 	}

@@ -397,6 +397,9 @@ func (e *env) startAgent() {
 	e.t.Helper()
 	_, agentSpec := specs(e.t)
 	log := slog.New(slog.DiscardHandler)
+	// Made before the agent's stop is registered, so removed after it: the
+	// agent writes there until it stops.
+	dataDir := e.t.TempDir()
 	aapi := agentapi.New(e.st, log)
 	asrv := httptest.NewServer(aapi.Handler())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -413,7 +416,7 @@ func (e *env) startAgent() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cfg := agent.Config{Name: "cn-1", DataDir: e.t.TempDir(), APIURL: asrv.URL, JoinToken: tok, Driver: drv,
+	cfg := agent.Config{Name: "cn-1", DataDir: dataDir, APIURL: asrv.URL, JoinToken: tok, Driver: drv,
 		MemoryMiB: 64 << 10, DiskMiB: 4 << 20, VCPUs: 32, HeartbeatInterval: time.Second, Logger: log,
 		WatchInterval: 200 * time.Millisecond, PollWait: 10 * time.Second, StopTimeout: time.Second,
 		HTTPClient: &http.Client{Transport: &validatingTransport{t: e.t, spec: agentSpec, base: http.DefaultTransport}}}
