@@ -29,16 +29,6 @@ func (c *cloud) execIn(t *testing.T, id, script string) string {
 	return string(out)
 }
 
-// triFails runs triton as a, which must fail, and returns its stderr.
-func (c *cloud) triFails(t *testing.T, a account, args ...string) string {
-	t.Helper()
-	out, errOut, err := c.tritonAs(a, args...)
-	if err == nil {
-		t.Fatalf("triton %s (as %s) succeeded, want an error\n%s", strings.Join(args, " "), a.Login, out)
-	}
-	return errOut
-}
-
 // TestSnapshots takes snapshots of a runc container with the triton CLI,
 // running and stopped, and starts it from them.
 func TestSnapshots(t *testing.T) {
