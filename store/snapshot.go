@@ -151,17 +151,24 @@ WHERE instance_id = $1 AND name = $2 AND state <> 'deleted'`
 
 // DeleteSnapshot asks for a snapshot to be removed from the instance's
 // node; it is "deleted" once the node reports it gone. Unknown (or
-// already deleted) snapshots are NotFound.
-func (s *Store) DeleteSnapshot(ctx context.Context, ownerID, id, name string, caller map[string]any) error {
+// already deleted) snapshots are NotFound. check, when set, vets the
+// request against the instance and the snapshot under their locks.
+func (s *Store) DeleteSnapshot(ctx context.Context, ownerID, id, name string, caller map[string]any, check func(Instance, Snapshot) error) error {
 	_, err := s.UpdateInstance(ctx, ownerID, id, Mutation{
 		Action: "delete_snapshot", Caller: caller, Params: map[string]any{"name": name},
 		applyTx: func(ctx context.Context, tx pgx.Tx, in *Instance) error {
-			tag, err := tx.Exec(ctx, sqlMarkSnapshotDeleted, in.ID, name)
-			if err != nil {
-				return translate(err)
+			rows, _ := tx.Query(ctx, sqlLockSnapshot, in.ID, name)
+			snap, err := pgx.CollectExactlyOneRow(rows, scanSnapshot)
+			if err != nil || snap.State == SnapshotDeleted {
+				return notFound(pgx.ErrNoRows, "snapshot "+name+" not found")
 			}
-			if tag.RowsAffected() == 0 {
-				return errdefs.NotFoundf("snapshot %s not found", name)
+			if check != nil {
+				if err := check(*in, snap); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.Exec(ctx, sqlMarkSnapshotDeleted, in.ID, name); err != nil {
+				return translate(err)
 			}
 			return nil
 		},
@@ -170,7 +177,7 @@ func (s *Store) DeleteSnapshot(ctx context.Context, ownerID, id, name string, ca
 }
 
 const sqlLockSnapshot = `SELECT ` + snapshotColumns + ` FROM instance_snapshots s
-WHERE s.instance_id = $1 AND s.name = $2 FOR SHARE`
+WHERE s.instance_id = $1 AND s.name = $2 FOR UPDATE`
 
 const sqlRequestRestore = `UPDATE instances SET restore_count = restore_count + 1, restore_snapshot = $2 WHERE id = $1`
 

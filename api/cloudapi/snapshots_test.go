@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"flotilla/store"
 )
 
 // waitSnapshot polls GetMachineSnapshot until the snapshot's state is want.
@@ -160,4 +162,38 @@ func TestMachineSnapshots(t *testing.T) {
 		resp, b = e.post(base, map[string]any{"name": "late"})
 		wantStatus(t, resp, b, http.StatusGone)
 	})
+}
+
+// TestMachineSnapshotsOfVMs: a VM's disk is snapshotted, and its snapshots
+// deleted, only while the VM is stopped.
+func TestMachineSnapshotsOfVMs(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent()
+	img, err := e.st.CreateImage(e.ctx, store.Image{Name: "vm-img", Version: "1.0", OS: "linux", Type: "zvol", Public: true, SizeBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := e.createMachine("vm1", map[string]any{"image": img.ID})
+	id := vm["id"].(string)
+	e.waitState(id, "running")
+	base := "/alice/machines/" + id + "/snapshots"
+
+	resp, b := e.post(base, map[string]any{"name": "s1"})
+	wantError(t, resp, b, http.StatusConflict, "InvalidArgument",
+		"instance "+id+" is a running VM: stop it before taking a snapshot (a running VM's disk cannot be snapshotted)")
+
+	resp, b = e.post("/alice/machines/"+id, map[string]any{"action": "stop"})
+	wantStatus(t, resp, b, http.StatusAccepted)
+	e.waitState(id, "stopped")
+	resp, b = e.post(base, map[string]any{"name": "s1"})
+	wantStatus(t, resp, b, http.StatusCreated)
+	e.waitSnapshot(id, "s1", "created")
+
+	// Starting from it is allowed while running: the VM is stopped first.
+	resp, b = e.post(base+"/s1", nil)
+	wantStatus(t, resp, b, http.StatusAccepted)
+	e.waitState(id, "running")
+	resp, b = e.do(request{method: "DELETE", path: base + "/s1"})
+	wantError(t, resp, b, http.StatusConflict, "InvalidArgument",
+		"instance "+id+" is a running VM: stop it before deleting a snapshot (its disk is changed only while the VM is stopped)")
 }

@@ -74,5 +74,10 @@ func (s *Service) DeleteSnapshot(ctx context.Context, c Caller, id, name string)
 	if err := driver.CheckSnapshotName(name); err != nil {
 		return errdefs.NotFoundf("snapshot %s not found", name)
 	}
-	return s.Store.DeleteSnapshot(ctx, c.AccountID, id, name, c.Audit())
+	return s.Store.DeleteSnapshot(ctx, c.AccountID, id, name, c.Audit(), func(in store.Instance, sn store.Snapshot) error {
+		if isVM(in.Brand) && sn.State == store.SnapshotCreated && (in.State != "stopped" || in.DesiredState != "stopped") {
+			return errdefs.Conflictf("instance %s is a %s VM: stop it before deleting a snapshot (its disk is changed only while the VM is stopped)", in.ID, in.State)
+		}
+		return nil
+	})
 }
