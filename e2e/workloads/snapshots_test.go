@@ -189,3 +189,38 @@ func TestSnapshots(t *testing.T) {
 		}
 	})
 }
+
+// TestVMSnapshots drives snapshots of a tiny-vm on a QEMU node with the
+// triton CLI: refused while the VM runs, and a VM booted from a kernel
+// image (it has no disk) gets a failed snapshot that says why.
+func TestVMSnapshots(t *testing.T) {
+	c := startDev(t, "vsnap", "qemu")
+	pub := c.addNetwork(t, "vsnap-pub", "")
+	vm, _ := c.createAs(t, c.Owner, "vs1", "tiny-vm@1.0", "g1-nano-256M", "--network", pub.Name)
+
+	stderr := c.triFails(t, c.Owner, "inst", "snapshot", "create", "-n", "s1", "vs1")
+	if !strings.Contains(stderr, "InvalidArgument") || !strings.Contains(stderr, "stop it before taking a snapshot") {
+		t.Fatalf("snapshot of a running VM: want 409 InvalidArgument saying to stop it, got:\n%s", stderr)
+	}
+	c.tri(t, "inst", "stop", "-w", "vs1")
+	_, stderr, err := c.tritonAs(c.Owner, "inst", "snapshot", "create", "-w", "-n", "s1", "vs1")
+	if err == nil || !strings.Contains(stderr, `Failed to create snapshot "s1"`) {
+		t.Fatalf("snapshot create -w of a kernel-booted VM: err %v, stderr:\n%s", err, stderr)
+	}
+	var sn struct {
+		State string `json:"state"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(c.tri(t, "inst", "snapshot", "get", "-j", "vs1", "s1")), &sn); err != nil {
+		t.Fatal(err)
+	}
+	if sn.State != "failed" || !strings.Contains(sn.Error, "has no disk") {
+		t.Fatalf("snapshot s1 = %+v, want failed saying the VM has no disk", sn)
+	}
+	stderr = c.triFails(t, c.Owner, "inst", "start", "-w", "--snapshot", "s1", "vs1")
+	if !strings.Contains(stderr, "only from successfully created snapshots") {
+		t.Fatalf("start from a failed snapshot:\n%s", stderr)
+	}
+	c.tri(t, "inst", "snapshot", "delete", "-w", "-f", "vs1", "s1")
+	c.tri(t, "inst", "rm", "-f", "-w", vm.ID)
+}
