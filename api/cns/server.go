@@ -354,15 +354,9 @@ func (s *Server) ns() dns.RR {
 // ListenAndServe serves UDP and TCP on addr until ctx ends. It returns once
 // both listeners are up (or one failed), with the UDP address bound.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) (net.Addr, error) {
-	pc, err := net.ListenPacket("udp", addr)
+	pc, ln, err := listenPair(addr)
 	if err != nil {
-		return nil, fmt.Errorf("CNS server: listen on udp %s: %w", addr, err)
-	}
-	// TCP on the same port as UDP (addr may have asked for port 0).
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("CNS server: listen on tcp %s: %w", pc.LocalAddr(), err)
+		return nil, err
 	}
 	servers := []*dns.Server{{PacketConn: pc, Handler: s}, {Listener: ln, Handler: s}}
 	started := make(chan struct{}, len(servers))
@@ -384,4 +378,29 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) (net.Addr, err
 		}
 	}()
 	return pc.LocalAddr(), nil
+}
+
+// listenPair binds UDP and TCP on the same port. When addr asks for port 0
+// the kernel picks the UDP port, and another process may already hold that
+// port for TCP: then it tries again with a fresh port, a few times.
+func listenPair(addr string) (net.PacketConn, net.Listener, error) {
+	_, port, _ := net.SplitHostPort(addr)
+	tries := 1
+	if port == "0" {
+		tries = 20
+	}
+	var err error
+	for range tries {
+		pc, perr := net.ListenPacket("udp", addr)
+		if perr != nil {
+			return nil, nil, fmt.Errorf("CNS server: listen on udp %s: %w", addr, perr)
+		}
+		ln, lerr := net.Listen("tcp", pc.LocalAddr().String())
+		if lerr == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		err = fmt.Errorf("CNS server: listen on tcp %s: %w", pc.LocalAddr(), lerr)
+	}
+	return nil, nil, err
 }
