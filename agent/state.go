@@ -23,10 +23,13 @@ type resources struct {
 	VCPUs     float64 `json:"vcpus"`
 	CPUShares int64   `json:"cpu_shares"`
 	PIDsLimit int64   `json:"pids_limit"`
+	// Disks is driver.DiskSet of a VM's data disks.
+	Disks string `json:"disks,omitempty"`
 }
 
 func resourcesOf(s driver.Spec) resources {
-	return resources{MemoryMiB: s.MemoryMiB, DiskMiB: s.DiskMiB, VCPUs: s.VCPUs, CPUShares: s.CPUShares, PIDsLimit: s.PIDsLimit}
+	return resources{MemoryMiB: s.MemoryMiB, DiskMiB: s.DiskMiB, VCPUs: s.VCPUs, CPUShares: s.CPUShares, PIDsLimit: s.PIDsLimit,
+		Disks: driver.DiskSet(s.Disks)}
 }
 
 // applied is what the agent has done to one instance. It survives agent
@@ -235,5 +238,9 @@ func (s *stateStore) wait(seq uint64) error {
 }
 
 func (r resources) String() string {
-	return fmt.Sprintf("memory=%dMiB disk=%dMiB vcpus=%g", r.MemoryMiB, r.DiskMiB, r.VCPUs)
+	s := fmt.Sprintf("memory=%dMiB disk=%dMiB vcpus=%g", r.MemoryMiB, r.DiskMiB, r.VCPUs)
+	if r.Disks != "" {
+		s += " disks=" + r.Disks
+	}
+	return s
 }

@@ -104,7 +104,10 @@ type NewInstance struct {
 	// (owner, node) with the owner's live instances on that node; an error
 	// rejects the node (strict affinity).
 	CheckNode func(residents []Resident) error
-	Caller    map[string]any
+	// Disks are a flexible-disk VM's disks: its boot disk (if its image has
+	// one) and data disks, in order.
+	Disks  []NewDisk
+	Caller map[string]any
 	// IdempotencyKey makes a retried create return the first instance.
 	IdempotencyKey string
 	RequestHash    string
@@ -141,6 +144,9 @@ func (s *Store) CreateInstance(ctx context.Context, in NewInstance) (Instance, b
 		// Everything that does not need the node comes first, so the node's
 		// row is locked only for the last statements of the transaction.
 		if err := insertInstance(ctx, tx, &in.Instance); err != nil {
+			return err
+		}
+		if err := insertDisks(ctx, tx, in.Instance, in.Disks); err != nil {
 			return err
 		}
 		if in.DefaultFabric {

@@ -191,6 +191,7 @@ func (s *Store) ReportStatus(ctx context.Context, nodeID, id string, r StatusRep
 		b := &pgx.Batch{}
 		if r.ObservedGeneration > in.ObservedGeneration {
 			b.Queue(sqlFinishAudit, in.ID, r.ObservedGeneration, r.State != "failed")
+			b.Queue(sqlForgetDeletedDisks, in.ID, r.ObservedGeneration)
 		}
 		b.Queue(sqlWriteStatus, id, r.State, r.ObservedGeneration, r.RebootCount, r.ExitCode,
 			r.StartedAt, r.FinishedAt, r.Error, r.Restarts)

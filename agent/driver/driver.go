@@ -8,6 +8,7 @@ package driver
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"strings"
 	"time"
@@ -130,6 +131,9 @@ type Spec struct {
 	Metadata map[string]string
 
 	NICs []NIC
+	// Disks are a VM's data disks, in slot order; its boot disk, if any, is
+	// the image's disk sized DiskMiB.
+	Disks []Disk `json:",omitempty"`
 	// DNS is the container's /etc/resolv.conf: the node's resolver on the
 	// primary NIC's gateway unless the user chose nameservers (docker --dns).
 	DNS     DNSConfig
@@ -146,6 +150,28 @@ type Spec struct {
 	// Triton's autoboot does. Docker containers use Restart instead.
 	Autoboot bool
 }
+
+// Disk is one data disk of a VM.
+type Disk struct {
+	ID      string // uuid: names the disk's file on the node and its serial in the guest
+	Slot    int    // 1 to 7: the disk's place on the VM (its PCI slot)
+	SizeMiB int64
+}
+
+// DiskSet is a stable summary of disks (ids, slots and sizes), to tell
+// whether the disks applied to an instance are the ones wanted.
+func DiskSet(disks []Disk) string {
+	var b strings.Builder
+	for _, d := range disks {
+		fmt.Fprintf(&b, "%s@%d=%d;", d.ID, d.Slot, d.SizeMiB)
+	}
+	return b.String()
+}
+
+// VMFormatLabel is the image config label that tells a VM image's format:
+// "disk" (a bootable qcow2 disk) or "kernel" (a kernel and an initrd, no
+// boot disk).
+const VMFormatLabel = "io.flotilla.vm.format"
 
 // Status is what a driver observes about one instance.
 type Status struct {

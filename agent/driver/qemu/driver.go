@@ -256,6 +256,9 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 			}
 		}
 	}
+	if err := d.syncDisks(ctx, spec.ID, spec.Disks); err != nil {
+		return err
+	}
 	if err := writeConfigDrive(filepath.Join(dir, cidataDir), spec); err != nil {
 		return err
 	}
@@ -511,6 +514,7 @@ func (d *Driver) qemuArgs(st instanceState, accel string) []string {
 			"-append", strings.TrimSpace("console=ttyS0 "+st.Cmdline))
 	}
 	args = append(args, "-drive", "if=virtio,format=raw,readonly=on,file="+esc(filepath.Join(dir, cidataImage)))
+	args = append(args, d.dataDiskArgs(st)...)
 	for i, nic := range st.Spec.NICs {
 		args = append(args,
 			"-netdev", fmt.Sprintf("tap,id=net%d,ifname=%s,script=no,downscript=no", i, network.TapName(st.Spec.ID, i)),
@@ -780,9 +784,9 @@ func (d *Driver) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-// Update applies a new spec to a stopped VM: memory, vCPUs, metadata and a
-// larger disk. It returns Conflict while the VM runs and Invalid for a disk
-// shrink.
+// Update applies a new spec to a stopped VM: memory, vCPUs, metadata, a
+// larger boot disk and its data disks (made, resized or removed). It
+// returns Conflict while the VM runs and Invalid for a boot disk shrink.
 func (d *Driver) Update(ctx context.Context, spec driver.Spec) error {
 	st, err := d.loadState(spec.ID)
 	if err != nil {
@@ -808,8 +812,12 @@ func (d *Driver) Update(ctx context.Context, spec driver.Spec) error {
 			}
 		}
 	}
+	if err := d.syncDisks(ctx, spec.ID, spec.Disks); err != nil {
+		return err
+	}
 	nics := st.Spec.NICs // networking changes need a re-create
 	st.Spec.MemoryMiB, st.Spec.VCPUs, st.Spec.DiskMiB = spec.MemoryMiB, spec.VCPUs, spec.DiskMiB
+	st.Spec.Disks = spec.Disks
 	st.Spec.Metadata = spec.Metadata
 	st.Spec.NICs = nics
 	if err := writeConfigDrive(filepath.Join(dir, cidataDir), st.Spec); err != nil {

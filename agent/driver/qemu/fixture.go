@@ -23,6 +23,7 @@ const (
 	TinyMetaPrefix  = "FLOTILLA-META: " // followed by key=value
 	TinyNetPrefix   = "FLOTILLA-NET: "  // followed by "<iface> <ip>/<prefix> gw=<gateway>"
 	TinyPowerButton = "FLOTILLA-TINY: power button"
+	TinyDiskPrefix  = "FLOTILLA-DISK: " // followed by "<dev> sectors=<512-byte sectors> serial=<serial>"
 )
 
 // tinyModules are loaded by the tiny image's init, with their dependencies:
@@ -32,7 +33,8 @@ var tinyModules = []string{"virtio_pci", "virtio_net", "virtio_blk", "vfat", "nl
 
 // tinyInit is the tiny image's /init. It prints markers and the metadata it
 // read from the config drive, configures each NIC from flotilla/net<N>.env,
-// runs the user-script, and powers off when the ACPI power button is pressed.
+// runs the user-script, prints each virtio disk's size and serial, and
+// powers off when the ACPI power button is pressed.
 const tinyInit = `#!/bin/busybox sh
 B=/bin/busybox
 $B mount -t proc proc /proc
@@ -91,6 +93,9 @@ for e in /sys/class/input/event*; do
     (dd if=$n bs=64 count=1 >/dev/null 2>&1 && { echo "FLOTILLA-TINY: power button"; poweroff -f; }) &
     ;;
   esac
+done
+for b in /sys/block/vd*; do
+  [ -f "$b/size" ] && echo "FLOTILLA-DISK: ${b##*/} sectors=$(cat $b/size) serial=$(cat $b/serial 2>/dev/null)"
 done
 echo "FLOTILLA-TINY: ready"
 while :; do sleep 3600; done

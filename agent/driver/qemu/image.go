@@ -16,12 +16,13 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"flotilla/agent/driver"
 	"flotilla/api/errdefs"
 )
 
 // Labels and annotations of the VM image format (see the package doc).
 const (
-	LabelVMFormat  = "io.flotilla.vm.format"
+	LabelVMFormat  = driver.VMFormatLabel
 	LabelVMCmdline = "io.flotilla.vm.cmdline"
 
 	FormatDisk   = "disk"
