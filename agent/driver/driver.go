@@ -158,6 +158,11 @@ type Disk struct {
 	SizeMiB int64
 }
 
+// DiskPCISlot is the PCI slot (bus 0, function 0) at which a VM has its
+// data disk in slot: 0x18 + slot, clear of the devices placed in order
+// before it.
+func DiskPCISlot(slot int) int { return 0x18 + slot }
+
 // DiskSet is a stable summary of disks (ids, slots and sizes), to tell
 // whether the disks applied to an instance are the ones wanted.
 func DiskSet(disks []Disk) string {

@@ -156,12 +156,17 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) error {
 			if err != nil {
 				return err
 			}
+			disks, err := s.store.DiskAssignments(r.Context(), ids)
+			if err != nil {
+				return err
+			}
 			for _, in := range list {
 				a, err := s.assignment(r, in, images)
 				if err != nil {
 					return err
 				}
 				addSnapshots(&a, snaps[in.ID], restores[in.ID])
+				addDisks(&a, disks[in.ID])
 				out.Assignments = append(out.Assignments, a)
 			}
 			return httpx.WriteJSON(w, http.StatusOK, out)
@@ -306,6 +311,18 @@ func addSnapshots(a *wire.Assignment, snaps []store.SnapshotWant, restore store.
 		a.Snapshots = append(a.Snapshots, wire.SnapshotWant{Name: sn.Name, Desired: sn.Desired, State: sn.State})
 	}
 	a.RestoreCount, a.RestoreSnapshot = restore.Count, restore.Snapshot
+}
+
+// addDisks puts a flexible-disk VM's disks into its assignment: the boot
+// disk's size is the spec's disk size, the others are its data disks.
+func addDisks(a *wire.Assignment, disks []store.DiskWant) {
+	for _, d := range disks {
+		if d.Boot {
+			a.Spec.DiskMiB = d.SizeMiB
+			continue
+		}
+		a.Spec.Disks = append(a.Spec.Disks, driver.Disk{ID: d.ID, Slot: d.Slot, SizeMiB: d.SizeMiB})
+	}
 }
 
 func truncate(s string, n int) string {

@@ -40,6 +40,7 @@ func (s *Server) machineRoutes(r chi.Router) {
 	getHead(r, "/machines/{id}/nics/{mac}", s.handle(s.getNic))
 	getHead(r, "/machines/{id}/fwrules", s.handle(s.listMachineFwrules))
 	s.snapshotRoutes(r)
+	s.diskRoutes(r)
 	r.Get("/changefeed", s.handle(s.changefeed))
 }
 
@@ -314,6 +315,9 @@ func createParams(p map[string]any) (service.CreateRequest, error) {
 		return req, errdefs.InvalidArgument("affinity must be a string or an array of strings")
 	}
 	if req.Volumes, err = volumeMounts(p["volumes"]); err != nil {
+		return req, err
+	}
+	if req.Disks, err = diskRequests(p["disks"]); err != nil {
 		return req, err
 	}
 	if loc, ok := p["locality"]; ok && loc != nil {

@@ -60,6 +60,9 @@ func (s *Service) Resize(ctx context.Context, c Caller, id, pkgRef string) (stor
 	if cur.Brand == "kvm" {
 		return store.Instance{}, errdefs.InvalidArgument("kvm instances cannot be resized")
 	}
+	if err := s.checkResizeDisks(ctx, c, cur, pkg); err != nil {
+		return store.Instance{}, err
+	}
 	res := &store.Resources{MemoryMiB: pkg.MemoryMiB, DiskMiB: pkg.DiskMiB, VCPUsMilli: int64(pkg.VCPUs) * 1000}
 	out, err := s.Store.UpdateInstance(ctx, c.AccountID, id, store.Mutation{Action: "resize", Caller: c.Audit(),
 		Params: map[string]any{"package": pkg.Name}, Resources: res,

@@ -101,7 +101,9 @@ type CreateRequest struct {
 	Process            *ProcessSpec
 	// Volumes are CloudAPI's volumes to mount (existing tritonnfs ones, by
 	// name); Docker's come resolved in Process.Options.Volumes.
-	Volumes        []MountRequest
+	Volumes []MountRequest
+	// Disks are a flexible-disk VM's disks (CloudAPI's disks): see createDisks.
+	Disks          []DiskRequest
 	Start          *bool // Docker create: do not start until asked
 	IdempotencyKey string
 	RequestHash    string
@@ -163,6 +165,10 @@ func (s *Service) CreateInstance(ctx context.Context, c Caller, req CreateReques
 		return store.Instance{}, false, errdefs.InvalidArgument("image %s needs at least %d MiB of memory; package %s has %d MiB", img.Name, int64(minRAM), pkg.Name, pkg.MemoryMiB)
 	}
 	brand, err := brandForImage(img.Type, req.Brand)
+	if err != nil {
+		return store.Instance{}, false, err
+	}
+	disks, err := createDisks(img, pkg, brand, req.Disks)
 	if err != nil {
 		return store.Instance{}, false, err
 	}
@@ -261,7 +267,7 @@ func (s *Service) CreateInstance(ctx context.Context, c Caller, req CreateReques
 			DesiredState: desired, Docker: req.Docker, Spec: mustJSON(proc), Metadata: metadata, Tags: tags,
 			Affinity: affinity, FirewallEnabled: req.FirewallEnabled, DeletionProtection: req.DeletionProtection,
 		},
-		Networks: nets, DefaultFabric: defaultFabric, Caller: c.Audit(), IdempotencyKey: req.IdempotencyKey, RequestHash: req.RequestHash,
+		Networks: nets, DefaultFabric: defaultFabric, Disks: disks, Caller: c.Audit(), IdempotencyKey: req.IdempotencyKey, RequestHash: req.RequestHash,
 	}
 	sreq := scheduler.Request{InstanceID: id, OwnerID: c.AccountID, Name: name, Brand: brand, MemoryMiB: pkg.MemoryMiB,
 		DiskMiB: pkg.DiskMiB, VCPUs: float64(vcpusMilli) / 1000, Rules: rules}

@@ -15,18 +15,13 @@ import (
 // A VM's data disks (driver.Spec.Disks) are qcow2 files disk-<id>.qcow2 in
 // its directory, made, resized and removed with qemu-img while QEMU is not
 // running, and attached at start as virtio-blk devices at fixed PCI slots
-// (dataDiskPCIBase + the disk's slot), so a disk keeps its place in the
+// (driver.DiskPCISlot of the disk's slot), so a disk keeps its place in the
 // guest whatever is added or removed around it. Each carries its id
 // (without dashes, cut to virtio's 20 bytes) as its serial.
 const (
-	dataDiskPrefix  = "disk-"
-	dataDiskSuffix  = ".qcow2"
-	dataDiskPCIBase = 0x18
+	dataDiskPrefix = "disk-"
+	dataDiskSuffix = ".qcow2"
 )
-
-// DataDiskPCISlot is the PCI slot (bus 0, function 0) of a data disk in
-// slot, as CloudAPI's pci_slot shows it ("0:25:0").
-func DataDiskPCISlot(slot int) int { return dataDiskPCIBase + slot }
 
 // DiskSerial is the serial a guest reads for the data disk id
 // (/sys/block/vdX/serial).
@@ -137,7 +132,7 @@ func (d *Driver) dataDiskArgs(st instanceState) []string {
 	for _, dk := range st.Spec.Disks {
 		args = append(args,
 			"-drive", fmt.Sprintf("if=none,id=data%d,format=qcow2,discard=unmap,file=%s", dk.Slot, esc(d.dataDiskPath(st.Spec.ID, dk.ID))),
-			"-device", fmt.Sprintf("virtio-blk-pci,drive=data%d,serial=%s,addr=0x%x", dk.Slot, DiskSerial(dk.ID), DataDiskPCISlot(dk.Slot)))
+			"-device", fmt.Sprintf("virtio-blk-pci,drive=data%d,serial=%s,addr=0x%x", dk.Slot, DiskSerial(dk.ID), driver.DiskPCISlot(dk.Slot)))
 	}
 	return args
 }

@@ -355,7 +355,7 @@ func (d *Driver) Delete(ctx context.Context, id string) error {
 	return d.changed(id)
 }
 
-// Update changes the resources of an existing instance (resize).
+// Update changes the resources and data disks of an existing instance.
 func (d *Driver) Update(ctx context.Context, spec driver.Spec) error {
 	if err := d.fail("update", spec.ID); err != nil {
 		return err
@@ -371,6 +371,7 @@ func (d *Driver) Update(ctx context.Context, spec driver.Spec) error {
 	in.Spec.VCPUs = spec.VCPUs
 	in.Spec.CPUShares = spec.CPUShares
 	in.Spec.PIDsLimit = spec.PIDsLimit
+	in.Spec.Disks = slices.Clone(spec.Disks)
 	return d.changed(spec.ID)
 }
 
@@ -584,6 +585,7 @@ func cloneSpec(s driver.Spec) driver.Spec {
 	s.Cmd = slices.Clone(s.Cmd)
 	s.Env = slices.Clone(s.Env)
 	s.NICs = slices.Clone(s.NICs)
+	s.Disks = slices.Clone(s.Disks)
 	if s.Labels != nil {
 		m := make(map[string]string, len(s.Labels))
 		for k, v := range s.Labels {
