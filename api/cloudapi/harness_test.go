@@ -393,7 +393,8 @@ func (e *env) newSigner(login string, k crypto.Signer, opts ...auth.SignerOption
 // startAgent runs a real agent with the simulated driver against an agent
 // API server on the same database, registered with a join token, so that
 // instances reach "running". Its traffic is checked against agentapi.yaml.
-func (e *env) startAgent() {
+// It returns the agent's driver.
+func (e *env) startAgent() *sim.Driver {
 	e.t.Helper()
 	_, agentSpec := specs(e.t)
 	log := slog.New(slog.DiscardHandler)
@@ -443,6 +444,7 @@ func (e *env) startAgent() {
 	if err := e.svc.Placer.Reload(e.ctx); err != nil {
 		e.t.Fatal(err)
 	}
+	return drv
 }
 
 // request describes one CloudAPI call.
