@@ -26,11 +26,8 @@ func (s *Server) diskRoutes(r chi.Router) {
 
 // diskJSON is CloudAPI's disk object; size is in MiB.
 func diskJSON(d store.Disk) map[string]any {
-	m := map[string]any{"id": d.ID, "size": d.SizeMiB, "boot": d.Boot, "state": d.State(), "block_size": 512}
-	if !d.Boot {
-		m["pci_slot"] = fmt.Sprintf("0:%d:0", service.DiskPCISlot(d.Slot))
-	}
-	return m
+	return map[string]any{"id": d.ID, "size": d.SizeMiB, "boot": d.Boot, "state": d.State(), "block_size": 512,
+		"pci_slot": fmt.Sprintf("0:%d:0", service.DiskPCISlot(d.Slot))}
 }
 
 // maxDiskMiB bounds a disk's size (1 EiB), so sums never overflow.

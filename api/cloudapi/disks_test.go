@@ -118,7 +118,7 @@ func TestMachineDisks(t *testing.T) {
 		t.Fatalf("disks after create = %s (%v), want the 512 MiB boot disk then 256", got, list)
 	}
 	boot, data := list[0]["id"].(string), list[1]["id"].(string)
-	if list[0]["pci_slot"] != nil || list[1]["pci_slot"] != "0:25:0" || list[1]["state"] != "running" {
+	if list[0]["pci_slot"] != "0:2:0" || list[1]["pci_slot"] != "0:25:0" || list[1]["state"] != "running" {
 		t.Errorf("disks %v: want the data disk running at 0:25:0", list)
 	}
 	simDisks(t, drv, id, "256")

@@ -22,9 +22,15 @@ type DiskRequest struct {
 	Boot      *bool
 }
 
-// DiskPCISlot is the PCI slot at which a VM's node attaches its data disk
-// in slot.
-func DiskPCISlot(slot int) int { return driver.DiskPCISlot(slot) }
+// DiskPCISlot is the PCI slot at which a VM's node attaches its disk in
+// slot: the boot disk is the first device QEMU places (0:2:0), data disks
+// are at fixed slots.
+func DiskPCISlot(slot int) int {
+	if slot == 0 {
+		return 2
+	}
+	return driver.DiskPCISlot(slot)
+}
 
 // MaxDisks is how many disks a VM may be created with.
 const MaxDisks = store.MaxDiskSlot + 1

@@ -21,7 +21,7 @@ const adminUsage = `Usage: flotilla admin [--db URL] TOPIC ACTION ...
   account create LOGIN --key FILE [--email E] [--operator]
   account list
   key add LOGIN FILE [--name NAME]
-  package create --name N --memory MiB --disk MiB --vcpus N [--version V] [--group G] [--default]
+  package create --name N --memory MiB --disk MiB --vcpus N [--version V] [--group G] [--default] [--flexible-disk]
   package list
   network create --name N --subnet CIDR [--gateway IP] [--public] [--owner LOGIN [--vlan ID]] [--no-nat]
   network list [--owner LOGIN]
@@ -253,6 +253,7 @@ func adminPackageCreate(ctx context.Context, st *store.Store, args []string) err
 	fs.StringVar(&p.Description, "description", "", "description")
 	fs.StringVar(&p.Brand, "brand", "", "brand restriction")
 	fs.BoolVar(&p.Default, "default", false, "the default package")
+	fs.BoolVar(&p.FlexibleDisk, "flexible-disk", false, "VMs choose their disks within --disk (CloudAPI machine disks)")
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err
 	}
