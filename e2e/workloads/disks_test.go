@@ -12,12 +12,12 @@ import (
 	"flotilla/agent/driver/qemu"
 )
 
-// disk is what the tests read of `triton inst disk get -j` and list -j.
+// disk is what the tests read of `triton inst disk get` and list -j (the
+// CLI leaves out the state).
 type disk struct {
 	ID      string `json:"id"`
 	Size    int64  `json:"size"`
 	Boot    bool   `json:"boot"`
-	State   string `json:"state"`
 	PCISlot string `json:"pci_slot"`
 }
 
@@ -40,7 +40,7 @@ func (c *cloud) disks(t *testing.T, name string) []disk {
 func (c *cloud) diskGet(t *testing.T, name, id string) disk {
 	t.Helper()
 	var d disk
-	if err := json.Unmarshal([]byte(c.tri(t, "inst", "disk", "get", "-j", name, id)), &d); err != nil {
+	if err := json.Unmarshal([]byte(c.tri(t, "inst", "disk", "get", name, id)), &d); err != nil {
 		t.Fatal(err)
 	}
 	return d
@@ -127,7 +127,7 @@ func TestVMDisks(t *testing.T) {
 			t.Fatalf("disks after add = %+v", list)
 		}
 		second = list[1].ID
-		if d := c.diskGet(t, "vd", second[:8]); d.ID != second || d.State != "running" || d.Size != 128 {
+		if d := c.diskGet(t, "vd", second[:8]); d.ID != second || d.Size != 128 {
 			t.Fatalf("disk get by short id = %+v", d)
 		}
 		if got := qcow2MiB(t, c.vmDir(in.ID)+"/disk-"+second+".qcow2"); got != 128 {
@@ -163,7 +163,7 @@ func TestVMDisks(t *testing.T) {
 		if _, err := os.Stat(c.vmDir(in.ID) + "/disk-" + second + ".qcow2"); !os.IsNotExist(err) {
 			t.Fatalf("the deleted disk's file is still there: %v", err)
 		}
-		if stderr := c.triFails(t, c.Owner, "inst", "disk", "get", "vd", second); !strings.Contains(stderr, "not found") {
+		if stderr := c.triFails(t, c.Owner, "inst", "disk", "get", "vd", second); !strings.Contains(stderr, "ResourceNotFound") {
 			t.Errorf("disk get of a deleted disk: %s", stderr)
 		}
 
@@ -171,10 +171,17 @@ func TestVMDisks(t *testing.T) {
 		// wait for it: the CLI compares the size with "remaining").
 		c.tri(t, "inst", "disk", "add", "vd", "remaining")
 		if !WaitFor(60*time.Second, func() bool {
-			list := c.disks(t, "vd")
-			return len(list) == 2 && list[1].Size == 1024-96 && c.diskGet(t, "vd", list[1].ID).State == "running"
+			list = c.disks(t, "vd")
+			if len(list) != 2 || list[1].Size != 1024-96 {
+				return false
+			}
+			_, err := os.Stat(c.vmDir(in.ID) + "/disk-" + list[1].ID + ".qcow2")
+			return err == nil
 		}) {
-			t.Fatalf("disks after add remaining = %+v", c.disks(t, "vd"))
+			t.Fatalf("disks after add remaining = %+v", list)
+		}
+		if got := qcow2MiB(t, c.vmDir(in.ID)+"/disk-"+list[1].ID+".qcow2"); got != 1024-96 {
+			t.Fatalf("the remaining disk's qcow2 is %d MiB, want %d", got, 1024-96)
 		}
 	})
 	if !ok {
