@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -311,6 +312,37 @@ func TestMachineDisks(t *testing.T) {
 		k2 := e.createMachine("vmk2", map[string]any{"image": kernelImg.ID, "package": "flex-2G"})
 		if got := e.listDisks(k2["id"].(string)); len(got) != 0 {
 			t.Fatalf("a kernel VM created without disks has %v", got)
+		}
+	})
+	t.Run("OK/ConcurrentAddsKeepTheQuota", func(t *testing.T) {
+		k := e.createMachine("vmc", map[string]any{"image": kernelImg.ID, "package": "flex-2G"})
+		kid := k["id"].(string)
+		e.waitState(kid, "running")
+		resp, b := e.post("/alice/machines/"+kid, map[string]any{"action": "stop"})
+		wantStatus(t, resp, b, http.StatusAccepted)
+		e.waitState(kid, "stopped")
+		// Seven adds of 500 MiB at once: the package's 2048 MiB hold four.
+		codes := make(chan int, 7)
+		var wg sync.WaitGroup
+		for range 7 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, _ := e.post("/alice/machines/"+kid+"/disks", map[string]any{"size": 500})
+				codes <- resp.StatusCode
+			}()
+		}
+		wg.Wait()
+		close(codes)
+		n := map[int]int{}
+		for c := range codes {
+			n[c]++
+		}
+		if n[http.StatusOK] != 4 || n[http.StatusConflict] != 3 {
+			t.Fatalf("concurrent adds answered %v, want 4 OK and 3 Conflict", n)
+		}
+		if got := sizes(e.listDisks(kid)); got != "500,500,500,500" {
+			t.Fatalf("disks after concurrent adds = %s", got)
 		}
 	})
 	t.Run("ErrCreateDisks", func(t *testing.T) {
