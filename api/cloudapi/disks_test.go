@@ -123,6 +123,10 @@ func TestMachineDisks(t *testing.T) {
 		t.Errorf("disks %v: want the data disk running at 0:25:0", list)
 	}
 	simDisks(t, drv, id, "256")
+	for _, path := range []string{base, base + "/" + data} {
+		resp, b := e.do(request{method: "HEAD", path: path})
+		wantStatus(t, resp, b, http.StatusOK)
+	}
 
 	t.Run("ErrRunning", func(t *testing.T) {
 		resp, b := e.post(base, map[string]any{"size": 128})

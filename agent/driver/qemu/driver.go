@@ -552,6 +552,11 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		kernel = filepath.Join(dir, FileKernel)
 	}
 	st.Accel = d.accelFor(ctx, kernel)
+	// The data disks as last applied: a file lost meanwhile is made again
+	// (empty) rather than keeping the VM from starting.
+	if err := d.syncDisks(ctx, id, st.Spec.Disks); err != nil {
+		return err
+	}
 	if err := d.buildConfigDrive(ctx, dir); err != nil {
 		return err
 	}
