@@ -350,6 +350,10 @@ func TestMachineDisks(t *testing.T) {
 		}
 	})
 	t.Run("ErrCreateDisks", func(t *testing.T) {
+		sizeless, err := e.st.CreateImage(e.ctx, store.Image{Name: "vm-sizeless", Version: "1.0", OS: "linux", Type: "zvol", Public: true, SizeBytes: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
 		for _, c := range []struct {
 			img   string
 			disks any
@@ -369,8 +373,14 @@ func TestMachineDisks(t *testing.T) {
 			{diskImg.ID, []any{"x"}, "disks[0] must be an object {size, boot}"},
 			{diskImg.ID, []any{map[string]any{"size": -5}}, `disks[0].size must be a positive integer number of MiB or "remaining", not -5`},
 			{diskImg.ID, []any{map[string]any{}, 1, 2, 3, 4, 5, 6, 7, 8}, "a VM has at most 8 disks, not 9"},
+			{sizeless.ID, nil, `package flex-2G has flexible_disk and image vm-sizeless does not say how large its disk is: give the boot disk's size in disks (triton create --disk '{"size":MiB}')`},
+			{sizeless.ID, []any{map[string]any{}}, "disks[0] (the boot disk) needs a size: image vm-sizeless does not say how large its disk is"},
 		} {
-			resp, b := e.post("/alice/machines", map[string]any{"name": "bad", "image": c.img, "package": "flex-2G", "disks": c.disks})
+			body := map[string]any{"name": "bad", "image": c.img, "package": "flex-2G"}
+			if c.disks != nil {
+				body["disks"] = c.disks
+			}
+			resp, b := e.post("/alice/machines", body)
 			wantError(t, resp, b, http.StatusConflict, "InvalidArgument", c.msg)
 		}
 	})

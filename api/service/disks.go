@@ -63,6 +63,9 @@ func createDisks(img store.Image, pkg store.Package, brand string, req []DiskReq
 	}
 	bootable := imageHasDisk(img)
 	if len(req) == 0 && bootable {
+		if img.ImageSize == nil || *img.ImageSize <= 0 {
+			return nil, errdefs.InvalidArgument(`package %s has flexible_disk and image %s does not say how large its disk is: give the boot disk's size in disks (triton create --disk '{"size":MiB}')`, pkg.Name, img.Name)
+		}
 		req = []DiskRequest{{}}
 	}
 	if len(req) > MaxDisks {
