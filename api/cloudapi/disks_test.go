@@ -123,6 +123,9 @@ func TestMachineDisks(t *testing.T) {
 		t.Errorf("disks %v: want the data disk running at 0:25:0", list)
 	}
 	simDisks(t, drv, id, "256")
+	if spec, err := drv.Spec(id); err != nil || spec.DiskMiB != 512 {
+		t.Fatalf("the node's spec has disk %d MiB (%v), want the boot disk's 512", spec.DiskMiB, err)
+	}
 	for _, path := range []string{base, base + "/" + data} {
 		resp, b := e.do(request{method: "HEAD", path: path})
 		wantStatus(t, resp, b, http.StatusOK)
