@@ -58,6 +58,9 @@ func (s *Server) listContainers(ctx context.Context, c service.Caller) ([]store.
 	}
 	out := list[:0]
 	for _, in := range list {
+		if _, build := in.Tags[service.BuildTag]; build {
+			continue // docker build's own containers, removed when their step ends
+		}
 		if in.DesiredState != "deleted" {
 			out = append(out, in)
 		}

@@ -484,6 +484,7 @@ type progressMessage struct {
 	ID             string          `json:"id,omitempty"`
 	ErrorDetail    *errorDetail    `json:"errorDetail,omitempty"`
 	Error          string          `json:"error,omitempty"`
+	Aux            any             `json:"aux,omitempty"`
 }
 
 type progressDetail struct {

@@ -125,6 +125,7 @@ func (s *Server) routes(r chi.Router) {
 	s.systemRoutes(r)
 	s.containerRoutes(r)
 	s.imageRoutes(r)
+	r.Post("/build", s.handle(s.postBuild))
 	s.networkRoutes(r)
 	s.volumeRoutes(r)
 	s.eventRoutes(r)

@@ -19,12 +19,8 @@ import (
 	"io"
 	"os"
 	"strings"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"flotilla/agent/driver"
 	"flotilla/api/errdefs"
@@ -66,40 +62,48 @@ type CommitOptions struct {
 // when the node cannot be reached; NotImplemented when the node keeps no
 // record of the changes. Nothing is recorded on failure.
 func (s *Service) CommitInstance(ctx context.Context, owner string, in store.Instance, opts CommitOptions) (store.Image, error) {
+	im, _, err := s.CommitInstanceNew(ctx, owner, in, opts)
+	return im, err
+}
+
+// CommitInstanceNew is CommitInstance that also tells whether the image is
+// new: false when owner already had an image of the same content, which
+// the row returned is.
+func (s *Service) CommitInstanceNew(ctx context.Context, owner string, in store.Instance, opts CommitOptions) (store.Image, bool, error) {
 	if in.OwnerID != owner {
-		return store.Image{}, errdefs.NotFoundf("instance %s not found", in.ID)
+		return store.Image{}, false, errdefs.NotFoundf("instance %s not found", in.ID)
 	}
 	if in.Brand == driver.BrandBhyve || in.Brand == driver.BrandKVM {
-		return store.Image{}, errdefs.InvalidArgument("instance %s is a virtual machine (%s): images can be made only from container instances",
+		return store.Image{}, false, errdefs.InvalidArgument("instance %s is a virtual machine (%s): images can be made only from container instances",
 			in.ID, in.Brand)
 	}
 	if in.NodeID == nil || *in.NodeID == "" {
-		return store.Image{}, errdefs.Conflictf("instance %s has no node: it was never placed", in.ID)
+		return store.Image{}, false, errdefs.Conflictf("instance %s has no node: it was never placed", in.ID)
 	}
 	if _, err := s.Blobs(); err != nil {
-		return store.Image{}, err
+		return store.Image{}, false, err
 	}
 	baseRow, err := s.Store.ImageByID(ctx, in.ImageID)
 	if err != nil {
-		return store.Image{}, errdefs.Wrap(errdefs.Invalid, err, "the image %s of instance %s no longer exists", in.ImageID, in.ID)
+		return store.Image{}, false, errdefs.Wrap(errdefs.Invalid, err, "the image %s of instance %s no longer exists", in.ImageID, in.ID)
 	}
 	base, err := s.OCIImage(ctx, in.ImageID)
 	if err != nil {
-		return store.Image{}, errdefs.Wrap(errdefs.Invalid, err, "the image %s of instance %s has no content", in.ImageID, in.ID)
+		return store.Image{}, false, errdefs.Wrap(errdefs.Invalid, err, "the image %s of instance %s has no content", in.ImageID, in.ID)
 	}
 	m, err := base.Manifest()
 	if err != nil {
-		return store.Image{}, imageErr(err, "read the manifest of image %s", in.ImageID)
+		return store.Image{}, false, imageErr(err, "read the manifest of image %s", in.ImageID)
 	}
 	// The new manifest names the base layers without carrying their bytes:
 	// allowed only while owner can see an image that holds them.
 	for _, l := range m.Layers {
 		ok, err := s.Store.LayerVisible(ctx, &owner, l.Digest.String())
 		if err != nil {
-			return store.Image{}, err
+			return store.Image{}, false, err
 		}
 		if !ok {
-			return store.Image{}, errdefs.InvalidArgument("the image %s (%s) instance %s was created from is no longer available to this account",
+			return store.Image{}, false, errdefs.InvalidArgument("the image %s (%s) instance %s was created from is no longer available to this account",
 				baseRow.ID, baseRow.Name, in.ID)
 		}
 	}
@@ -113,51 +117,25 @@ func (s *Service) CommitInstance(ctx context.Context, owner string, in store.Ins
 		opts.Meta.Requirements = baseRow.Requirements
 	}
 	if err := validateMeta(&opts.Meta, ImageTypeDocker); err != nil {
-		return store.Image{}, err
+		return store.Image{}, false, err
 	}
 	ns, err := s.Store.NodeStream(ctx, *in.NodeID)
 	if err != nil {
-		return store.Image{}, err
+		return store.Image{}, false, err
 	}
 	node := nodeclient.Node{ID: ns.NodeID, Address: ns.Address, Token: ns.Token}
 	spool, err := s.spoolLayer(ctx, node, in.ID)
 	if err != nil {
-		return store.Image{}, err
+		return store.Image{}, false, err
 	}
 	defer os.Remove(spool)
-	mt := types.DockerLayer
-	if m.MediaType == types.OCIManifestSchema1 || m.MediaType == "" {
-		mt = types.OCILayer
-	}
-	layer, err := tarball.LayerFromFile(spool, tarball.WithMediaType(mt))
+	im, existed, err := s.imageOnTop(ctx, owner, base, spool, opts.Config, v1.History{CreatedBy: opts.CreatedBy,
+		Author: opts.Author, Comment: opts.Comment}, opts.Meta)
 	if err != nil {
-		return store.Image{}, errdefs.Wrap(errdefs.Internal, err, "read the changes of instance %s", in.ID)
-	}
-	now := time.Now().UTC().Truncate(time.Second)
-	img, err := mutate.Append(base, mutate.Addendum{Layer: layer, History: v1.History{Created: v1.Time{Time: now},
-		CreatedBy: opts.CreatedBy, Author: opts.Author, Comment: opts.Comment}})
-	if err != nil {
-		return store.Image{}, imageErr(err, "build the image")
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return store.Image{}, imageErr(err, "build the image config")
-	}
-	cf = cf.DeepCopy()
-	cf.Created = v1.Time{Time: now}
-	cf.Author = opts.Author
-	if opts.Config != nil {
-		cf.Config = *opts.Config
-	}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		return store.Image{}, imageErr(err, "build the image config")
-	}
-	im, _, err := s.recordImage(ctx, &owner, img, opts.Meta, nil)
-	if err != nil {
-		return store.Image{}, err
+		return store.Image{}, false, err
 	}
 	s.Log.Info("image committed", "account", owner, "instance", in.ID, "image", im.ID, "base", baseRow.ID, "digest", im.ManifestDigest)
-	return im, nil
+	return im, !existed, nil
 }
 
 // spoolLayer reads the instance's changes from its node, checks that they

@@ -103,8 +103,11 @@ type CreateRequest struct {
 	// name); Docker's come resolved in Process.Options.Volumes.
 	Volumes []MountRequest
 	// Disks are a flexible-disk VM's disks (CloudAPI's disks): see createDisks.
-	Disks          []DiskRequest
-	Start          *bool // Docker create: do not start until asked
+	Disks []DiskRequest
+	Start *bool // Docker create: do not start until asked
+	// NodeDriver, when set, restricts placement to nodes with that driver
+	// (`docker build` runs its steps where containers can be committed).
+	NodeDriver     string
 	IdempotencyKey string
 	RequestHash    string
 }
@@ -271,6 +274,11 @@ func (s *Service) CreateInstance(ctx context.Context, c Caller, req CreateReques
 	}
 	sreq := scheduler.Request{InstanceID: id, OwnerID: c.AccountID, Name: name, Brand: brand, MemoryMiB: pkg.MemoryMiB,
 		DiskMiB: pkg.DiskMiB, VCPUs: float64(vcpusMilli) / 1000, Rules: rules}
+	if req.NodeDriver != "" {
+		if sreq.ExcludeNodes, err = s.nodesWithoutDriver(ctx, req.NodeDriver, "this instance"); err != nil {
+			return store.Instance{}, false, err
+		}
+	}
 	if len(proc.Options.Volumes) == 0 {
 		return s.Placer.Place(ctx, sreq, in)
 	}
