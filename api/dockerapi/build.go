@@ -133,9 +133,12 @@ func parseBuildRequest(r *http.Request) (buildRequest, error) {
 }
 
 // checkDockerfile refuses, before any work, what this builder does not do,
-// and counts the steps (the instructions from the first FROM on).
+// and counts the steps (the instructions from the first FROM on, up to the
+// end of the target stage: the last, or --target's).
 func checkDockerfile(df *dockerfile.File, target string) (steps int, hasRun bool, err error) {
 	from := 0
+	target = strings.ToLower(target)
+	found, done := target == "", false
 	for _, in := range df.Instructions {
 		bad := func(format string, args ...any) error {
 			return errdefs.InvalidArgument("Dockerfile line %d: %s", in.Line, fmt.Sprintf(format, args...))
@@ -143,18 +146,25 @@ func checkDockerfile(df *dockerfile.File, target string) (steps int, hasRun bool
 		if from == 0 && in.Cmd != "FROM" && in.Cmd != "ARG" {
 			return 0, false, bad("%s before FROM: a Dockerfile must start with FROM (only ARG may come before it)", in.Cmd)
 		}
-		if from > 0 || in.Cmd == "FROM" {
+		if in.Cmd == "FROM" {
+			from++
+			if target != "" {
+				if found {
+					done = true // a stage after the target's is not built
+				} else if stageName(in, df.Escape) == target {
+					found = true
+				}
+			}
+		}
+		built := from > 0 && !done
+		if built {
 			steps++
 		}
 		switch in.Cmd {
-		case "FROM":
-			if from++; from > 1 {
-				return 0, false, bad("multi-stage builds are not supported by this cloud's builder: build each stage as its own image (docker build -t name), then use FROM name in the next")
-			}
 		case "ONBUILD":
 			return 0, false, bad("ONBUILD is not supported by this cloud's builder")
 		case "RUN":
-			hasRun = true
+			hasRun = hasRun || built
 			for _, f := range in.Flags {
 				return 0, false, bad("RUN --%s is not supported by this cloud's builder (it runs RUN steps as plain containers)", f.Name)
 			}
@@ -163,7 +173,9 @@ func checkDockerfile(df *dockerfile.File, target string) (steps int, hasRun bool
 				switch f.Name {
 				case "chown", "chmod", "link":
 				case "from":
-					return 0, false, bad("%s --from is not supported by this cloud's builder (no multi-stage builds): copy from the build context", in.Cmd)
+					if in.Cmd == "ADD" {
+						return 0, false, bad("ADD --from is not a Dockerfile option: use COPY --from")
+					}
 				default:
 					return 0, false, bad("%s --%s is not supported by this cloud's builder", in.Cmd, f.Name)
 				}
@@ -173,10 +185,19 @@ func checkDockerfile(df *dockerfile.File, target string) (steps int, hasRun bool
 	if from == 0 {
 		return 0, false, errdefs.InvalidArgument("the Dockerfile has no FROM: nothing to build")
 	}
-	if target != "" {
-		return 0, false, errdefs.InvalidArgument("--target %s: this builder builds single-stage Dockerfiles only, so there is no stage to pick", target)
+	if !found {
+		return 0, false, errdefs.InvalidArgument("failed to reach build target %s in Dockerfile: no stage is named so", target)
 	}
 	return steps, hasRun, nil
+}
+
+// stageName is the lower-cased name a FROM gives its stage ("" for none).
+func stageName(in dockerfile.Instruction, escape rune) string {
+	f := dockerfile.Fields(in.Rest, escape)
+	if len(f) == 3 && strings.EqualFold(f[1], "AS") {
+		return strings.ToLower(f[2])
+	}
+	return ""
 }
 
 // postBuild is POST /build.
@@ -218,7 +239,9 @@ func (s *Server) postBuild(w http.ResponseWriter, r *http.Request) error {
 	rand.Read(idb)
 	b := &builder{s: s, c: c, id: hex.EncodeToString(idb), bc: bc, df: df, req: req, steps: steps,
 		st:  newBuildState(df.Escape, req.buildArgs),
-		out: &buildOutput{ps: &progressStream{w: w}, quiet: req.quiet}}
+		out:    &buildOutput{ps: &progressStream{w: w}, quiet: req.quiet},
+		stages: map[string]string{}, images: map[string]*buildContext{}}
+	defer b.closeImages()
 	t0 := time.Now()
 	final, err := b.run(ctx)
 	b.removeIntermediates(final.ID)
@@ -248,6 +271,11 @@ type builder struct {
 	dirty   bool   // st.cfg differs from imageID's configuration
 	created []string
 	last    string // the last instruction, for the final image's history
+
+	stage       string            // the name of the stage being built
+	stages      map[string]string // the images of the stages built, by name
+	stageImages []string          // and by index
+	images      map[string]*buildContext
 }
 
 func shortID(id string) string {
@@ -261,9 +289,18 @@ func shortID(id string) string {
 // run runs every step and tags the image; it returns the final image.
 func (b *builder) run(ctx context.Context) (store.Image, error) {
 	inStage := false
+	target := strings.ToLower(b.req.target)
 	for _, in := range b.df.Instructions {
 		if err := ctx.Err(); err != nil {
 			return store.Image{}, err
+		}
+		if inStage && in.Cmd == "FROM" {
+			if target != "" && b.stage == target {
+				break // the target stage is built
+			}
+			if err := b.endStage(ctx); err != nil {
+				return store.Image{}, err
+			}
 		}
 		if !inStage && in.Cmd == "ARG" {
 			if err := b.st.arg(in, false); err != nil {
@@ -387,13 +424,85 @@ func (b *builder) removeIntermediates(keep string) {
 	}
 }
 
+// endStage records the stage built so far, by name and index, for the
+// FROM and COPY --from of later stages.
+func (b *builder) endStage(ctx context.Context) error {
+	if b.dirty {
+		if err := b.commitConfig(ctx); err != nil {
+			return err
+		}
+	}
+	b.stageImages = append(b.stageImages, b.imageID)
+	if b.stage != "" {
+		b.stages[b.stage] = b.imageID
+	}
+	return nil
+}
+
+// stageImage is the image --from names: a stage before this one (by name
+// or index) or an image of the account (pulled if it has none so named).
+func (b *builder) stageImage(ctx context.Context, ref string) (string, error) {
+	if id, ok := b.stages[strings.ToLower(ref)]; ok {
+		return id, nil
+	}
+	if n, err := strconv.Atoi(ref); err == nil {
+		if n < 0 || n >= len(b.stageImages) {
+			return "", errdefs.InvalidArgument("--from=%d: there is no stage %d before this one (stages count from 0)", n, n)
+		}
+		return b.stageImages[n], nil
+	}
+	img, err := b.s.resolveImage(ctx, b.c, ref)
+	if errdefs.Is(err, errdefs.NotFound) {
+		img, err = b.pull(ctx, ref)
+	}
+	return img.ID, err
+}
+
+// imageContext is the flattened filesystem of image id, to copy from.
+func (b *builder) imageContext(ctx context.Context, id, ref string) (*buildContext, error) {
+	if bc, ok := b.images[id]; ok {
+		return bc, nil
+	}
+	rc, err := b.s.Service.ImageFilesystem(ctx, b.c.AccountID, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	bc, err := spoolContext(rc)
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.Internal, err, "read the files of %s", ref)
+	}
+	bc.from = ref
+	b.images[id] = bc
+	return bc, nil
+}
+
+func (b *builder) closeImages() {
+	for _, bc := range b.images {
+		bc.close()
+	}
+}
+
 func (b *builder) from(ctx context.Context, in dockerfile.Instruction) error {
-	ref, _, err := b.st.parseFrom(in)
+	ref, stage, err := b.st.parseFrom(in)
 	if err != nil {
 		return err
 	}
+	if b.imageID != "" {
+		// A new stage: its own configuration and ARGs; the meta ARGs and
+		// what was used stay.
+		st := newBuildState(b.df.Escape, b.req.buildArgs)
+		st.metaArgs, st.usedArgs = b.st.metaArgs, b.st.usedArgs
+		b.st = st
+	}
+	if _, dup := b.stages[stage]; stage != "" && dup {
+		return errdefs.InvalidArgument("Dockerfile line %d: the stage name %q is used twice", in.Line, stage)
+	}
+	b.stage = stage
 	var img store.Image
-	if strings.EqualFold(ref, "scratch") {
+	if id, ok := b.stages[strings.ToLower(ref)]; ok {
+		img, err = b.s.store.GetImage(ctx, b.c.AccountID, id)
+	} else if strings.EqualFold(ref, "scratch") {
 		var isNew bool
 		if img, isNew, err = b.s.Service.ScratchImage(ctx, b.c.AccountID, v1.Config{}); err != nil {
 			return err
@@ -571,7 +680,21 @@ func (b *builder) copyStep(ctx context.Context, in dockerfile.Instruction) error
 		}
 		o.chmod = &m
 	}
-	plan, err := b.bc.plan(o)
+	src := b.bc
+	if from, ok := in.Flag("from"); ok {
+		from, err := dockerfile.Word(from, b.df.Escape, look)
+		if err != nil || from == "" {
+			return bad("--from needs a stage name, index or image")
+		}
+		id, err := b.stageImage(ctx, from)
+		if err != nil {
+			return err
+		}
+		if src, err = b.imageContext(ctx, id, from); err != nil {
+			return err
+		}
+	}
+	plan, err := src.plan(o)
 	if err != nil {
 		return err
 	}
@@ -580,7 +703,7 @@ func (b *builder) copyStep(ctx context.Context, in dockerfile.Instruction) error
 		return errdefs.Wrap(errdefs.Internal, err, "spool a layer")
 	}
 	defer os.Remove(f.Name())
-	werr := b.bc.writeLayer(o, plan, f)
+	werr := src.writeLayer(o, plan, f)
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}

@@ -30,6 +30,7 @@ type buildContext struct {
 	path    string
 	entries map[string]*tar.Header // by cleaned relative name ("a/b")
 	names   []string               // sorted
+	from    string                 // the stage or image it is the filesystem of ("": the build context)
 }
 
 // spoolContext writes the body (a tar, gzip'd or not) to a temporary file
@@ -229,6 +230,9 @@ func (bc *buildContext) plan(o copyOptions) (*copyPlan, error) {
 			continue
 		}
 		if bc.entries[raw] == nil {
+			if bc.from != "" {
+				return nil, fail("%s not found in %s (symbolic links in the path are not followed)", src, bc.from)
+			}
 			return nil, fail("file not found in build context or excluded by .dockerignore: stat %s: file does not exist", src)
 		}
 		matches = append(matches, raw)

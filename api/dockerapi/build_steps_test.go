@@ -189,8 +189,7 @@ func TestCheckDockerfile(t *testing.T) {
 	for name, src := range map[string]string{
 		"ErrNoFrom":     "ARG A\n",
 		"ErrEnvFirst":   "ENV A=1\nFROM x\n",
-		"ErrMultiStage": "FROM x AS a\nFROM y\n",
-		"ErrCopyFrom":   "FROM x\nCOPY --from=y /a /b\n",
+		"ErrAddFrom":    "FROM x\nADD --from=y /a /b\n",
 		"ErrRunMount":   "FROM x\nRUN --mount=type=cache,target=/c true\n",
 		"ErrOnbuild":    "FROM x\nONBUILD RUN true\n",
 		"ErrCopyFlag":   "FROM x\nCOPY --parents a /b\n",
@@ -202,6 +201,16 @@ func TestCheckDockerfile(t *testing.T) {
 		})
 	}
 	if _, _, err := checkDockerfile(parse("FROM x\n"), "stage"); err == nil {
-		t.Errorf("--target was accepted")
+		t.Errorf("--target of a stage that does not exist was accepted")
+	}
+	multi := parse("FROM x AS One\nRUN a\nFROM y AS two\nCOPY --from=one /a /b\nRUN b\nFROM z\nENV A=1\n")
+	if steps, hasRun, err := checkDockerfile(multi, ""); err != nil || steps != 7 || !hasRun {
+		t.Errorf("multi-stage: %d steps, %v, %v", steps, hasRun, err)
+	}
+	if steps, _, err := checkDockerfile(multi, "ONE"); err != nil || steps != 2 {
+		t.Errorf("--target one: %d steps, %v", steps, err)
+	}
+	if steps, _, err := checkDockerfile(multi, "two"); err != nil || steps != 5 {
+		t.Errorf("--target two: %d steps, %v", steps, err)
 	}
 }

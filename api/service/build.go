@@ -8,6 +8,7 @@ package service
 
 import (
 	"context"
+	"io"
 	"runtime"
 	"time"
 
@@ -162,4 +163,18 @@ func (s *Service) nodesWithoutDriver(ctx context.Context, drv, why string) (map[
 func (s *Service) RequireDriver(ctx context.Context, drv, why string) error {
 	_, err := s.nodesWithoutDriver(ctx, drv, why)
 	return err
+}
+
+// ImageFilesystem returns the flattened filesystem (a tar) of an image
+// owner can see: what `COPY --from` copies from. NotFound for an image
+// owner cannot see; Invalid for one without content.
+func (s *Service) ImageFilesystem(ctx context.Context, owner, id string) (io.ReadCloser, error) {
+	if _, err := s.Store.GetImage(ctx, owner, id); err != nil {
+		return nil, err
+	}
+	img, err := s.OCIImage(ctx, id)
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.Invalid, err, "the image %s has no content", id)
+	}
+	return mutate.Extract(img), nil
 }
