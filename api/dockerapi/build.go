@@ -238,7 +238,7 @@ func (s *Server) postBuild(w http.ResponseWriter, r *http.Request) error {
 	idb := make([]byte, 6)
 	rand.Read(idb)
 	b := &builder{s: s, c: c, id: hex.EncodeToString(idb), bc: bc, df: df, req: req, steps: steps,
-		st:  newBuildState(df.Escape, req.buildArgs),
+		st:     newBuildState(df.Escape, req.buildArgs),
 		out:    &buildOutput{ps: &progressStream{w: w}, quiet: req.quiet},
 		stages: map[string]string{}, images: map[string]*buildContext{}}
 	defer b.closeImages()

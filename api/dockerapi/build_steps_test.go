@@ -187,12 +187,12 @@ func TestCheckDockerfile(t *testing.T) {
 		t.Errorf("a build without RUN: %v %v", hasRun, err)
 	}
 	for name, src := range map[string]string{
-		"ErrNoFrom":     "ARG A\n",
-		"ErrEnvFirst":   "ENV A=1\nFROM x\n",
-		"ErrAddFrom":    "FROM x\nADD --from=y /a /b\n",
-		"ErrRunMount":   "FROM x\nRUN --mount=type=cache,target=/c true\n",
-		"ErrOnbuild":    "FROM x\nONBUILD RUN true\n",
-		"ErrCopyFlag":   "FROM x\nCOPY --parents a /b\n",
+		"ErrNoFrom":   "ARG A\n",
+		"ErrEnvFirst": "ENV A=1\nFROM x\n",
+		"ErrAddFrom":  "FROM x\nADD --from=y /a /b\n",
+		"ErrRunMount": "FROM x\nRUN --mount=type=cache,target=/c true\n",
+		"ErrOnbuild":  "FROM x\nONBUILD RUN true\n",
+		"ErrCopyFlag": "FROM x\nCOPY --parents a /b\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, _, err := checkDockerfile(parse(src), ""); err == nil {
