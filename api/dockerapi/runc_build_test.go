@@ -1,13 +1,20 @@
 package dockerapi
 
 import (
+	"archive/tar"
+	"bufio"
+	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"flotilla/api/service"
+	"flotilla/store"
 )
 
 // writeContext writes a build context directory of name -> content files
@@ -180,6 +187,60 @@ CMD ["cat", "/final/out.txt", "/final/second.txt", "/final/a.txt"]
 		}
 		if after := e.ok("alice", "images", "-a", "-q"); after != before {
 			t.Errorf("a failed build left images:\n%s\nbefore:\n%s", after, before)
+		}
+	})
+
+	t.Run("ClientLeaves", func(t *testing.T) {
+		e := e.with(t)
+		body := contextTar(t, []ctxEntry{{name: "Dockerfile", typ: tar.TypeReg, mode: 0o644,
+			data: "FROM busybox\nRUN echo started && sleep 60\n"}}, false)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.srv.URL+"/v1.47/build?t=mine/never", body)
+		must(t, err)
+		req.Header.Set("Content-Type", "application/x-tar")
+		resp, err := e.client("alice").Do(req)
+		must(t, err)
+		sc := bufio.NewScanner(resp.Body)
+		var seen []string
+		for sc.Scan() && !strings.Contains(sc.Text(), `"started\n"`) {
+			seen = append(seen, sc.Text())
+		}
+		if sc.Err() != nil || len(seen) == 0 || !strings.Contains(strings.Join(seen, "\n"), "Running in") {
+			t.Fatalf("the build never ran its step: %v\n%s", sc.Err(), strings.Join(seen, "\n"))
+		}
+		acct, err := e.st.AccountByLogin(context.Background(), "alice")
+		must(t, err)
+		running, err := e.st.ListInstances(context.Background(), acct.ID, store.InstanceFilter{})
+		must(t, err)
+		if len(running) != 1 || running[0].Tags[service.BuildTag] == nil {
+			t.Fatalf("while the step runs, alice has %d instances, want its build container", len(running))
+		}
+		if ps := e.ok("alice", "ps", "-a", "-q"); ps != "" {
+			t.Errorf("docker ps -a lists the build container: %q", ps)
+		}
+		cancel()
+		resp.Body.Close()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			list, err := e.st.ListInstances(context.Background(), acct.ID, store.InstanceFilter{})
+			must(t, err)
+			left := 0
+			for _, in := range list {
+				if _, ok := in.Tags[service.BuildTag]; ok {
+					left++
+				}
+			}
+			if left == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d build containers still there 30 s after the client left", left)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if _, _, code := e.run("alice", "image", "inspect", "mine/never"); code == 0 {
+			t.Errorf("a build whose client left tagged its image")
 		}
 	})
 
