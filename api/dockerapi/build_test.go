@@ -28,7 +28,7 @@ func TestBuildRefusals(t *testing.T) {
 		{"buildargs=notjson", "", http.StatusBadRequest, "buildargs is not a JSON object"},
 		{"t=BAD%20TAG", "", http.StatusBadRequest, "invalid tag"},
 		{"platform=windows/amd64", "", http.StatusBadRequest, "cannot be built"},
-		{"target=x", string(ctx), http.StatusBadRequest, "single-stage"},
+		{"target=x", string(ctx), http.StatusBadRequest, "failed to reach build target x"},
 		{"", "not a tar", http.StatusBadRequest, "not a valid tar"},
 		{"dockerfile=Other", string(ctx), http.StatusBadRequest, "Cannot locate specified Dockerfile: Other"},
 	} {
