@@ -672,6 +672,7 @@ func (b *builder) copyStep(ctx context.Context, in dockerfile.Instruction) error
 		if o.uid, o.gid, err = parseChown(v); err != nil {
 			return bad("%v", err)
 		}
+		o.chown = true
 	}
 	if v, ok := in.Flag("chmod"); ok {
 		m, err := strconv.ParseInt(v, 8, 32)

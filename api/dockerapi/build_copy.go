@@ -11,8 +11,8 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"compress/bzip2"
 	"compress/gzip"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -179,6 +179,7 @@ type copyOptions struct {
 	uid     int
 	gid     int
 	chmod   *int64
+	chown   bool // --chown given: it also owns what ADD unpacks
 	now     time.Time
 }
 
@@ -189,6 +190,9 @@ func hasGlob(s string) bool { return strings.ContainsAny(s, "*?[") }
 type copyPlan struct {
 	targets map[string][]string // context name -> layer names (no leading "/")
 	dirs    map[string]*tar.Header
+	// addRoots are the directories ADD unpacks each explicitly named
+	// file into, should it be an archive.
+	addRoots map[string]string
 }
 
 // plan resolves the sources of a COPY or ADD against the context.
@@ -243,7 +247,7 @@ func (bc *buildContext) plan(o copyOptions) (*copyPlan, error) {
 	if len(matches) > 1 && !strings.HasSuffix(o.dest, "/") {
 		return nil, fail("when using %s with more than one source file, the destination must be a directory and end with a /", o.cmd)
 	}
-	p := &copyPlan{targets: map[string][]string{}, dirs: map[string]*tar.Header{}}
+	p := &copyPlan{targets: map[string][]string{}, dirs: map[string]*tar.Header{}, addRoots: map[string]string{}}
 	addParents := func(n string) {
 		for d := path.Dir(n); d != "."; d = path.Dir(d) {
 			if _, ok := p.dirs[d]; ok {
@@ -283,6 +287,9 @@ func (bc *buildContext) plan(o copyOptions) (*copyPlan, error) {
 			}
 			continue
 		}
+		if o.cmd == "ADD" && h.Typeflag == tar.TypeReg {
+			p.addRoots[m] = dest
+		}
 		if destDir {
 			add(m, path.Join(dest, path.Base(m)))
 		} else {
@@ -305,7 +312,114 @@ func archiveMagic(b []byte) bool {
 	return false
 }
 
-var errLayerDone = errors.New("done")
+// maxUnpacked bounds what one archive ADD unpacks may add up to.
+const maxUnpacked = 8 << 30
+
+// unpackArchive writes the entries of the archive r (tar, gzip'd or
+// bzip2'd tar) under root, with their modes, owners (--chown's when given)
+// and times; names never leave root, device nodes and whiteouts are left
+// out. When the file is not a tar it returns the file's bytes, spooled,
+// for the caller to copy as they are (and close), and unpacked false.
+func unpackArchive(tw *tar.Writer, o copyOptions, name, root string, r io.Reader, written map[string]bool) (*os.File, bool, error) {
+	f, err := os.CreateTemp("", "flotilla-build-add-*")
+	if err != nil {
+		return nil, false, errdefs.Wrap(errdefs.Internal, err, "spool %s", name)
+	}
+	os.Remove(f.Name()) // unlinked: gone when closed
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+		}
+	}()
+	if _, err := io.Copy(f, r); err != nil {
+		return nil, false, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, false, err
+	}
+	br := bufio.NewReader(f)
+	head, _ := br.Peek(6)
+	var ar io.Reader = br
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, false, errdefs.InvalidArgument("ADD failed: %s looks gzip'd but is not: %v", name, err)
+		}
+		ar = zr
+	case bytes.HasPrefix(head, []byte("BZh")):
+		ar = bzip2.NewReader(br)
+	case bytes.HasPrefix(head, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}):
+		return nil, false, errdefs.InvalidArgument("ADD failed: %s is an xz archive, which this builder cannot unpack: use a gzip or bzip2 tar, or COPY it and RUN tar -xJf", name)
+	}
+	tr := tar.NewReader(ar)
+	eh, err := tr.Next()
+	if err != nil {
+		// Not a tar: the file itself is copied.
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return nil, false, err
+		}
+		ok = true
+		return f, false, nil
+	}
+	if root != "." {
+		var parents []string
+		for d := root; d != "." && !written[d]; d = path.Dir(d) {
+			parents = append(parents, d)
+		}
+		for i := len(parents) - 1; i >= 0; i-- {
+			written[parents[i]] = true
+			if err := tw.WriteHeader(&tar.Header{Name: parents[i] + "/", Typeflag: tar.TypeDir, Mode: 0o755,
+				Uid: o.uid, Gid: o.gid, ModTime: o.now, Format: tar.FormatPAX}); err != nil {
+				return nil, false, err
+			}
+		}
+	}
+	var total int64
+	for ; err == nil; eh, err = tr.Next() {
+		en, ok := cleanName(eh.Name)
+		if !ok || en == "." || strings.HasPrefix(path.Base(en), ".wh.") {
+			continue
+		}
+		nh := &tar.Header{Name: path.Join(root, en), Mode: eh.Mode & 0o7777, Uid: eh.Uid, Gid: eh.Gid,
+			ModTime: eh.ModTime, Format: tar.FormatPAX}
+		if o.chown {
+			nh.Uid, nh.Gid = o.uid, o.gid
+		}
+		switch eh.Typeflag {
+		case tar.TypeReg, '\x00':
+			nh.Typeflag, nh.Size = tar.TypeReg, eh.Size
+			if total += eh.Size; total > maxUnpacked {
+				return nil, false, errdefs.InvalidArgument("ADD failed: %s unpacks to more than %d bytes", name, int64(maxUnpacked))
+			}
+		case tar.TypeDir:
+			nh.Typeflag, nh.Name = tar.TypeDir, nh.Name+"/"
+		case tar.TypeSymlink:
+			nh.Typeflag, nh.Linkname = tar.TypeSymlink, eh.Linkname
+		case tar.TypeLink:
+			ln, ok := cleanName(eh.Linkname)
+			if !ok {
+				continue
+			}
+			nh.Typeflag, nh.Linkname = tar.TypeLink, path.Join(root, ln)
+		default:
+			continue // devices, fifos: never unpacked
+		}
+		if err := tw.WriteHeader(nh); err != nil {
+			return nil, false, err
+		}
+		if nh.Typeflag == tar.TypeReg {
+			if _, err := io.CopyN(tw, tr, nh.Size); err != nil {
+				return nil, false, errdefs.InvalidArgument("ADD failed: read %s: %v", name, err)
+			}
+		}
+	}
+	if err != io.EOF {
+		return nil, false, errdefs.InvalidArgument("ADD failed: %s is a damaged archive: %v", name, err)
+	}
+	return nil, true, nil
+}
 
 // writeLayer writes the layer of a COPY or ADD, gzip'd, to w: the
 // directories first, then the entries in the context's order.
@@ -336,7 +450,9 @@ func (bc *buildContext) writeLayer(o copyOptions, p *copyPlan, w io.Writer) erro
 		names = append(names, d)
 	}
 	sort.Strings(names)
+	written := map[string]bool{}
 	for _, d := range names {
+		written[d] = true
 		h := dirs[d]
 		mt := h.ModTime
 		if mt.IsZero() {
@@ -363,13 +479,18 @@ func (bc *buildContext) writeLayer(o copyOptions, p *copyPlan, w io.Writer) erro
 		}
 		var data []byte
 		var rd io.Reader = r
-		if h.Typeflag == tar.TypeReg && o.cmd == "ADD" {
+		if root, ok := p.addRoots[name]; ok && h.Typeflag == tar.TypeReg {
 			head := make([]byte, 512)
 			n, _ := io.ReadFull(r, head)
-			if archiveMagic(head[:n]) {
-				return errdefs.InvalidArgument("ADD failed: %s is an archive, and unpacking archives is not supported by this builder: COPY it and unpack it with RUN tar -xf", name)
-			}
 			rd = io.MultiReader(bytes.NewReader(head[:n]), r)
+			if archiveMagic(head[:n]) {
+				f, unpacked, err := unpackArchive(tw, o, name, root, rd, written)
+				if err != nil || unpacked {
+					return err
+				}
+				defer f.Close()
+				rd = f // not a tar after all: copied as it is
+			}
 		}
 		if h.Typeflag == tar.TypeReg && len(dsts) > 1 {
 			var err error

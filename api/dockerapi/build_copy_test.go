@@ -60,6 +60,42 @@ var testContext = []ctxEntry{
 	{name: "one.txt", typ: tar.TypeReg, mode: 0o644, data: "one"},
 	{name: "two.txt", typ: tar.TypeReg, mode: 0o644, data: "two"},
 	{name: "data.tar.gz", typ: tar.TypeReg, mode: 0o644, data: "\x1f\x8b\x08rest"},
+	{name: "pkg.tar.gz", typ: tar.TypeReg, mode: 0o644, data: archiveData()},
+	{name: "plain.gz", typ: tar.TypeReg, mode: 0o644, data: gzipData("just text\n")},
+	{name: "x.tar.xz", typ: tar.TypeReg, mode: 0o644, data: "\xfd7zXZ\x00rest"},
+}
+
+func gzipData(s string) string {
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	zw.Write([]byte(s))
+	zw.Close()
+	return b.String()
+}
+
+// archiveData is a gzip'd tar to ADD: a directory, a file of uid 33, a
+// symlink, a hard link, and what must be left out (a name leaving the
+// archive, a whiteout, a device).
+func archiveData() string {
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	mt := time.Unix(1600000000, 0)
+	for _, h := range []*tar.Header{
+		{Name: "top/", Typeflag: tar.TypeDir, Mode: 0o700, ModTime: mt},
+		{Name: "top/f.txt", Typeflag: tar.TypeReg, Mode: 0o600, Uid: 33, Gid: 34, Size: 2, ModTime: mt},
+		{Name: "top/link", Typeflag: tar.TypeSymlink, Linkname: "f.txt", ModTime: mt},
+		{Name: "top/hard", Typeflag: tar.TypeLink, Linkname: "top/f.txt", ModTime: mt},
+		{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644, Size: 2, ModTime: mt},
+		{Name: "top/.wh.gone", Typeflag: tar.TypeReg, Mode: 0o644, ModTime: mt},
+		{Name: "top/dev", Typeflag: tar.TypeChar, Mode: 0o644, Devmajor: 1, Devminor: 3, ModTime: mt},
+	} {
+		tw.WriteHeader(h)
+		if h.Size > 0 {
+			tw.Write([]byte("f\n"))
+		}
+	}
+	tw.Close()
+	return gzipData(b.String())
 }
 
 // layerOf runs a COPY or ADD of the test context and lists its layer as
@@ -119,6 +155,15 @@ func TestCopyLayer(t *testing.T) {
 			"t/ 5 640 10:20", "t/one.txt 0 640 10:20 one", "t/two.txt 0 640 10:20 two"}},
 		{"WholeContext", copyOptions{cmd: "COPY", sources: []string{"."}, dest: "/"}, nil},
 		{"AddPlainFile", copyOptions{cmd: "ADD", sources: []string{"two.txt"}, dest: "/x"}, []string{"x 0 644 0:0 two"}},
+		{"AddArchive", copyOptions{cmd: "ADD", sources: []string{"pkg.tar.gz"}, dest: "/opt/pkg"}, []string{
+			"opt/ 5 755 0:0", "opt/pkg/ 5 755 0:0", "opt/pkg/top/ 5 700 0:0", "opt/pkg/top/f.txt 0 600 33:34 f\n",
+			"opt/pkg/top/hard 1 0 0:0 ->opt/pkg/top/f.txt", "opt/pkg/top/link 2 0 0:0 ->f.txt"}},
+		{"AddArchiveChown", copyOptions{cmd: "ADD", sources: []string{"pkg.tar.gz"}, dest: "/", uid: 5, gid: 6, chown: true}, []string{
+			"top/ 5 700 5:6", "top/f.txt 0 600 5:6 f\n", "top/hard 1 0 5:6 ->top/f.txt", "top/link 2 0 5:6 ->f.txt"}},
+		{"AddGzipNotTar", copyOptions{cmd: "ADD", sources: []string{"plain.gz"}, dest: "/d/"}, []string{
+			"d/ 5 755 0:0", "d/plain.gz 0 644 0:0 " + gzipData("just text\n")}},
+		{"CopyArchiveAsIs", copyOptions{cmd: "COPY", sources: []string{"pkg.tar.gz"}, dest: "/p.tgz"}, []string{
+			"p.tgz 0 644 0:0 " + archiveData()}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := layerOf(t, tc.o)
@@ -151,7 +196,8 @@ func TestCopyLayerErrors(t *testing.T) {
 		{"ErrManyToFile", copyOptions{cmd: "COPY", sources: []string{"one.txt", "two.txt"}, dest: "/x"}, "must be a directory and end with a /"},
 		{"ErrURLCopy", copyOptions{cmd: "COPY", sources: []string{"http://h/x"}, dest: "/x"}, "source can't be a URL"},
 		{"ErrURLAdd", copyOptions{cmd: "ADD", sources: []string{"https://h/x"}, dest: "/x"}, "adding from a URL"},
-		{"ErrAddArchive", copyOptions{cmd: "ADD", sources: []string{"data.tar.gz"}, dest: "/x/"}, "unpacking archives is not supported"},
+		{"ErrAddBadGzip", copyOptions{cmd: "ADD", sources: []string{"data.tar.gz"}, dest: "/x/"}, "looks gzip'd but is not"},
+		{"ErrAddXz", copyOptions{cmd: "ADD", sources: []string{"x.tar.xz"}, dest: "/x/"}, "xz archive"},
 		{"ErrHardLinkAlone", copyOptions{cmd: "COPY", sources: []string{"app/lib/hard"}, dest: "/x"}, "is a hard link"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

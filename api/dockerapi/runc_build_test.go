@@ -171,6 +171,23 @@ CMD ["cat", "/final/out.txt", "/final/second.txt", "/final/a.txt"]
 		}
 	})
 
+	t.Run("WorkdirAndAddArchive", func(t *testing.T) {
+		e := e.with(t)
+		dir := writeContext(t, map[string]string{"pkg.tar.gz": archiveData(),
+			"Dockerfile": "FROM busybox\nWORKDIR /made/here\nRUN pwd > /pwd.txt\nWORKDIR /only/config\nADD pkg.tar.gz /opt/\n" +
+				"RUN cat /opt/top/f.txt > unpacked.txt && stat -c '%a %u' /opt/top/f.txt >> unpacked.txt\nCMD pwd\n"})
+		e.ok("alice", "build", "-t", "mine/wd", dir)
+		if got := e.ok("alice", "run", "--rm", "mine/wd", "cat", "unpacked.txt"); got != "f\n600 33\n" {
+			t.Errorf("ADD of a gzip'd tar: %q", got)
+		}
+		if got := e.ok("alice", "run", "--rm", "mine/wd"); got != "/only/config\n" {
+			t.Errorf("docker run in the image's WORKDIR printed %q", got)
+		}
+		if got := e.ok("alice", "run", "--rm", "mine/wd", "cat", "/pwd.txt"); got != "/made/here\n" {
+			t.Errorf("RUN in a WORKDIR made by the build printed %q", got)
+		}
+	})
+
 	t.Run("FailingRun", func(t *testing.T) {
 		e := e.with(t)
 		before := e.ok("alice", "images", "-a", "-q")
