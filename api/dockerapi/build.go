@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/pkg/stdcopy"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -367,6 +368,7 @@ func (b *builder) run(ctx context.Context) (store.Image, error) {
 		if err := b.s.Service.Tag(ctx, b.c.AccountID, final.ID, t); err != nil {
 			return final, err
 		}
+		b.s.recordObjectEvent(ctx, b.c, final.ID, events.ImageEventType, events.ActionTag, id, map[string]string{"name": t})
 		b.out.say("Successfully tagged %s", t)
 	}
 	return final, nil
@@ -669,7 +671,14 @@ func (b *builder) copyStep(ctx context.Context, in dockerfile.Instruction) error
 		if err != nil {
 			return bad("%v", err)
 		}
-		if o.uid, o.gid, err = parseChown(v); err != nil {
+		lookup := func(file string) ([]byte, error) {
+			fs, err := b.imageContext(ctx, b.imageID, "the image")
+			if err != nil {
+				return nil, err
+			}
+			return fs.readFile("etc/"+file, 1<<20)
+		}
+		if o.uid, o.gid, err = parseChown(v, lookup); err != nil {
 			return bad("%v", err)
 		}
 		o.chown = true

@@ -130,19 +130,29 @@ func (bc *buildContext) dockerfile(name string) ([]byte, error) {
 	if h == nil || h.Typeflag != tar.TypeReg {
 		return nil, errdefs.InvalidArgument("Cannot locate specified Dockerfile: %s", name)
 	}
-	var out []byte
-	err := bc.each(func(name string, h *tar.Header, r io.Reader) error {
-		if name == n {
-			var err error
-			out, err = io.ReadAll(io.LimitReader(r, 4<<20+1))
-			return err
-		}
-		return nil
-	})
+	out, err := bc.readFile(n, 4<<20)
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.Invalid, err, "read the Dockerfile %s: %v", name, err)
 	}
 	return out, nil
+}
+
+// readFile returns the first max+1 bytes (at most) of the regular file n
+// (a cleaned name); an error when there is no such file.
+func (bc *buildContext) readFile(n string, max int64) ([]byte, error) {
+	if h := bc.entries[n]; h == nil || h.Typeflag != tar.TypeReg {
+		return nil, fmt.Errorf("%s is not a file", n)
+	}
+	var out []byte
+	err := bc.each(func(name string, h *tar.Header, r io.Reader) error {
+		if name == n && h.Typeflag == tar.TypeReg {
+			var err error
+			out, err = io.ReadAll(io.LimitReader(r, max+1))
+			return err
+		}
+		return nil
+	})
+	return out, err
 }
 
 // each calls fn with every entry of the context tar in order.
@@ -539,18 +549,56 @@ func (bc *buildContext) writeLayer(o copyOptions, p *copyPlan, w io.Writer) erro
 	return zw.Close()
 }
 
-// parseChown reads --chown: numeric uid[:gid] only.
-func parseChown(v string) (int, int, error) {
+// parseChown reads --chown: USER[:GROUP], each a name or a number. A
+// USER alone gives the same number as group. Names are looked up with
+// lookup (the image's /etc/passwd or /etc/group content, by file name),
+// called only when a name is given.
+func parseChown(v string, lookup func(file string) ([]byte, error)) (int, int, error) {
 	u, g, hasG := strings.Cut(v, ":")
-	uid, err := strconv.Atoi(u)
-	if err != nil || uid < 0 {
-		return 0, 0, fmt.Errorf("--chown=%s: only numeric ids (uid or uid:gid) are supported by this builder", v)
+	if u == "" || hasG && g == "" {
+		return 0, 0, fmt.Errorf("--chown=%s: give USER or USER:GROUP (names or numbers)", v)
+	}
+	uid, err := chownID(u, "passwd", lookup)
+	if err != nil {
+		return 0, 0, fmt.Errorf("--chown=%s: %v", v, err)
 	}
 	gid := uid
 	if hasG {
-		if gid, err = strconv.Atoi(g); err != nil || gid < 0 {
-			return 0, 0, fmt.Errorf("--chown=%s: only numeric ids (uid or uid:gid) are supported by this builder", v)
+		if gid, err = chownID(g, "group", lookup); err != nil {
+			return 0, 0, fmt.Errorf("--chown=%s: %v", v, err)
 		}
 	}
 	return uid, gid, nil
+}
+
+// chownID is a number, or the id of name in the image's /etc/file.
+func chownID(name, file string, lookup func(string) ([]byte, error)) (int, error) {
+	if n, err := strconv.Atoi(name); err == nil {
+		if n < 0 {
+			return 0, fmt.Errorf("%d is not an id", n)
+		}
+		return n, nil
+	}
+	if lookup == nil {
+		return 0, fmt.Errorf("%s is not a number", name)
+	}
+	data, err := lookup(file)
+	if err != nil {
+		return 0, fmt.Errorf("cannot look %s up: the image has no readable /etc/%s (%v): use a number", name, file, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) >= 3 && f[0] == name {
+			n, err := strconv.Atoi(f[2])
+			if err != nil || n < 0 {
+				return 0, fmt.Errorf("the image's /etc/%s has a bad id for %s", file, name)
+			}
+			return n, nil
+		}
+	}
+	kind := "user"
+	if file == "group" {
+		kind = "group"
+	}
+	return 0, fmt.Errorf("no %s %s in the image's /etc/%s", kind, name, file)
 }

@@ -233,13 +233,22 @@ func TestBuildContextFiles(t *testing.T) {
 			t.Errorf("cleanName(%q) = %q %v", c.o, got, ok)
 		}
 	}
-	if u, g, err := parseChown("10:20"); u != 10 || g != 20 || err != nil {
-		t.Errorf("parseChown(10:20) = %d %d %v", u, g, err)
+	files := map[string]string{"passwd": "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/app:/bin/sh\n", "group": "root:x:0:\nstaff:x:50:app\n"}
+	lookup := func(f string) ([]byte, error) { return []byte(files[f]), nil }
+	for _, c := range []struct {
+		v        string
+		uid, gid int
+	}{{"10:20", 10, 20}, {"7", 7, 7}, {"app", 1000, 1000}, {"app:staff", 1000, 50}, {"0:staff", 0, 50}} {
+		if u, g, err := parseChown(c.v, lookup); u != c.uid || g != c.gid || err != nil {
+			t.Errorf("parseChown(%s) = %d %d %v", c.v, u, g, err)
+		}
 	}
-	if u, g, err := parseChown("7"); u != 7 || g != 7 || err != nil {
-		t.Errorf("parseChown(7) = %d %d %v", u, g, err)
+	for _, bad := range []string{"nobody", "app:nogroup", ":1", "1:", "-1"} {
+		if _, _, err := parseChown(bad, lookup); err == nil {
+			t.Errorf("parseChown(%s) succeeded", bad)
+		}
 	}
-	if _, _, err := parseChown("app:app"); err == nil || !strings.Contains(err.Error(), "numeric") {
-		t.Errorf("parseChown of names: %v", err)
+	if _, _, err := parseChown("app", nil); err == nil || !strings.Contains(err.Error(), "not a number") {
+		t.Errorf("parseChown of a name without an image: %v", err)
 	}
 }

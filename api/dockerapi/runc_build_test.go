@@ -175,9 +175,10 @@ CMD ["cat", "/final/out.txt", "/final/second.txt", "/final/a.txt"]
 		e := e.with(t)
 		dir := writeContext(t, map[string]string{"pkg.tar.gz": archiveData(),
 			"Dockerfile": "FROM busybox\nWORKDIR /made/here\nRUN pwd > /pwd.txt\nWORKDIR /only/config\nADD pkg.tar.gz /opt/\n" +
-				"RUN cat /opt/top/f.txt > unpacked.txt && stat -c '%a %u' /opt/top/f.txt >> unpacked.txt\nCMD pwd\n"})
+				"COPY --chown=nobody:nogroup --chmod=600 Dockerfile /owned\n" +
+				"RUN cat /opt/top/f.txt > unpacked.txt && stat -c '%a %u' /opt/top/f.txt /owned >> unpacked.txt\nCMD pwd\n"})
 		e.ok("alice", "build", "-t", "mine/wd", dir)
-		if got := e.ok("alice", "run", "--rm", "mine/wd", "cat", "unpacked.txt"); got != "f\n600 33\n" {
+		if got := e.ok("alice", "run", "--rm", "mine/wd", "cat", "unpacked.txt"); got != "f\n600 33\n600 65534\n" {
 			t.Errorf("ADD of a gzip'd tar: %q", got)
 		}
 		if got := e.ok("alice", "run", "--rm", "mine/wd"); got != "/only/config\n" {
