@@ -80,6 +80,11 @@ CMD ["greeting.txt"]
 			t.Errorf("docker build output lacks %q:\n%s", want, out)
 		}
 	}
+	ev := e.ok("alice", "events", "--since", t0.Add(-time.Second).Format(time.RFC3339), "--until", time.Now().Add(time.Second).Format(time.RFC3339),
+		"--filter", "type=image", "--filter", "event=tag", "--format", "{{.Actor.Attributes.name}}")
+	if ev != "mine/app:v1\nmine/app:latest\n" {
+		t.Errorf("docker events of the build's tags: %q", ev)
+	}
 	if got := e.ok("alice", "run", "--rm", "mine/app:v1"); got != "user 1000 in /app\nbonjour from prod\nfrom the context\n" {
 		t.Errorf("docker run of the built image printed %q", got)
 	}
