@@ -194,6 +194,18 @@ CMD ["cat", "/final/out.txt", "/final/second.txt", "/final/a.txt"]
 		}
 	})
 
+	t.Run("Scratch", func(t *testing.T) {
+		e := e.with(t)
+		bb, err := os.ReadFile("/bin/busybox")
+		must(t, err)
+		dir := writeContext(t, map[string]string{"busybox*": string(bb),
+			"Dockerfile": "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\nCMD [\"echo\", \"from scratch\"]\n"})
+		e.ok("alice", "build", "-t", "mine/scratch", dir)
+		if got := e.ok("alice", "run", "--rm", "mine/scratch"); got != "from scratch\n" {
+			t.Errorf("docker run of a FROM scratch image printed %q", got)
+		}
+	})
+
 	t.Run("FailingRun", func(t *testing.T) {
 		e := e.with(t)
 		before := e.ok("alice", "images", "-a", "-q")
