@@ -36,10 +36,12 @@ type Network struct {
 	// VNI is the VXLAN network identifier of a fabric network's VLAN (0 for
 	// shared networks): nodes carry the VLAN between them under it.
 	VNI int `db:"vni"`
+	// Labels are a Docker network's labels (empty for other networks).
+	Labels map[string]string `db:"labels"`
 }
 
 const networkColumns = `id::text, owner_id::text, name, public, description, subnet::text, host(gateway),
-	host(provision_start), host(provision_end), resolvers, routes, fabric, vlan_id, internet_nat, bridge, created_at, vni`
+	host(provision_start), host(provision_end), resolvers, routes, fabric, vlan_id, internet_nat, bridge, created_at, vni, labels`
 
 // BridgeName is the Linux bridge that carries a network on every node.
 func BridgeName(networkID string) string {
@@ -47,8 +49,8 @@ func BridgeName(networkID string) string {
 }
 
 const sqlCreateNetwork = `INSERT INTO networks (id, owner_id, name, public, description, subnet, gateway,
-	provision_start, provision_end, resolvers, routes, fabric, vlan_id, internet_nat, bridge, vni)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING ` + networkColumns
+	provision_start, provision_end, resolvers, routes, fabric, vlan_id, internet_nat, bridge, vni, labels)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING ` + networkColumns
 
 // CreateNetwork validates and records a network. Missing provision bounds
 // default to the subnet's usable range after the gateway. A network with an
@@ -72,8 +74,11 @@ func (s *Store) CreateNetwork(ctx context.Context, n Network) (Network, error) {
 
 func insertNetwork(ctx context.Context, q querier, n Network) (Network, error) {
 	n.Bridge = BridgeName(n.ID)
+	if n.Labels == nil {
+		n.Labels = map[string]string{}
+	}
 	rows, _ := q.Query(ctx, sqlCreateNetwork, n.ID, n.OwnerID, n.Name, n.Public, n.Description, n.Subnet, n.Gateway,
-		n.ProvisionStart, n.ProvisionEnd, n.Resolvers, n.Routes, n.Fabric, n.VLANID, n.InternetNAT, n.Bridge, n.VNI)
+		n.ProvisionStart, n.ProvisionEnd, n.Resolvers, n.Routes, n.Fabric, n.VLANID, n.InternetNAT, n.Bridge, n.VNI, n.Labels)
 	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Network])
 	if err != nil {
 		switch pgCode(err) {

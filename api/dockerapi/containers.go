@@ -499,7 +499,7 @@ func checkPortBindings(pm nat.PortMap) error {
 	for p, bindings := range pm {
 		for _, b := range bindings {
 			if b.HostPort != "" && b.HostPort != p.Port() {
-				return errdefs.InvalidArgument("publish port: remapping of port numbers is not allowed (%s to %s): every container has its own IP address, so publish -p %s (or -p %s:%s)", b.HostPort, p, p.Port(), p.Port(), p.Port())
+				return errdefs.InvalidArgument("publish port: remapping of port numbers is not allowed (%s to %s): every container has its own IP address, so publish -p %s (or -p %s:%s; in a compose file, ports: [\"%s\"])", b.HostPort, p, p.Port(), p.Port(), p.Port(), p.Port())
 			}
 			if b.HostIP != "" && b.HostIP != "0.0.0.0" && b.HostIP != "::" {
 				return errdefs.InvalidArgument("publish port: binding to host address %s is not supported: ports are published on the container's own IP address", b.HostIP)

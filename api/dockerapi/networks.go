@@ -85,13 +85,17 @@ func networkOf(n store.Network, containers []store.Instance) network.Inspect {
 	scope := "global"
 	opts := map[string]string{"flotilla.public": fmt.Sprint(n.Public), "flotilla.bridge": n.Bridge}
 	cfg := network.IPAMConfig{Subnet: n.Subnet, IPRange: ""}
+	labels := n.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
 	if n.Gateway != nil {
 		cfg.Gateway = *n.Gateway
 	}
 	out := network.Inspect{
 		Name: n.Name, ID: NetworkID(n.ID), Created: n.CreatedAt, Scope: scope, Driver: driver,
 		IPAM:     network.IPAM{Driver: "default", Options: map[string]string{}, Config: []network.IPAMConfig{cfg}},
-		Internal: !n.InternetNAT, Attachable: true, Options: opts, Labels: map[string]string{},
+		Internal: !n.InternetNAT, Attachable: true, Options: opts, Labels: labels,
 		Containers: map[string]network.EndpointResource{}, Peers: nil,
 	}
 	for _, in := range containers {
@@ -172,7 +176,7 @@ func (s *Server) createNetwork(w http.ResponseWriter, r *http.Request) error {
 	if req.EnableIPv6 != nil && *req.EnableIPv6 {
 		return errdefs.InvalidArgument("IPv6 networks are not supported yet")
 	}
-	n := store.Network{Name: req.Name, InternetNAT: !req.Internal,
+	n := store.Network{Name: req.Name, InternetNAT: !req.Internal, Labels: req.Labels,
 		Description: "Docker network " + req.Name, Resolvers: []string{}, Routes: map[string]any{}}
 	if req.IPAM != nil && len(req.IPAM.Config) > 0 {
 		if len(req.IPAM.Config) > 1 {
@@ -234,7 +238,11 @@ func (s *Server) deleteNetwork(w http.ResponseWriter, r *http.Request) error {
 	if n.OwnerID == nil {
 		return errdefs.New(errdefs.Forbidden, "%s is a pre-defined network and cannot be removed", n.Name)
 	}
-	if err := s.store.DeleteNetwork(r.Context(), c.AccountID, n.ID); err != nil {
+	err = s.store.DeleteNetwork(r.Context(), c.AccountID, n.ID)
+	if errdefs.Is(err, errdefs.Conflict) && s.awaitLeaving(r.Context(), c, n) {
+		err = s.store.DeleteNetwork(r.Context(), c.AccountID, n.ID)
+	}
+	if err != nil {
 		if errdefs.Is(err, errdefs.Conflict) {
 			return errdefs.New(errdefs.Forbidden, "error while removing network: network %s id %s has active endpoints", n.Name, NetworkID(n.ID))
 		}
@@ -243,6 +251,39 @@ func (s *Server) deleteNetwork(w http.ResponseWriter, r *http.Request) error {
 	s.recordObjectEvent(r.Context(), c, n.ID, events.NetworkEventType, events.ActionDestroy, NetworkID(n.ID), map[string]string{"name": n.Name, "type": "bridge"})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// awaitLeaving waits until the instances being removed that still hold a
+// NIC on n are gone, and reports whether any were waited for. A docker rm
+// answers once the removal is recorded, but the NICs are released when the
+// node reports the container removed; a network rm right after (docker
+// compose down removes the project's containers, then its networks) must
+// not find them. An instance that stays on n means the network is in use:
+// nothing is waited for.
+func (s *Server) awaitLeaving(ctx context.Context, c service.Caller, n store.Network) bool {
+	list, err := s.store.ListInstances(ctx, c.AccountID, store.InstanceFilter{Limit: 100000})
+	if err != nil {
+		return false
+	}
+	var leaving []store.Instance
+	for _, in := range list {
+		if !slices.ContainsFunc(in.NICs, func(nic store.NIC) bool { return nic.NetworkID == n.ID }) {
+			continue
+		}
+		if in.DesiredState != "deleted" {
+			return false
+		}
+		leaving = append(leaving, in)
+	}
+	for _, in := range leaving {
+		if in.NodeID == nil {
+			continue
+		}
+		if _, err := s.converge(ctx, c, in.ID, s.cfg.ConvergeTimeout, func(in store.Instance) bool { return false }); err != nil {
+			return false
+		}
+	}
+	return len(leaving) > 0
 }
 
 // connectNetwork gives a container a NIC on a network (docker network

@@ -56,3 +56,40 @@ func splitLines(s string) []string {
 	}
 	return out
 }
+
+// TestDockerNetworkLabels: docker network create --label keeps the labels;
+// inspect shows them and ls filters by them (key, key=value, AND-ed), as
+// docker compose finds its project's networks; another account's labelled
+// network is not listed.
+func TestDockerNetworkLabels(t *testing.T) {
+	e := newTestEnv(t)
+	e.ok("alice", "network", "create", "--label", "com.docker.compose.project=shop", "--label", "com.docker.compose.network=back", "shop_back")
+	e.ok("alice", "network", "create", "--label", "com.docker.compose.project=other", "other_back")
+	e.ok("bob", "network", "create", "--label", "com.docker.compose.project=shop", "bobs")
+	if out := e.ok("alice", "network", "inspect", "--format", "{{json .Labels}}", "shop_back"); out != `{"com.docker.compose.network":"back","com.docker.compose.project":"shop"}`+"\n" {
+		t.Fatalf("network inspect labels: %q", out)
+	}
+	for _, tc := range []struct {
+		filters []string
+		want    string
+	}{
+		{[]string{"label=com.docker.compose.project=shop"}, "shop_back\n"},
+		{[]string{"label=com.docker.compose.project"}, "other_back\nshop_back\n"},
+		{[]string{"label=com.docker.compose.project=shop", "label=com.docker.compose.network=back"}, "shop_back\n"},
+		{[]string{"label=com.docker.compose.project=shop", "label=com.docker.compose.network=front"}, ""},
+		{[]string{"label=com.docker.compose.project=nope"}, ""},
+	} {
+		args := []string{"network", "ls", "--format", "{{.Name}}"}
+		for _, f := range tc.filters {
+			args = append(args, "--filter", f)
+		}
+		if out := e.ok("alice", args...); out != tc.want {
+			t.Errorf("network ls %v: %q, want %q", tc.filters, out, tc.want)
+		}
+	}
+	// A network made without labels shows an empty map, not null.
+	e.ok("alice", "network", "create", "plain")
+	if out := e.ok("alice", "network", "inspect", "--format", "{{json .Labels}}", "plain"); out != "{}\n" {
+		t.Fatalf("labels of a network made without: %q", out)
+	}
+}
