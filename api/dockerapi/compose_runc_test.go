@@ -35,11 +35,14 @@ func needCompose(t *testing.T, e *testEnv) {
 // composeProject is a two-service project: db writes a value into a named
 // volume and serves it over HTTP on 8080; web, which depends on db and
 // shares a user network with it, finds db by its service name and fetches
-// the value. Both stop at once on SIGTERM.
+// the value; db also answers to an alias, and web is on a second network
+// too. Both stop at once on SIGTERM.
 const composeProject = `services:
   db:
     image: busybox
-    networks: [back]
+    networks:
+      back:
+        aliases: [store]
     volumes: ["data:/data"]
     command:
       - sh
@@ -53,18 +56,20 @@ const composeProject = `services:
   web:
     image: busybox
     depends_on: [db]
-    networks: [back]
+    networks: [back, front]
     command:
       - sh
       - -c
       - |
         nslookup db
+        nslookup store
         until printf 'GET /value HTTP/1.0\r\n\r\n' | nc -w 3 db 8080; do sleep 1; done
         echo web-fetched-from-db
         trap 'exit 0' TERM
         while :; do sleep 1 & wait; done
 networks:
   back: {}
+  front: {}
 volumes:
   data: {}
 `
@@ -90,7 +95,7 @@ func TestDockerComposeRunc(t *testing.T) {
 		e := e.with(t)
 		t0 := time.Now()
 		e.ok("alice", compose("up", "-d")...)
-		t.Logf("figure: docker compose up -d (2 services, a network, a volume) took %s", time.Since(t0).Round(time.Millisecond))
+		t.Logf("figure: docker compose up -d (2 services, 2 networks, a volume) took %s", time.Since(t0).Round(time.Millisecond))
 	}
 	// webFetched waits until web's log shows what it fetched from db by
 	// name and returns the log.
@@ -130,8 +135,8 @@ func TestDockerComposeRunc(t *testing.T) {
 			t.Fatalf("web's log lacks db's answer %q:\n%s", token, out)
 		}
 		dbIP := strings.TrimSpace(e.with(t).ok("alice", "inspect", "--format", `{{(index .NetworkSettings.Networks "shop_back").IPAddress}}`, "shop-db-1"))
-		if dbIP == "" || !strings.Contains(out, "Address: "+dbIP) {
-			t.Fatalf("web's nslookup db does not give db's address %q on shop_back:\n%s", dbIP, out)
+		if dbIP == "" || !strings.Contains(out, "Address: "+dbIP) || !strings.Contains(out, "Name:\tstore") {
+			t.Fatalf("web's nslookup db and store do not give db's address %q on shop_back:\n%s", dbIP, out)
 		}
 		// Every service's log, prefixed and timestamped.
 		all := e.with(t).ok("alice", compose("logs", "--no-color", "-t")...)
@@ -149,6 +154,17 @@ func TestDockerComposeRunc(t *testing.T) {
 			t.Fatalf("db's /data/value: %q", out)
 		}
 	})
+	t.Run("UpAgainUnchanged", func(t *testing.T) {
+		e := e.with(t)
+		before := e.ok("alice", compose("ps", "-q")...)
+		_, errOut, code := e.run("alice", compose("up", "-d")...)
+		if code != 0 || strings.Contains(errOut, "Recreate") || strings.Count(errOut, " Running") != 2 {
+			t.Fatalf("a second up -d of an unchanged project: exit %d\n%s", code, errOut)
+		}
+		if after := e.ok("alice", compose("ps", "-q")...); after != before || len(strings.Fields(after)) != 2 {
+			t.Fatalf("containers before %q, after a second up -d %q", before, after)
+		}
+	})
 	t.Run("LabelledVolumeAndNetwork", func(t *testing.T) {
 		e := e.with(t)
 		var vols []struct {
@@ -158,6 +174,9 @@ func TestDockerComposeRunc(t *testing.T) {
 		must(t, json.Unmarshal([]byte(e.ok("alice", "volume", "inspect", "shop_data")), &vols))
 		if len(vols) != 1 || vols[0].Labels["com.docker.compose.project"] != "shop" || vols[0].Labels["com.docker.compose.volume"] != "data" {
 			t.Fatalf("volume inspect shop_data: %+v", vols)
+		}
+		if out := e.ok("alice", "inspect", "--format", "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}} {{.RW}}{{end}}", "shop-db-1"); out != "volume shop_data /data true\n" {
+			t.Fatalf("db's mounts: %q", out)
 		}
 		var nets []struct {
 			Name       string
@@ -169,7 +188,7 @@ func TestDockerComposeRunc(t *testing.T) {
 			len(nets[0].Containers) != 2 {
 			t.Fatalf("network inspect shop_back: %+v", nets)
 		}
-		if out := e.ok("alice", "network", "ls", "-q", "--filter", "label=com.docker.compose.project=shop", "--format", "{{.Name}}"); out != "shop_back\n" {
+		if out := e.ok("alice", "network", "ls", "-q", "--filter", "label=com.docker.compose.project=shop", "--format", "{{.Name}}"); out != "shop_back\nshop_front\n" {
 			t.Fatalf("network ls by label: %q", out)
 		}
 		if out := e.ok("alice", "volume", "ls", "-q", "--filter", "label=com.docker.compose.project=shop"); out != "shop_data\n" {
@@ -188,7 +207,7 @@ func TestDockerComposeRunc(t *testing.T) {
 		e := e.with(t)
 		t0 := time.Now()
 		e.ok("alice", compose("down")...)
-		t.Logf("figure: docker compose down (2 containers, a network) took %s", time.Since(t0).Round(time.Millisecond))
+		t.Logf("figure: docker compose down (2 containers, 2 networks) took %s", time.Since(t0).Round(time.Millisecond))
 		if out := e.ok("alice", "ps", "-a", "-q"); out != "" {
 			t.Fatalf("containers left after down: %q", out)
 		}
@@ -210,7 +229,7 @@ func TestDockerComposeRunc(t *testing.T) {
 		e := e.with(t)
 		t0 := time.Now()
 		e.ok("alice", compose("down", "-v")...)
-		t.Logf("figure: docker compose down -v (2 containers, a network, a volume) took %s", time.Since(t0).Round(time.Millisecond))
+		t.Logf("figure: docker compose down -v (2 containers, 2 networks, a volume) took %s", time.Since(t0).Round(time.Millisecond))
 		if out := e.ok("alice", "ps", "-a", "-q"); out != "" {
 			t.Fatalf("containers left after down -v: %q", out)
 		}
@@ -246,6 +265,19 @@ func TestDockerComposeRunc(t *testing.T) {
 		}
 		if out := e.ok("alice", "network", "ls", "--format", "{{.Name}}"); strings.Contains(out, "ports_") {
 			t.Fatalf("networks after down:\n%s", out)
+		}
+	})
+	t.Run("ErrHealthcheck", func(t *testing.T) {
+		e := e.with(t)
+		f := filepath.Join(dir, "health.yaml")
+		must(t, os.WriteFile(f, []byte("services:\n  app:\n    image: busybox\n    command: [sleep, \"60\"]\n    healthcheck:\n      test: [CMD, \"true\"]\n"), 0o644))
+		_, errOut, code := e.run("alice", "compose", "-p", "health", "-f", f, "up", "-d")
+		if code == 0 || !strings.Contains(errOut, "health checks (--health-cmd, a compose healthcheck:) are not run by this cloud yet") {
+			t.Fatalf("up of a service with a healthcheck: exit %d\n%s", code, errOut)
+		}
+		e.ok("alice", "compose", "-p", "health", "-f", f, "down")
+		if out := e.ok("alice", "ps", "-a", "-q"); out != "" {
+			t.Fatalf("containers left: %q", out)
 		}
 	})
 }

@@ -348,6 +348,9 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 	if err := checkPortBindings(hc.PortBindings); err != nil {
 		return service.CreateRequest{}, nil, err
 	}
+	if err := checkHealthcheck(cfg.Healthcheck); err != nil {
+		return service.CreateRequest{}, nil, err
+	}
 	opts, err := runOptions(hc, req.NetworkingConfig, platform)
 	if err != nil {
 		return service.CreateRequest{}, nil, err
@@ -491,6 +494,17 @@ func publishedSpec(hc container.HostConfig, exposed nat.PortSet) []service.Publi
 		return out[i].Port < out[j].Port || out[i].Port == out[j].Port && out[i].Protocol < out[j].Protocol
 	})
 	return out
+}
+
+// checkHealthcheck refuses a health check (--health-cmd, a compose
+// healthcheck:): nodes do not run them, so the container would never be
+// healthy and what waits for it (depends_on: condition: service_healthy)
+// would fail saying it has none. --no-healthcheck is accepted.
+func checkHealthcheck(h *container.HealthConfig) error {
+	if h == nil || len(h.Test) == 0 || h.Test[0] == "NONE" {
+		return nil
+	}
+	return errdefs.InvalidArgument("health checks (--health-cmd, a compose healthcheck:) are not run by this cloud yet: leave them out; in a compose file, depend on the service with condition: service_started instead of service_healthy")
 }
 
 // checkPortBindings refuses remapped ports: a container publishes its own

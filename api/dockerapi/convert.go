@@ -306,7 +306,7 @@ func (s *Server) summaryOf(ctx context.Context, in store.Instance, images *image
 		ID: ContainerID(in.ID), Names: []string{"/" + in.Name}, Image: ref, ImageID: ii.ID,
 		Command: commandOf(p), Created: in.CreatedAt.Unix(), Ports: ports, Labels: labelsOf(in, p),
 		State: stateOf(in).Status, Status: statusText(in, s.now()),
-		NetworkSettings: &container.NetworkSettingsSummary{Networks: endpoints(in)}, Mounts: []container.MountPoint{},
+		NetworkSettings: &container.NetworkSettingsSummary{Networks: endpoints(in)}, Mounts: mountsOf(p),
 	}
 	sum.HostConfig.NetworkMode = networkMode(x)
 	return sum
@@ -386,7 +386,7 @@ func (s *Server) inspectOf(ctx context.Context, in store.Instance) container.Ins
 			HostConfig: &hc, GraphDriver: storageDriver(), ResolvConfPath: "", HostnamePath: "", HostsPath: "", LogPath: "",
 			MountLabel: "", ProcessLabel: "", AppArmorProfile: "",
 		},
-		Mounts: []container.MountPoint{}, Config: &cfg, NetworkSettings: ns,
+		Mounts: mountsOf(p), Config: &cfg, NetworkSettings: ns,
 	}
 }
 

@@ -71,6 +71,13 @@ func TestDockerCLI(t *testing.T) {
 		e := e.with(t)
 		e.fails("alice", 125, "remapping of port numbers is not allowed", "run", "-d", "-p", "8080:80", "busybox:1.36")
 	})
+	t.Run("ErrHealthcheck", func(t *testing.T) {
+		e := e.with(t)
+		e.fails("alice", 125, "health checks (--health-cmd, a compose healthcheck:) are not run by this cloud yet", "run", "-d", "--health-cmd", "true", "busybox:1.36")
+		// Turning the image's health check off asks for nothing.
+		e.ok("alice", "create", "--name", "nohealth", "--no-healthcheck", "busybox:1.36")
+		e.ok("alice", "rm", "nohealth")
+	})
 	t.Run("ErrNameTaken", func(t *testing.T) {
 		e := e.with(t)
 		e.fails("alice", 1, `Conflict. The container name "/web" is already in use by container "`+webID, "create", "--name", "web", "busybox:1.36")

@@ -40,6 +40,22 @@ func volumeMountpoint(v store.Volume) string {
 	return "/var/lib/flotilla/volumes/" + v.ID + "/_data"
 }
 
+// mountsOf renders a container's volume mounts as inspect and ps show
+// them (docker compose compares them with its project's volumes to decide
+// whether a container is current).
+func mountsOf(p service.ProcessSpec) []container.MountPoint {
+	out := []container.MountPoint{}
+	for _, m := range p.Options.Volumes {
+		mode := "rw"
+		if m.ReadOnly {
+			mode = "ro"
+		}
+		out = append(out, container.MountPoint{Type: mount.TypeVolume, Name: m.Name, Driver: "local",
+			Source: volumeMountpoint(store.Volume{ID: m.Volume}), Destination: m.Destination, Mode: mode, RW: !m.ReadOnly})
+	}
+	return out
+}
+
 func dockerVolume(v store.Volume, refs int) *volume.Volume {
 	labels := v.Labels
 	if labels == nil {
