@@ -280,4 +280,30 @@ func TestDockerComposeRunc(t *testing.T) {
 			t.Fatalf("containers left: %q", out)
 		}
 	})
+	t.Run("BuildSection", func(t *testing.T) {
+		e := e.with(t)
+		bdir := filepath.Join(dir, "built")
+		must(t, os.MkdirAll(bdir, 0o755))
+		must(t, os.WriteFile(filepath.Join(bdir, "Dockerfile"), []byte("FROM busybox\nRUN echo built-by-compose > /msg\nCMD [\"cat\", \"/msg\"]\n"), 0o644))
+		f := filepath.Join(bdir, "compose.yaml")
+		must(t, os.WriteFile(f, []byte("services:\n  app:\n    build: .\n"), 0o644))
+		// Attached: up builds, runs, shows the output and returns when app exits.
+		t0 := time.Now()
+		out := e.ok("alice", "compose", "-p", "built", "-f", f, "up")
+		t.Logf("figure: docker compose up of a service with build: (one RUN step) took %s", time.Since(t0).Round(time.Millisecond))
+		if !regexp.MustCompile(`(?m)^app-1 +\| built-by-compose$`).MatchString(out) {
+			t.Fatalf("attached up of a built service:\n%s", out)
+		}
+		if out := e.ok("alice", "images", "--format", "{{.Repository}}:{{.Tag}}"); !strings.Contains(out, "built-app:latest\n") {
+			t.Fatalf("images after the build:\n%s", out)
+		}
+		// down --rmi local removes the image compose built, right after its container.
+		_, errOut, code := e.run("alice", "compose", "-p", "built", "-f", f, "down", "--rmi", "local")
+		if code != 0 || strings.Contains(errOut, "still in use") {
+			t.Fatalf("down --rmi local: exit %d\n%s", code, errOut)
+		}
+		if out := e.ok("alice", "images", "--format", "{{.Repository}}:{{.Tag}}"); strings.Contains(out, "built-app") {
+			t.Fatalf("images after down --rmi local:\n%s", out)
+		}
+	})
 }

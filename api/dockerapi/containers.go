@@ -644,6 +644,29 @@ func (s *Server) converge(ctx context.Context, c service.Caller, id string, time
 
 func observed(in store.Instance) bool { return in.ObservedGeneration >= in.Generation }
 
+// awaitRemoved waits (each at most ConvergeTimeout) until instances whose
+// removal is recorded are gone, and reports whether it waited. A docker rm
+// answers once the removal is recorded, while what the container held (its
+// NICs, its use of an image) is let go when its node reports it removed;
+// a network or image rm right after must not find it. When one of ins is
+// not being removed, the object stays in use: nothing is waited for.
+func (s *Server) awaitRemoved(ctx context.Context, c service.Caller, ins []store.Instance) bool {
+	for _, in := range ins {
+		if in.DesiredState != "deleted" {
+			return false
+		}
+	}
+	for _, in := range ins {
+		if in.NodeID == nil {
+			continue
+		}
+		if _, err := s.converge(ctx, c, in.ID, s.cfg.ConvergeTimeout, func(store.Instance) bool { return false }); err != nil {
+			return false
+		}
+	}
+	return len(ins) > 0
+}
+
 func (s *Server) startContainer(w http.ResponseWriter, r *http.Request) error {
 	c := Caller(r)
 	ref := chi.URLParam(r, "id")

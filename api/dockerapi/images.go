@@ -918,6 +918,10 @@ func (s *Server) deleteImage(w http.ResponseWriter, r *http.Request, ref string)
 		return errdefs.New(errdefs.Forbidden, "image %s is provided by this cloud and shared by its accounts; it cannot be removed", ref)
 	}
 	users, err := s.store.ListInstances(ctx, c.AccountID, store.InstanceFilter{Image: img.ID})
+	if err == nil && s.awaitRemoved(ctx, c, users) {
+		// docker compose down --rmi removes the containers, then the images.
+		users, err = s.store.ListInstances(ctx, c.AccountID, store.InstanceFilter{Image: img.ID})
+	}
 	if err != nil {
 		return err
 	}

@@ -254,36 +254,21 @@ func (s *Server) deleteNetwork(w http.ResponseWriter, r *http.Request) error {
 }
 
 // awaitLeaving waits until the instances being removed that still hold a
-// NIC on n are gone, and reports whether any were waited for. A docker rm
-// answers once the removal is recorded, but the NICs are released when the
-// node reports the container removed; a network rm right after (docker
-// compose down removes the project's containers, then its networks) must
-// not find them. An instance that stays on n means the network is in use:
-// nothing is waited for.
+// NIC on n are gone (see awaitRemoved), and reports whether any were
+// waited for: docker compose down removes the project's containers, then
+// its networks.
 func (s *Server) awaitLeaving(ctx context.Context, c service.Caller, n store.Network) bool {
 	list, err := s.store.ListInstances(ctx, c.AccountID, store.InstanceFilter{Limit: 100000})
 	if err != nil {
 		return false
 	}
-	var leaving []store.Instance
+	var on []store.Instance
 	for _, in := range list {
-		if !slices.ContainsFunc(in.NICs, func(nic store.NIC) bool { return nic.NetworkID == n.ID }) {
-			continue
-		}
-		if in.DesiredState != "deleted" {
-			return false
-		}
-		leaving = append(leaving, in)
-	}
-	for _, in := range leaving {
-		if in.NodeID == nil {
-			continue
-		}
-		if _, err := s.converge(ctx, c, in.ID, s.cfg.ConvergeTimeout, func(in store.Instance) bool { return false }); err != nil {
-			return false
+		if slices.ContainsFunc(in.NICs, func(nic store.NIC) bool { return nic.NetworkID == n.ID }) {
+			on = append(on, in)
 		}
 	}
-	return len(leaving) > 0
+	return s.awaitRemoved(ctx, c, on)
 }
 
 // connectNetwork gives a container a NIC on a network (docker network
