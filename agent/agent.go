@@ -161,6 +161,9 @@ type Agent struct {
 	failed   map[string]failure // instances given up on, by id
 	booted   map[string]bool    // instances whose autoboot was considered since this agent started
 	snaps    snapshotFailures
+	// moved are instances a migration is taking off this node: the
+	// reconcile loop leaves them alone until they are assigned here again.
+	moved map[string]bool
 }
 
 type report struct {
@@ -238,6 +241,7 @@ func New(cfg Config) (*Agent, error) {
 		reported: map[string]report{},
 		failed:   map[string]failure{},
 		booted:   map[string]bool{},
+		moved:    map[string]bool{},
 	}, nil
 }
 
@@ -472,6 +476,7 @@ func (a *Agent) apply(as wire.Assignments) {
 		if cur, ok := a.desired[x.ID]; ok && cur.Generation > x.Generation {
 			continue
 		}
+		delete(a.moved, x.ID) // assigned here (again)
 		a.desired[x.ID] = x
 		keys = append(keys, x.ID)
 	}

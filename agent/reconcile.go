@@ -29,7 +29,11 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 	want, assigned := a.desired[id]
 	full := a.haveFull
 	fail, failed := a.failed[id]
+	moved := a.moved[id]
 	a.mu.Unlock()
+	if moved {
+		return nil // a migration takes it away: its requests do the work
+	}
 
 	st, err := a.drv.Inspect(ctx, id)
 	exists := err == nil
@@ -118,8 +122,17 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 		if err := a.drv.Create(ctx, want.Spec); err != nil {
 			return &workloadError{want.Generation, err}
 		}
+		if want.ImportDisk {
+			if err := a.importDisk(ctx, id); err != nil {
+				if derr := a.drv.Delete(ctx, id); derr != nil {
+					log.Warn("removing the instance whose disk could not be imported", "err", derr)
+				}
+				return &workloadError{want.Generation, err}
+			}
+			log.Info("instance disk imported from its migration")
+		}
 		ap = applied{RebootCount: want.RebootCount, RestoreCount: want.RestoreCount, Resources: resourcesOf(want.Spec),
-			Restarts: ap.Restarts, NICs: driver.NICSet(want.Spec.NICs)}
+			Restarts: ap.Restarts, NICs: driver.NICSet(want.Spec.NICs), Migrated: want.ImportDisk}
 		if want.DesiredState == wire.DesiredRunning {
 			if err := a.start(ctx, id); err != nil {
 				return &workloadError{want.Generation, err}
@@ -242,7 +255,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 	// What adoption cannot derive (a reboot, a start at a newer generation,
 	// a policy restart) must be on disk before it is reported.
 	prev, _ := a.state.Get(id)
-	durable := known && (ap.RebootCount != prev.RebootCount || ap.StartedGeneration != prev.StartedGeneration ||
+	durable := ap.Migrated && !prev.Migrated || known && (ap.RebootCount != prev.RebootCount || ap.StartedGeneration != prev.StartedGeneration ||
 		ap.Restarts != prev.Restarts || ap.RestoreCount != prev.RestoreCount)
 	if err := a.state.Put(id, ap, durable); err != nil {
 		return err
@@ -251,6 +264,9 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 	st, err = a.drv.Inspect(ctx, id)
 	if err != nil {
 		return err
+	}
+	if st.State == driver.StateProvisioning && ap.Migrated {
+		st.State = driver.StateStopped // ran on its source node; not started here yet
 	}
 	a.mu.Lock()
 	a.observed[id] = st.State

@@ -52,6 +52,10 @@ type applied struct {
 	NICs string `json:"nics,omitempty"`
 	// RestoreCount is the highest start-from-snapshot count applied.
 	RestoreCount int64 `json:"restore_count,omitempty"`
+	// Migrated marks an instance created here with a disk a migration
+	// copied: it ran elsewhere, so never started here it is stopped, not
+	// provisioning.
+	Migrated bool `json:"migrated,omitempty"`
 }
 
 // stateStore keeps the applied records in memory and in DataDir, writing

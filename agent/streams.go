@@ -99,6 +99,12 @@ type StreamServer struct {
 	// (seen by a wait, a stop or a kill), so that the exit is reported at
 	// once rather than at the next watch.
 	Exited func(id string)
+	// StageDir is where disks that migrations copy to this node wait for
+	// their instance (empty: the node takes no migrations).
+	StageDir string
+	// Migration carries out a migration's request on an instance of this
+	// node: "release", "remove" or "discard" (see streams_migrate.go).
+	Migration func(ctx context.Context, id, op string) error
 
 	mu      sync.Mutex
 	pending map[string]int // attaches waiting for their process, by instance
@@ -137,6 +143,7 @@ func NewStreamServer(drv driver.Driver, token string, log *slog.Logger) *StreamS
 	m.HandleFunc("GET "+p+"/archive", s.handle(s.archiveGet))
 	m.HandleFunc("PUT "+p+"/archive", s.handle(s.archivePut))
 	s.diffRoutes(m, p)
+	s.migrationRoutes(m, p)
 	m.HandleFunc("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.NotFoundf("no stream route %s %s", r.Method, r.URL.Path)
 	}))
@@ -229,6 +236,8 @@ func (a *Agent) serveStreams(ctx context.Context, ln net.Listener, nodeID string
 	// An exit seen by a stream is synced (and reported) now: `docker run`
 	// returns at the exit, and `docker rm` right after must find it.
 	srv.Exited = func(id string) { a.q.AddNow(id) }
+	srv.StageDir = a.stageDir()
+	srv.Migration = a.migrationOp
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {

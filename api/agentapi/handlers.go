@@ -160,6 +160,10 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) error {
 			if err != nil {
 				return err
 			}
+			imports, err := s.store.MigrationImports(r.Context(), nodeID, ids)
+			if err != nil {
+				return err
+			}
 			for _, in := range list {
 				a, err := s.assignment(r, in, images)
 				if err != nil {
@@ -167,6 +171,7 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) error {
 				}
 				addSnapshots(&a, snaps[in.ID], restores[in.ID])
 				addDisks(&a, disks[in.ID])
+				a.ImportDisk = imports[in.ID]
 				out.Assignments = append(out.Assignments, a)
 			}
 			return httpx.WriteJSON(w, http.StatusOK, out)

@@ -396,6 +396,13 @@ func (e *env) newSigner(login string, k crypto.Signer, opts ...auth.SignerOption
 // It returns the agent's driver.
 func (e *env) startAgent() *sim.Driver {
 	e.t.Helper()
+	e.startNamedAgent("cn-1", false)
+}
+
+// startNamedAgent starts an agent like startAgent's, named name; with
+// streams it serves the stream API on loopback (logs, archives, migrations).
+func (e *env) startNamedAgent(name string, streams bool) {
+	e.t.Helper()
 	_, agentSpec := specs(e.t)
 	log := slog.New(slog.DiscardHandler)
 	// Made before the agent's stop is registered, so removed after it: the
@@ -417,10 +424,15 @@ func (e *env) startAgent() *sim.Driver {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cfg := agent.Config{Name: "cn-1", DataDir: dataDir, APIURL: asrv.URL, JoinToken: tok, Driver: drv,
+	cfg := agent.Config{Name: name, DataDir: dataDir, APIURL: asrv.URL, JoinToken: tok, Driver: drv,
 		MemoryMiB: 64 << 10, DiskMiB: 4 << 20, VCPUs: 32, HeartbeatInterval: time.Second, Logger: log,
 		WatchInterval: 200 * time.Millisecond, PollWait: 10 * time.Second, StopTimeout: time.Second,
 		HTTPClient: &http.Client{Transport: &validatingTransport{t: e.t, spec: agentSpec, base: http.DefaultTransport}}}
+	if streams {
+		// Its stream server asks for a certificate this control plane
+		// does not sign (501, plain HTTP on loopback follows): not checked.
+		cfg.Address, cfg.HTTPClient = "127.0.0.1:0", nil
+	}
 	go func() {
 		defer wg.Done()
 		if err := agent.Run(ctx, cfg); err != nil && ctx.Err() == nil {
@@ -433,7 +445,11 @@ func (e *env) startAgent() *sim.Driver {
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		if len(nodes) == 1 {
+		found := false
+		for _, n := range nodes {
+			found = found || n.Name == name && (!streams || n.Address != "")
+		}
+		if found {
 			break
 		}
 		if time.Now().After(deadline) {

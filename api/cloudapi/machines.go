@@ -41,6 +41,7 @@ func (s *Server) machineRoutes(r chi.Router) {
 	getHead(r, "/machines/{id}/fwrules", s.handle(s.listMachineFwrules))
 	s.snapshotRoutes(r)
 	s.diskRoutes(r)
+	s.migrationRoutes(r)
 	r.Get("/changefeed", s.handle(s.changefeed))
 }
 
@@ -465,6 +466,12 @@ func (s *Server) actOnMachine(w http.ResponseWriter, r *http.Request) error {
 		_, err = s.svc.SetFirewall(r.Context(), c, id, action == "enable_firewall")
 	case "enable_deletion_protection", "disable_deletion_protection":
 		_, err = s.svc.SetDeletionProtection(r.Context(), c, id, action == "enable_deletion_protection")
+	case "migrate":
+		ma, perr := stringParam(p, "migration_action")
+		if perr != nil {
+			return perr
+		}
+		return s.migrate(w, r, p, ma)
 	default:
 		return errdefs.InvalidArgument("%s is not a valid action", action)
 	}

@@ -28,6 +28,7 @@ type Service struct {
 	imagePolicy ImagePolicy        // limits on image content and pulls; see SetImagePolicy
 	watch       Waiters            // requests waiting for instances to change; see RunWatcher
 	nodes       *nodeclient.Client // reaches nodes' stream servers; see SetNodeClient
+	migrating   migrations         // migration phases this replica runs
 }
 
 // New returns a Service whose placer loads its snapshot from st.

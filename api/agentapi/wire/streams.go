@@ -52,6 +52,18 @@ import "time"
 //	     for deletions); both tars abort the connection on a failure after
 //	     the headers. An instance whose driver keeps no record of its
 //	     changes (a VM, a copied rootfs) is NotImplemented.
+//	GET    /streams/v1/instances/{id}/migration/disk              -> 200 application/x-tar,
+//	       what the instance wrote to its disk, with headers StreamDiskLayerHeader
+//	       (its kind) and StreamDiskSizeHeader
+//	PUT    /streams/v1/instances/{id}/migration/disk?layer=K  body tar -> 204: stage the
+//	       disk of an instance a migration moves onto this node (Assignment.ImportDisk)
+//	DELETE /streams/v1/instances/{id}/migration/disk              -> 204: drop it
+//	POST   /streams/v1/instances/{id}/migration/release           -> 204: the stopped instance
+//	       gives back its host resources, keeping its disk (before it moves away)
+//	POST   /streams/v1/instances/{id}/migration/remove            -> 204: remove the node's
+//	       copy of an instance that moved away
+//	POST   /streams/v1/instances/{id}/migration/discard           -> 204: delete the
+//	       instance a failed switch left on this node
 //
 // Upgrades: the request has "Connection: Upgrade" and "Upgrade: tcp"; the
 // answer is "101 Switching Protocols" with header StreamTTYHeader ("1" for a
@@ -70,6 +82,10 @@ const (
 	StreamTTYHeader  = "Flotilla-Tty"
 	// StreamPathStatHeader carries the PathStat of an archive's path.
 	StreamPathStatHeader = "Flotilla-Path-Stat"
+	// StreamDiskLayerHeader and StreamDiskSizeHeader carry the kind and
+	// size of a disk a migration exports (GET .../migration/disk).
+	StreamDiskLayerHeader = "Flotilla-Disk-Layer"
+	StreamDiskSizeHeader  = "Flotilla-Disk-Size"
 )
 
 // PathStat describes a path in an instance's filesystem; its JSON is

@@ -112,6 +112,10 @@ type Assignment struct {
 	// sees a count higher than the one it applied.
 	RestoreCount    int64  `json:"restore_count,omitempty"`
 	RestoreSnapshot string `json:"restore_snapshot,omitempty"`
+	// ImportDisk says that a migration moves the instance onto this node:
+	// the node creates it with the disk the control plane copied to the
+	// node's stream server (PUT .../migration/disk), never with an empty one.
+	ImportDisk bool `json:"import_disk,omitempty"`
 }
 
 // Snapshot desires.
