@@ -112,5 +112,3 @@ func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) error {
 	}
 	return writeJSON(w, r, http.StatusOK, service.MigrationJSON(m))
 }
-
-
