@@ -160,6 +160,12 @@ func (c *cloud) newAccountKey(t *testing.T, login string) account {
 // stops it (which stops its containers and VMs) when the test ends.
 func startDev(t *testing.T, name, drv string) *cloud {
 	t.Helper()
+	return startDevNodes(t, name, drv, 1)
+}
+
+// startDevNodes is startDev with n nodes (node-1 ... node-n under Data/nodes).
+func startDevNodes(t *testing.T, name, drv string, n int) *cloud {
+	t.Helper()
 	need(t)
 	c := &cloud{Dir: filepath.Join(tmp, name)}
 	c.Data = filepath.Join(c.Dir, "d")
@@ -167,7 +173,7 @@ func startDev(t *testing.T, name, drv string) *cloud {
 	c.Owner = c.newAccountKey(t, "wl")
 	start := time.Now()
 	p, err := e2e.StartProc("flotilla dev", c.Dir, append(os.Environ(), "FLOTILLA_VM_CACHE="+vmCache), filepath.Join(c.Dir, "dev.log"),
-		bin, "dev", "--data", c.Data, "--driver", drv, "--nodes", "1", "--cloudapi-addr", "127.0.0.1:0",
+		bin, "dev", "--data", c.Data, "--driver", drv, "--nodes", fmt.Sprint(n), "--cloudapi-addr", "127.0.0.1:0",
 		"--login", c.Owner.Login, "--key", c.Owner.Pub)
 	if err != nil {
 		t.Fatal(err)
