@@ -301,6 +301,11 @@ func TestMigrations(t *testing.T) {
 		resp, b = e.migrate(vid, "begin", nil)
 		wantError(t, resp, b, http.StatusConflict, "InvalidArgument", "instance "+vid+" is a bhyve VM: only containers can be migrated")
 
+		resp, b = e.post("/alice/machines/"+id+"/snapshots", map[string]any{"name": "s1"})
+		wantStatus(t, resp, b, http.StatusCreated)
+		resp, b = e.migrate(id, "begin", nil)
+		wantError(t, resp, b, http.StatusConflict, "InvalidArgument", "instance "+id+" has 1 snapshot(s), kept on its compute node: delete them before migrating it")
+
 		resp, b = e.post("/alice/volumes", map[string]any{"name": "migvol"})
 		wantStatus(t, resp, b, http.StatusCreated)
 		wv := e.createMachine("mig-vol", map[string]any{"volumes": []map[string]any{{"name": "migvol", "mountpoint": "/data"}}})

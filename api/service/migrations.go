@@ -113,6 +113,13 @@ func (s *Service) migrationAllowed(ctx context.Context) store.MigrationCheck {
 			return errdefs.Conflictf("instance %s mounts %d volume(s) (first at %s) whose storage is on its compute node: "+
 				"an instance with a volume cannot be migrated", in.ID, n, spec.Options.Volumes[0].Destination)
 		}
+		snaps, err := s.Store.ListSnapshots(ctx, in.OwnerID, in.ID)
+		if err != nil {
+			return err
+		}
+		if len(snaps) > 0 {
+			return errdefs.Conflictf("instance %s has %d snapshot(s), kept on its compute node: delete them before migrating it", in.ID, len(snaps))
+		}
 		return nil
 	}
 }
