@@ -396,12 +396,13 @@ func (e *env) newSigner(login string, k crypto.Signer, opts ...auth.SignerOption
 // It returns the agent's driver.
 func (e *env) startAgent() *sim.Driver {
 	e.t.Helper()
-	e.startNamedAgent("cn-1", false)
+	return e.startNamedAgent("cn-1", false)
 }
 
 // startNamedAgent starts an agent like startAgent's, named name; with
 // streams it serves the stream API on loopback (logs, archives, migrations).
-func (e *env) startNamedAgent(name string, streams bool) {
+// It returns the agent's driver.
+func (e *env) startNamedAgent(name string, streams bool) *sim.Driver {
 	e.t.Helper()
 	_, agentSpec := specs(e.t)
 	log := slog.New(slog.DiscardHandler)
