@@ -260,6 +260,20 @@ func TestMigrations(t *testing.T) {
 		// A new migration may begin after an abort.
 		resp, b = e.migrate(id, "begin", nil)
 		wantStatus(t, resp, b, http.StatusOK)
+		resp, b = e.migrate(id, "pause", nil)
+		wantError(t, resp, b, http.StatusConflict, "InvalidArgument",
+			"the migration of instance "+id+" is paused in phase begin: only a running sync can be paused")
+		// A sync left running by a replica that stopped (no heartbeat for a
+		// minute) is failed when next looked at, and can be aborted.
+		if _, err := e.st.Pool().Exec(e.ctx, `UPDATE migrations SET phase = 'sync', state = 'running',
+			updated_at = now() - interval '5 minutes' WHERE instance_id = $1 AND state = 'paused'`, id); err != nil {
+			t.Fatal(err)
+		}
+		resp, b = e.get("/alice/migrations/" + id)
+		wantStatus(t, resp, b, http.StatusOK)
+		if mig := decode[map[string]any](t, b); mig["state"] != "failed" || !strings.Contains(mig["error"].(string), "replica") {
+			t.Fatalf("a stale running migration: %s", b)
+		}
 		resp, b = e.migrate(id, "abort", nil)
 		wantStatus(t, resp, b, http.StatusOK)
 	})

@@ -51,6 +51,14 @@ var (
 	migrationStartWait = 3 * time.Minute
 )
 
+// migrationHeartbeat is how often a running phase marks its migration row
+// alive; one not marked for migrationStale was left by a replica that
+// stopped, and is taken as failed.
+var (
+	migrationHeartbeat = 5 * time.Second
+	migrationStale     = time.Minute
+)
+
 // migrations tracks the phases this replica runs, so that pause can stop one.
 type migrations struct {
 	mu      sync.Mutex
@@ -78,6 +86,13 @@ func (ms *migrations) done(id string) {
 		c()
 		delete(ms.running, id)
 	}
+}
+
+func (ms *migrations) runs(id string) bool {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	_, ok := ms.running[id]
+	return ok
 }
 
 func (ms *migrations) cancel(id string) bool {
@@ -158,12 +173,32 @@ func (s *Service) Migrate(ctx context.Context, c Caller, id, action string, affi
 	return store.Migration{}, errdefs.InvalidArgument("unknown migration action %q: use begin, sync, switch, automatic, pause, abort or finalize", action)
 }
 
-// GetMigration returns the latest migration of one of the caller's instances.
+// GetMigration returns the latest migration of one of the caller's
+// instances. A phase left running by a control plane replica that stopped
+// (no heartbeat for migrationStale) is recorded as failed first, so that it
+// can be tried again or aborted.
 func (s *Service) GetMigration(ctx context.Context, c Caller, id string) (store.Migration, error) {
 	if _, err := s.Store.GetInstance(ctx, c.AccountID, id); err != nil && !errdefs.Is(err, errdefs.Gone) {
 		return store.Migration{}, err
 	}
-	return s.Store.GetMigration(ctx, c.AccountID, id)
+	m, err := s.Store.GetMigration(ctx, c.AccountID, id)
+	if err != nil || m.State != store.MigrationRunning || time.Since(m.UpdatedAt) < migrationStale || s.migrating.runs(id) {
+		return m, err
+	}
+	return s.Store.UpdateMigration(ctx, m.ID, func(mm *store.Migration) error {
+		if mm.State != store.MigrationRunning || time.Since(mm.UpdatedAt) < migrationStale {
+			return nil
+		}
+		msg := "the control plane replica running its " + mm.Phase + " phase stopped: run the phase again, or abort"
+		mm.State, mm.Error = store.MigrationFailed, msg
+		if n := len(mm.Progress); n > 0 && mm.Progress[n-1].State == store.MigrationRunning {
+			now := time.Now().UTC()
+			p := &mm.Progress[n-1]
+			p.State, p.Message, p.FinishedTimestamp, p.DurationMs = store.MigrationFailed, msg, &now, now.Sub(p.StartedTimestamp).Milliseconds()
+		}
+		s.Log.Warn("migration left running by a stopped replica taken as failed", "instance", mm.InstanceID, "phase", mm.Phase)
+		return nil
+	})
 }
 
 // ListMigrations returns the caller's migrations, the latest of each instance.
@@ -236,6 +271,8 @@ func (s *Service) startPhase(ctx context.Context, c Caller, id, phase string) (s
 			return errdefs.Conflictf("the migration of instance %s is %s: begin a new one", id, m.State)
 		case m.State == store.MigrationRunning:
 			return errdefs.Conflictf("the migration of instance %s is running its %s phase: wait for it or pause it", id, m.Phase)
+		case m.Switched && m.State == store.MigrationFailed:
+			return errdefs.Conflictf("instance %s was left on its target node when its switch stopped: abort the migration to move it back", id)
 		case m.Switched:
 			return errdefs.Conflictf("instance %s is on its target node already", id)
 		}
@@ -257,6 +294,18 @@ func (s *Service) runPhases(m store.Migration, phases ...string) {
 	}
 	go func() {
 		defer s.migrating.done(m.InstanceID)
+		go func() {
+			t := time.NewTicker(migrationHeartbeat)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					s.Store.UpdateMigration(context.Background(), m.ID, func(*store.Migration) error { return nil })
+				}
+			}
+		}()
 		for i, phase := range phases {
 			var err error
 			m, err = s.runPhase(ctx, m, phase, i == len(phases)-1)
