@@ -401,8 +401,8 @@ func (e *env) startAgent() *sim.Driver {
 
 // startNamedAgent starts an agent like startAgent's, named name; with
 // streams it serves the stream API on loopback (logs, archives, migrations).
-// It returns the agent's driver.
-func (e *env) startNamedAgent(name string, streams bool) *sim.Driver {
+// It returns the agent's driver, which fails the operations fail fails.
+func (e *env) startNamedAgent(name string, streams bool, fail ...func(op, id string) error) *sim.Driver {
 	e.t.Helper()
 	_, agentSpec := specs(e.t)
 	log := slog.New(slog.DiscardHandler)
@@ -421,7 +421,11 @@ func (e *env) startNamedAgent(name string, streams bool) *sim.Driver {
 	if err := e.st.CreateJoinToken(e.ctx, agentapi.HashToken(tok), time.Now().Add(time.Hour)); err != nil {
 		e.t.Fatal(err)
 	}
-	drv, err := sim.New(sim.Config{StartDelay: 20 * time.Millisecond, StopDelay: 20 * time.Millisecond})
+	scfg := sim.Config{StartDelay: 20 * time.Millisecond, StopDelay: 20 * time.Millisecond}
+	if len(fail) > 0 {
+		scfg.Fail = fail[0]
+	}
+	drv, err := sim.New(scfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}

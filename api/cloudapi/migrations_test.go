@@ -332,3 +332,54 @@ func TestMigrations(t *testing.T) {
 		}
 	})
 }
+
+// TestMigrationSwitchFails moves an instance to a node that cannot take its
+// disk: the switch fails, the instance is back running on its source with
+// its files, and the migration can be aborted.
+func TestMigrationSwitchFails(t *testing.T) {
+	e := newEnv(t)
+	failImport := func(op, id string) error {
+		if op == "import" {
+			return errdefs.InvalidArgument("sim: this node cannot import disks")
+		}
+		return nil
+	}
+	e.startNamedAgent("cn-1", true, failImport)
+	e.startNamedAgent("cn-2", true, failImport)
+	nc := nodeclient.New()
+	defer nc.Close()
+
+	m := e.createMachine("mig-fail", nil)
+	id := m["id"].(string)
+	before := e.waitState(id, "running")
+	src := before["compute_node"].(string)
+	writeFile(t, nc, e.nodeOf(t, src), id, "data", "still here")
+
+	resp, b := e.migrate(id, "automatic", nil)
+	wantStatus(t, resp, b, http.StatusOK)
+	end := e.watch(t, id)
+	if last := end[len(end)-1]; last["state"] != "failed" || last["phase"] != "switch" {
+		t.Fatalf("watch ended with %v", last)
+	}
+	mig := e.waitMigration(t, id, "failed")
+	if msg, _ := mig["error"].(string); !strings.Contains(msg, "cannot import disks") || !strings.Contains(msg, "back on its source node") {
+		t.Errorf("migration error %q", msg)
+	}
+	after := e.waitState(id, "running")
+	if after["compute_node"] != src {
+		t.Fatalf("after the failed switch the instance is on %v, was on %s", after["compute_node"], src)
+	}
+	if s, err := readFile(t, nc, e.nodeOf(t, src), id, "/root/data"); err != nil || s != "still here" {
+		t.Errorf("file on the source after the failed switch: %q, %v", s, err)
+	}
+	target := mig["target_server_uuid"].(string)
+	if _, err := readFile(t, nc, e.nodeOf(t, target), id, "/root/data"); !errdefs.Is(err, errdefs.NotFound) {
+		t.Errorf("the target keeps the instance: %v", err)
+	}
+	claimed := nodeUsage(t, e, target)
+	resp, b = e.migrate(id, "abort", nil)
+	wantStatus(t, resp, b, http.StatusOK)
+	if used := nodeUsage(t, e, target); used != claimed-256 {
+		t.Errorf("target uses %d MiB after the abort, %d with the claim", used, claimed)
+	}
+}

@@ -505,7 +505,7 @@ func (s *Service) switchMigration(ctx context.Context, m store.Migration, report
 			return "", undo(err)
 		}
 		if err := s.awaitInstance(ctx, m, up.Generation, "stopped", migrationStopWait); err != nil {
-			return "", undo(fmt.Errorf("stopping the instance on its source node: %w", err))
+			return "", undo(errdefs.Wrap(errdefs.Unavailable, err, "stopping the instance on its source node: %s", errdefs.MessageOf(err)))
 		}
 	}
 	report("copying the disk a last time", 30, 100, 0)
@@ -523,7 +523,7 @@ func (s *Service) switchMigration(ctx context.Context, m store.Migration, report
 	}
 	report("starting the instance on its target node", 70, 100, 0)
 	if err := s.awaitInstance(ctx, m, moved.Generation, desired, migrationStartWait); err != nil {
-		return "", s.moveBack(m, dst, wasRunning, fmt.Errorf("the target node did not take the instance: %w", err))
+		return "", s.moveBack(m, dst, wasRunning, errdefs.Wrap(errdefs.Unavailable, err, "the target node did not take the instance: %s", errdefs.MessageOf(err)))
 	}
 	downtime := time.Since(stopped)
 	if err := s.nodeClient().MigrationOp(context.Background(), src, m.InstanceID, "remove"); err != nil {
@@ -547,9 +547,9 @@ func (s *Service) moveBack(m store.Migration, dst nodeclient.Node, wasRunning bo
 	}
 	if _, err := s.Store.MoveMigratedInstance(ctx, m.ID, false, desired, map[string]any{"type": "operator", "user": "migration"}); err != nil {
 		s.Log.Error("migration: moving the instance back to its source", "instance", m.InstanceID, "err", err)
-		return fmt.Errorf("%w; moving it back to its source failed too: %s", cause, errdefs.MessageOf(err))
+		return errdefs.Wrap(errdefs.CodeOf(cause), cause, "%s; moving it back to its source failed too: %s", errdefs.MessageOf(cause), errdefs.MessageOf(err))
 	}
-	return fmt.Errorf("%w; it is back on its source node", cause)
+	return errdefs.Wrap(errdefs.CodeOf(cause), cause, "%s; it is back on its source node", errdefs.MessageOf(cause))
 }
 
 // awaitInstance waits until the instance's node reports generation gen (or
