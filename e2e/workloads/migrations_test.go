@@ -161,6 +161,31 @@ func TestMigrations(t *testing.T) {
 		}
 	})
 
+	t.Run("DefaultFabric", func(t *testing.T) {
+		f1, _ := c.createAs(t, c.Owner, "mgf1", "busybox@1.36", "g1-nano-256M")
+		f2, _ := c.createAs(t, c.Owner, "mgf2", "busybox@1.36", "g1-nano-256M")
+		t.Cleanup(func() { c.tritonAs(c.Owner, "inst", "rm", "-f", "-w", f1.ID, f2.ID) })
+		var def struct {
+			Subnet  string `json:"subnet"`
+			Gateway string `json:"gateway"`
+		}
+		decodeJSON(t, "triton network get-default", c.tri(t, "network", "get-default"), &def)
+		if !subnetContains(t, def.Subnet, f1.PrimaryIP) {
+			t.Fatalf("mgf1 has %s, not on the default fabric %s", f1.PrimaryIP, def.Subnet)
+		}
+		c.timed(t, "migration automatic -w (container on a fabric)", "inst", "migration", "automatic", "-w", f1.ID)
+		after := c.getAs(t, c.Owner, f1.ID)
+		if after.State != "running" || after.ComputeNode == f1.ComputeNode || after.PrimaryIP != f1.PrimaryIP {
+			t.Fatalf("after the move: %+v; before: %+v", after, f1)
+		}
+		if err := Ping(network.NetNSName(f2.ID), f1.PrimaryIP, 15*time.Second); err != nil {
+			t.Errorf("a container on the same fabric cannot reach the moved one: %v", err)
+		}
+		if err := Ping(network.NetNSName(f1.ID), def.Gateway, 15*time.Second); err != nil {
+			t.Errorf("the moved container cannot reach its fabric gateway: %v", err)
+		}
+	})
+
 	t.Run("StepsStopped", func(t *testing.T) {
 		in, _ := c.createAs(t, c.Owner, "mg2", "busybox@1.36", "g1-nano-256M", "--network", pub.Name)
 		src := c.nodeOf(t, in.ID)
