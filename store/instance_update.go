@@ -225,6 +225,9 @@ func finishDelete(ctx context.Context, tx pgx.Tx, in Instance) error {
 			return translate(err)
 		}
 	}
+	if err := abortMigrationOfDeleted(ctx, tx, in.ID); err != nil {
+		return err
+	}
 	if _, err := tx.Exec(ctx, `DELETE FROM nics WHERE instance_id = $1`, in.ID); err != nil {
 		return translate(err)
 	}

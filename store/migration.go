@@ -396,3 +396,29 @@ func (s *Store) RunningMigrations(ctx context.Context) ([]Migration, error) {
 	list, err := pgx.CollectRows(rows, scanMigration)
 	return list, translate(err)
 }
+
+const sqlAbortDeleted = `UPDATE migrations SET state = 'aborted', error = 'the instance was deleted', updated_at = now(),
+	finished_at = now()
+WHERE instance_id = $1 AND state NOT IN ('aborted', 'successful')
+RETURNING target_node_id::text, switched, memory_mib, disk_mib, vcpus_milli`
+
+// abortMigrationOfDeleted ends the migration of an instance being deleted
+// and gives back the room it claimed on its target (unless the instance
+// had moved there: that room is the instance's, released with it).
+func abortMigrationOfDeleted(ctx context.Context, tx pgx.Tx, id string) error {
+	var target *string
+	var switched bool
+	var mem, disk, cpu int64
+	err := tx.QueryRow(ctx, sqlAbortDeleted, id).Scan(&target, &switched, &mem, &disk, &cpu)
+	if err == pgx.ErrNoRows {
+		return nil
+	}
+	if err != nil {
+		return translate(err)
+	}
+	if target == nil || switched {
+		return nil
+	}
+	_, err = tx.Exec(ctx, sqlReleaseClaim, *target, mem, disk, cpu)
+	return translate(err)
+}

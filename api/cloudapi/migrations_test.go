@@ -276,6 +276,24 @@ func TestMigrations(t *testing.T) {
 		}
 		resp, b = e.migrate(id, "abort", nil)
 		wantStatus(t, resp, b, http.StatusOK)
+
+		// Deleting an instance in the middle of a migration ends it and
+		// gives back the target's room.
+		resp, b = e.migrate(id, "begin", nil)
+		wantStatus(t, resp, b, http.StatusOK)
+		target = decode[map[string]any](t, b)["target_server_uuid"].(string)
+		claimed = nodeUsage(t, e, target)
+		resp, b = e.do(request{method: "DELETE", path: "/alice/machines/" + id})
+		wantStatus(t, resp, b, http.StatusNoContent)
+		e.waitState(id, "deleted")
+		if used := nodeUsage(t, e, target); used != claimed-256 {
+			t.Errorf("target uses %d MiB after the delete, %d with the claim", used, claimed)
+		}
+		resp, b = e.get("/alice/migrations/" + id)
+		wantStatus(t, resp, b, http.StatusOK)
+		if mig := decode[map[string]any](t, b); mig["state"] != "aborted" || mig["error"] != "the instance was deleted" {
+			t.Errorf("migration of a deleted instance: %s", b)
+		}
 	})
 
 	t.Run("Refusals", func(t *testing.T) {
