@@ -26,6 +26,10 @@ type Mutation struct {
 	Resources *Resources
 	// applyTx runs after Apply inside the transaction (NIC changes).
 	applyTx func(ctx context.Context, tx pgx.Tx, in *Instance) error
+	// Migration marks the changes a migration's switch makes itself; any
+	// other change of the desired state, resources or NICs is refused
+	// while a switch runs.
+	Migration bool
 }
 
 // Resources are an instance's sized resources.
@@ -70,8 +74,14 @@ func (s *Store) UpdateInstance(ctx context.Context, ownerID, id string, m Mutati
 		if in.State == "deleted" {
 			return errGone(in)
 		}
+		desired := in.DesiredState
 		if m.Apply != nil {
 			if err := m.Apply(&in); err != nil {
+				return err
+			}
+		}
+		if !m.Migration && (in.DesiredState != desired || m.Resources != nil || m.applyTx != nil) {
+			if err := refuseDuringSwitch(ctx, tx, in.ID); err != nil {
 				return err
 			}
 		}

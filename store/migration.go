@@ -314,7 +314,7 @@ func (s *Store) MoveMigratedInstance(ctx context.Context, migrationID string, to
 		from, to = to, from
 	}
 	return s.UpdateInstance(ctx, m.OwnerID, m.InstanceID, Mutation{
-		Action: "migrate", Caller: caller, Params: map[string]any{"from": from, "to": to},
+		Action: "migrate", Caller: caller, Migration: true, Params: map[string]any{"from": from, "to": to},
 		Apply: func(in *Instance) error {
 			if in.NodeID == nil || *in.NodeID != from {
 				return errdefs.Conflictf("instance %s is not on compute node %s", in.ID, from)
@@ -421,4 +421,18 @@ func abortMigrationOfDeleted(ctx context.Context, tx pgx.Tx, id string) error {
 	}
 	_, err = tx.Exec(ctx, sqlReleaseClaim, *target, mem, disk, cpu)
 	return translate(err)
+}
+
+// refuseDuringSwitch returns Conflict while a migration switches the
+// instance to another node: it stops, moves and starts it itself.
+func refuseDuringSwitch(ctx context.Context, tx pgx.Tx, id string) error {
+	var busy bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM migrations WHERE instance_id = $1 AND state = 'running' AND phase = 'switch')`, id).Scan(&busy)
+	if err != nil {
+		return translate(err)
+	}
+	if busy {
+		return errdefs.Conflictf("instance %s is being switched to another compute node by its migration: try again once the switch is over", id)
+	}
+	return nil
 }

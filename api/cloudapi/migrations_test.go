@@ -263,6 +263,21 @@ func TestMigrations(t *testing.T) {
 		resp, b = e.migrate(id, "pause", nil)
 		wantError(t, resp, b, http.StatusConflict, "InvalidArgument",
 			"the migration of instance "+id+" is paused in phase begin: only a running sync can be paused")
+		// While a switch runs, nothing else changes the instance's state.
+		setMigration := func(phase, state string) {
+			t.Helper()
+			if _, err := e.st.Pool().Exec(e.ctx, `UPDATE migrations SET phase = $2, state = $3, updated_at = now()
+				WHERE instance_id = $1 AND state NOT IN ('aborted', 'successful')`, id, phase, state); err != nil {
+				t.Fatal(err)
+			}
+		}
+		setMigration("switch", "running")
+		resp, b = e.post("/alice/machines/"+id+"?action=stop", nil)
+		wantError(t, resp, b, http.StatusConflict, "InvalidArgument",
+			"instance "+id+" is being switched to another compute node by its migration: try again once the switch is over")
+		resp, b = e.post("/alice/machines/"+id+"/tags", map[string]any{"during": "switch"})
+		wantStatus(t, resp, b, http.StatusOK)
+		setMigration("begin", "paused")
 		// A sync left running by a replica that stopped (no heartbeat for a
 		// minute) is failed when next looked at, and can be aborted.
 		if _, err := e.st.Pool().Exec(e.ctx, `UPDATE migrations SET phase = 'sync', state = 'running',

@@ -488,7 +488,7 @@ func (s *Service) switchMigration(ctx context.Context, m store.Migration, report
 	undo := func(cause error) error {
 		bctx := context.Background()
 		if wasRunning {
-			if _, err := s.Store.UpdateInstance(bctx, m.OwnerID, m.InstanceID, store.Mutation{Action: "start", Caller: caller,
+			if _, err := s.Store.UpdateInstance(bctx, m.OwnerID, m.InstanceID, store.Mutation{Migration: true, Action: "start", Caller: caller,
 				Apply: func(in *store.Instance) error { in.DesiredState = "running"; return nil }}); err != nil {
 				s.Log.Error("migration: starting the instance on its source again", "instance", m.InstanceID, "err", err)
 			}
@@ -499,7 +499,7 @@ func (s *Service) switchMigration(ctx context.Context, m store.Migration, report
 	stopped := time.Now()
 	if in.DesiredState != "stopped" || in.State != "stopped" {
 		report("stopping the instance on its source node", 10, 100, 0)
-		up, err := s.Store.UpdateInstance(ctx, m.OwnerID, m.InstanceID, store.Mutation{Action: "stop", Caller: caller,
+		up, err := s.Store.UpdateInstance(ctx, m.OwnerID, m.InstanceID, store.Mutation{Migration: true, Action: "stop", Caller: caller,
 			Apply: func(in *store.Instance) error { in.DesiredState = "stopped"; return nil }})
 		if err != nil {
 			return "", undo(err)
