@@ -51,6 +51,11 @@ func (m Migration) Over() bool {
 	return m.State == MigrationAborted || m.State == MigrationSuccessful
 }
 
+// ProgressScale is the total_progress of a phase measured in steps rather
+// than bytes (per mille: node-triton adds up the progress of successive
+// events whose total is exactly 100).
+const ProgressScale = 1000
+
 // MigrationProgress is one phase's entry of a migration's history, in
 // CloudAPI's progress event form.
 type MigrationProgress struct {
@@ -145,7 +150,7 @@ func (s *Store) BeginMigration(ctx context.Context, ownerID, id string, automati
 		}
 		now := time.Now().UTC()
 		state, hist := MigrationPaused, []MigrationProgress{{Type: "progress", Phase: "begin", State: MigrationSuccessful,
-			Message: "reserved room for the instance on compute node " + target, CurrentProgress: 100, TotalProgress: 100,
+			Message: "reserved room for the instance on compute node " + target, CurrentProgress: ProgressScale, TotalProgress: ProgressScale,
 			StartedTimestamp: now, FinishedTimestamp: &now}}
 		if automatic {
 			state = MigrationRunning

@@ -326,7 +326,7 @@ func (s *Service) runPhase(ctx context.Context, m store.Migration, phase string,
 	m, err := s.Store.UpdateMigration(context.Background(), m.ID, func(mm *store.Migration) error {
 		mm.Phase, mm.State = phase, store.MigrationRunning
 		mm.Progress = append(mm.Progress, store.MigrationProgress{Type: "progress", Phase: phase, State: store.MigrationRunning,
-			Message: phase + " started", TotalProgress: 100, StartedTimestamp: start})
+			Message: phase + " started", TotalProgress: store.ProgressScale, StartedTimestamp: start})
 		idx = len(mm.Progress) - 1
 		return nil
 	})
@@ -338,6 +338,11 @@ func (s *Service) runPhase(ctx context.Context, m store.Migration, phase string,
 		_, err := s.Store.UpdateMigration(context.Background(), m.ID, func(mm *store.Migration) error {
 			if idx < len(mm.Progress) {
 				p := &mm.Progress[idx]
+				if total == store.ProgressScale/10 {
+					// Percent steps: in per mille, since the triton CLI
+					// adds up the steps of totals of exactly 100.
+					current, total = current*10, store.ProgressScale
+				}
 				p.Message, p.CurrentProgress, p.TotalProgress, p.TransferBytesSecond = message, current, max(total, 1), rate
 			}
 			return nil
@@ -370,7 +375,7 @@ func (s *Service) runPhase(ctx context.Context, m store.Migration, phase string,
 			p.State, p.Message = store.MigrationFailed, errdefs.MessageOf(err)
 			mm.State, mm.Error = store.MigrationFailed, errdefs.MessageOf(err)
 		default:
-			p.State, p.Message, p.CurrentProgress, p.TotalProgress = store.MigrationSuccessful, msg, 100, 100
+			p.State, p.Message, p.CurrentProgress, p.TotalProgress = store.MigrationSuccessful, msg, store.ProgressScale, store.ProgressScale
 			switch {
 			case phase == MigrateSwitch:
 				mm.State = store.MigrationSuccessful
@@ -632,7 +637,7 @@ func (s *Service) abortMigration(ctx context.Context, c Caller, id string) (stor
 		}
 		mm.Phase = MigrateAbort
 		mm.Progress = append(mm.Progress, store.MigrationProgress{Type: "progress", Phase: MigrateAbort, State: store.MigrationSuccessful,
-			Message: "migration aborted; the instance stays on its source node", CurrentProgress: 100, TotalProgress: 100,
+			Message: "migration aborted; the instance stays on its source node", CurrentProgress: store.ProgressScale, TotalProgress: store.ProgressScale,
 			StartedTimestamp: now, FinishedTimestamp: &now})
 		return nil
 	})

@@ -102,6 +102,7 @@ func TestMigrations(t *testing.T) {
 		out := c.tri(t, "inst", "migration", "automatic", "-w", in.ID)
 		took := time.Since(t0)
 		figure("migration automatic -w (running container)", "%.2fs", took.Seconds())
+		t.Logf("triton inst migration automatic -w printed:\n%s", out)
 		if !strings.Contains(out, "Done - switch finished") {
 			t.Errorf("automatic -w printed no end of the switch:\n%s", out)
 		}
