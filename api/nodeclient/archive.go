@@ -46,9 +46,14 @@ func (c *Client) Extract(ctx context.Context, n Node, id, dir string, noOverwrit
 	if noOverwriteDirNonDir {
 		q.Set("noOverwriteDirNonDir", "1")
 	}
+	return c.putTar(ctx, n, instancePath(id, "archive")+"?"+q.Encode(), r)
+}
+
+// putTar sends the tar r to node n with PUT pathQuery (a path with its
+// query) and returns the node's error, if any.
+func (c *Client) putTar(ctx context.Context, n Node, pathQuery string, r io.Reader) error {
 	hc, scheme := c.httpFor(n)
-	u := scheme + n.Address + instancePath(id, "archive") + "?" + q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, io.NopCloser(r))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, scheme+n.Address+pathQuery, io.NopCloser(r))
 	if err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "build request to node %s", n.Address)
 	}

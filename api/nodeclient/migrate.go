@@ -8,7 +8,6 @@ import (
 	"strconv"
 
 	"flotilla/api/agentapi/wire"
-	"flotilla/api/errdefs"
 )
 
 // Disk is an instance's disk as a node exports it for a migration.
@@ -40,27 +39,7 @@ func (c *Client) StageDisk(ctx context.Context, n Node, id, layer string, r io.R
 	if err := n.check(); err != nil {
 		return err
 	}
-	hc, scheme := c.httpFor(n)
-	u := scheme + n.Address + instancePath(id, "migration", "disk") + "?" + url.Values{"layer": {layer}}.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, io.NopCloser(r))
-	if err != nil {
-		return errdefs.Wrap(errdefs.Internal, err, "build request to node %s", n.Address)
-	}
-	req.Header.Set("Authorization", "Bearer "+n.Token)
-	req.Header.Set("Content-Type", "application/x-tar")
-	resp, err := hc.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return errdefs.Wrap(errdefs.Unavailable, err, "request to the node cancelled")
-		}
-		return errdefs.Wrap(errdefs.Unavailable, err, "cannot reach the node's stream server at %s", n.Address)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return decodeError(resp)
-	}
-	io.Copy(io.Discard, resp.Body)
-	return nil
+	return c.putTar(ctx, n, instancePath(id, "migration", "disk")+"?"+url.Values{"layer": {layer}}.Encode(), r)
 }
 
 // DropDisk removes a disk staged on node n for instance id, if any.
