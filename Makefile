@@ -13,7 +13,7 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/flotilla
 
-# Installs PostgreSQL, runc, busybox-static, QEMU, the triton CLI and docker compose when missing.
+# Installs PostgreSQL, runc, busybox-static, QEMU, sshfs, the triton CLI and docker compose when missing.
 setup:
 	./scripts/setup.sh
 

@@ -144,6 +144,7 @@ func NewStreamServer(drv driver.Driver, token string, log *slog.Logger) *StreamS
 	m.HandleFunc("PUT "+p+"/archive", s.handle(s.archivePut))
 	s.diffRoutes(m, p)
 	s.migrationRoutes(m, p)
+	m.HandleFunc("POST "+wire.VolumeSharePath, s.handle(s.share))
 	m.HandleFunc("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.NotFoundf("no stream route %s %s", r.Method, r.URL.Path)
 	}))
@@ -153,6 +154,14 @@ func NewStreamServer(drv driver.Driver, token string, log *slog.Logger) *StreamS
 
 // ServeHTTP checks the bearer token and dispatches.
 func (s *StreamServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if id, ok := shareRoute(r); ok {
+		if !s.shareAuthorized(r, id) {
+			writeStreamError(w, errdefs.New(errdefs.Unauthorized, "a volume share needs the volume's share token"))
+			return
+		}
+		s.mux.ServeHTTP(w, r)
+		return
+	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || subtle.ConstantTimeCompare([]byte(tok), s.token) != 1 {
 		writeStreamError(w, errdefs.New(errdefs.Unauthorized, "the stream API needs the node's stream token"))
@@ -258,6 +267,9 @@ func (a *Agent) serveStreams(ctx context.Context, ln net.Listener, nodeID string
 const (
 	StreamCertFile = "stream-cert.pem"
 	StreamKeyFile  = "stream-key.pem"
+	// StreamCAFile is the node CA's certificate, which other nodes' stream
+	// servers present (their volume shares).
+	StreamCAFile = "stream-ca.pem"
 )
 
 // streamCertRenewal is how long before expiry the agent asks for a new
@@ -310,6 +322,12 @@ func (a *Agent) streamTLS(ctx context.Context, nodeID string) (*tls.Config, erro
 	}
 	if err := writeFileAtomic(certFile, []byte(resp.Certificate), 0o644); err != nil {
 		return nil, errdefs.Wrap(errdefs.Internal, err, "agent: save %s", certFile)
+	}
+	if resp.CA != "" {
+		caFile := filepath.Join(a.cfg.DataDir, StreamCAFile)
+		if err := writeFileAtomic(caFile, []byte(resp.CA), 0o644); err != nil {
+			return nil, errdefs.Wrap(errdefs.Internal, err, "agent: save %s", caFile)
+		}
 	}
 	return cfg(pair), nil
 }

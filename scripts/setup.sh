@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Flotilla's development and tests need on Debian/Ubuntu:
 # PostgreSQL server binaries, runc, busybox-static, QEMU, iproute2/iptables,
-# the triton CLI and docker compose (built from source as a docker CLI
+# sshfs (nodes mount each other's volumes), the triton CLI and docker compose (built from source as a docker CLI
 # plugin). Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -16,6 +16,8 @@ have ip || need+=(iproute2)
 have iptables || need+=(iptables)
 have ssh-keygen || need+=(openssh-client)
 have npm || need+=(npm)
+have sshfs || need+=(sshfs)
+have mkfs.ext4 || need+=(e2fsprogs)
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

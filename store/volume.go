@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/google/uuid"
@@ -28,11 +29,11 @@ type Volume struct {
 
 const volumeColumns = `id::text, owner_id::text, name, type, size_mib, state, anonymous, labels, tags, node_id::text, created_at, updated_at`
 
-const sqlCreateVolume = `INSERT INTO volumes (id, owner_id, name, type, size_mib, state, anonymous, labels, tags)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ` + volumeColumns
+const sqlCreateVolume = `INSERT INTO volumes (id, owner_id, name, type, size_mib, state, anonymous, labels, tags, node_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ` + volumeColumns
 
-// CreateVolume records a volume. Conflict if the owner has one of that
-// name already.
+// CreateVolume records a volume (on node v.NodeID, if set). Conflict if the
+// owner has one of that name already.
 func (s *Store) CreateVolume(ctx context.Context, v Volume) (Volume, error) {
 	if v.ID == "" {
 		v.ID = uuid.NewString()
@@ -46,7 +47,7 @@ func (s *Store) CreateVolume(ctx context.Context, v Volume) (Volume, error) {
 	if v.Tags == nil {
 		v.Tags = map[string]any{}
 	}
-	rows, _ := s.pool.Query(ctx, sqlCreateVolume, v.ID, v.OwnerID, v.Name, v.Type, v.SizeMiB, v.State, v.Anonymous, v.Labels, v.Tags)
+	rows, _ := s.pool.Query(ctx, sqlCreateVolume, v.ID, v.OwnerID, v.Name, v.Type, v.SizeMiB, v.State, v.Anonymous, v.Labels, v.Tags, v.NodeID)
 	out, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Volume])
 	if err != nil {
 		switch pgCode(err) {
@@ -173,4 +174,59 @@ func (s *Store) SetVolumesNode(ctx context.Context, owner string, ids []string, 
 	}
 	_, err := s.pool.Exec(ctx, sqlSetVolumesNode, owner, ids, node)
 	return translate(err)
+}
+
+// VolumeHome is where a volume's storage lives, for the nodes that mount it.
+type VolumeHome struct {
+	ID      string
+	Type    string
+	SizeMiB int64
+	Node    NodeStream // empty NodeID: not placed yet
+}
+
+const sqlVolumeHomes = `SELECT v.id::text, v.type, v.size_mib, coalesce(n.id::text, ''), coalesce(n.address, ''), coalesce(n.stream_token, '')
+FROM volumes v LEFT JOIN nodes n ON n.id = v.node_id WHERE v.id = ANY($1::uuid[])`
+
+// VolumeHomes returns the homes of volumes ids, by id (ids not found are
+// left out).
+func (s *Store) VolumeHomes(ctx context.Context, ids []string) (map[string]VolumeHome, error) {
+	out := map[string]VolumeHome{}
+	var valid []string
+	for _, id := range ids {
+		if validUUID(id) {
+			valid = append(valid, id)
+		}
+	}
+	if len(valid) == 0 {
+		return out, nil
+	}
+	rows, err := s.pool.Query(ctx, sqlVolumeHomes, valid)
+	if err != nil {
+		return nil, translate(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var h VolumeHome
+		if err := rows.Scan(&h.ID, &h.Type, &h.SizeMiB, &h.Node.NodeID, &h.Node.Address, &h.Node.Token); err != nil {
+			return nil, translate(err)
+		}
+		out[h.ID] = h
+	}
+	return out, translate(rows.Err())
+}
+
+// sqlPickVolumeHome is the running, undrained runc node with the fewest
+// live volumes (ties broken at random).
+const sqlPickVolumeHome = `SELECT n.id::text FROM nodes n WHERE n.driver LIKE '%runc%' AND n.state = 'running' AND NOT n.drained
+ORDER BY (SELECT count(*) FROM volumes v WHERE v.node_id = n.id AND v.state <> 'deleted'), random() LIMIT 1`
+
+// PickVolumeHome returns the node a new shared volume should live on, or
+// "" when no node can hold one.
+func (s *Store) PickVolumeHome(ctx context.Context) (string, error) {
+	var id string
+	err := s.pool.QueryRow(ctx, sqlPickVolumeHome).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	return id, translate(err)
 }

@@ -408,6 +408,26 @@ type VolumeMount struct {
 	Name        string `json:",omitempty"` // the volume's name, for inspect
 	Destination string // absolute path in the container
 	ReadOnly    bool   `json:",omitempty"`
+	SizeMiB     int64  `json:",omitempty"` // the volume's size (0: unknown)
+	// Remote is set when the volume's storage lives on another node: the
+	// driver mounts that node's share of it (see VolumeSharer) instead of
+	// local storage.
+	Remote *RemoteVolume `json:",omitempty"`
+}
+
+// RemoteVolume locates another node's share of a volume.
+type RemoteVolume struct {
+	Node    string // the node's id (its stream server's certificate names it)
+	Address string // the node's stream server, host:port
+	Token   string // the share's bearer token (wire.VolumeShareToken)
+	TLS     bool   `json:",omitempty"` // the stream server speaks TLS
+}
+
+// VolumeSharer is a driver whose volumes other nodes may mount: it returns
+// the directory holding volume id's files on this node, making its storage
+// (of sizeMiB, when it has a size) if this is its first use.
+type VolumeSharer interface {
+	VolumeDir(ctx context.Context, id string, sizeMiB int64) (string, error)
 }
 
 // Ulimit is one resource limit (setrlimit) of a container's processes.
@@ -416,3 +436,14 @@ type Ulimit struct {
 	Soft int64
 	Hard int64
 }
+
+// Environment of `flotilla volume-pipe` (agent.PipeVolumeShare), the
+// transport sshfs runs to reach another node's share of a volume.
+const (
+	EnvShareAddress = "FLOTILLA_SHARE_ADDRESS" // the volume's node's stream server, host:port
+	EnvShareNode    = "FLOTILLA_SHARE_NODE"    // that node's id (its certificate's name)
+	EnvShareVolume  = "FLOTILLA_SHARE_VOLUME"  // the volume's id
+	EnvShareSize    = "FLOTILLA_SHARE_SIZE"    // its size in MiB
+	EnvShareToken   = "FLOTILLA_SHARE_TOKEN"   // wire.VolumeShareToken
+	EnvShareCA      = "FLOTILLA_SHARE_CA"      // the node CA's PEM file, when stream servers speak TLS
+)

@@ -71,7 +71,7 @@ func (o ContainerOptions) Check() error {
 	}
 	seen := map[string]bool{}
 	for _, v := range o.Volumes {
-		if !validVolumeID(v.Volume) {
+		if !ValidVolumeID(v.Volume) {
 			return errdefs.InvalidArgument("invalid volume id %q", v.Volume)
 		}
 		if !path.IsAbs(v.Destination) || path.Clean(v.Destination) == "/" || strings.ContainsAny(v.Destination, ",:") {
@@ -100,9 +100,9 @@ func (o ContainerOptions) Check() error {
 	return nil
 }
 
-// validVolumeID reports whether id is a lower-case uuid, the only form a
+// ValidVolumeID reports whether id is a lower-case uuid, the only form a
 // volume's directory name on a node may take.
-func validVolumeID(id string) bool {
+func ValidVolumeID(id string) bool {
 	if len(id) != 36 {
 		return false
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"net/http"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -173,6 +174,9 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) error {
 				addDisks(&a, disks[in.ID])
 				a.ImportDisk = imports[in.ID]
 				out.Assignments = append(out.Assignments, a)
+			}
+			if err := s.addVolumeHomes(r.Context(), nodeID, out.Assignments); err != nil {
+				return err
 			}
 			return httpx.WriteJSON(w, http.StatusOK, out)
 		}
@@ -361,4 +365,39 @@ func (s *Server) imageContent(ctx context.Context, id string) (store.Image, erro
 		s.imageMu.Unlock()
 	}
 	return im, nil
+}
+
+// addVolumeHomes fills in the size of the volumes the assignments mount
+// and, for a shared (tritonnfs) volume that lives on another node, how to
+// reach that node's share of it.
+func (s *Server) addVolumeHomes(ctx context.Context, nodeID string, list []wire.Assignment) error {
+	var ids []string
+	for _, a := range list {
+		for _, v := range a.Spec.Options.Volumes {
+			ids = append(ids, v.Volume)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	homes, err := s.store.VolumeHomes(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i := range list {
+		vols := slices.Clone(list[i].Spec.Options.Volumes)
+		for j, v := range vols {
+			h, ok := homes[v.Volume]
+			if !ok {
+				continue
+			}
+			vols[j].SizeMiB = h.SizeMiB
+			if h.Type == service.VolumeTypeTritonNFS && h.Node.NodeID != "" && h.Node.NodeID != nodeID {
+				vols[j].Remote = &driver.RemoteVolume{Node: h.Node.NodeID, Address: h.Node.Address,
+					Token: wire.VolumeShareToken(h.Node.Token, v.Volume), TLS: s.nodeCA != nil}
+			}
+		}
+		list[i].Spec.Options.Volumes = vols
+	}
+	return nil
 }

@@ -1,11 +1,14 @@
 package service
 
 // Volumes: an account's named storage, shared by both APIs. A CloudAPI
-// volume has type tritonnfs, a Docker one type local; both are a directory
-// on the node of the first instance that mounts them (the runc driver's
-// volumes/<id>/_data), and every later instance that mounts one is placed
-// on that node, so what one container writes the next one reads. Tenants
-// name volumes, never host paths.
+// volume has type tritonnfs, a Docker one type local; both are storage on
+// one node (the runc driver's volumes/<id>). A tritonnfs volume gets its
+// node when it is created (the runc node holding the fewest volumes), and
+// instances on any node mount it: the agentapi hands the other nodes the
+// address and share token of its node, whose agent serves it (see
+// agent/volumes_share.go). A local volume lives on the node of the first
+// instance that mounts it, and every later instance that mounts it is
+// placed on that node. Tenants name volumes, never host paths.
 
 import (
 	"context"
@@ -101,8 +104,21 @@ func (s *Service) CreateVolume(ctx context.Context, c Caller, req VolumeRequest)
 		return store.Volume{}, &errdefs.Error{Code: errdefs.Conflict, Reason: "VolumeSizeNotAvailable",
 			Message: "volume size " + strconv.FormatInt(req.SizeMiB, 10) + " MiB is not available; see ListVolumeSizes (triton volume sizes)"}
 	}
-	v, err := s.Store.CreateVolume(ctx, store.Volume{OwnerID: c.AccountID, Name: req.Name, Type: req.Type, SizeMiB: req.SizeMiB,
-		Anonymous: req.Anonymous, Labels: req.Labels, Tags: req.Tags})
+	vol := store.Volume{OwnerID: c.AccountID, Name: req.Name, Type: req.Type, SizeMiB: req.SizeMiB,
+		Anonymous: req.Anonymous, Labels: req.Labels, Tags: req.Tags}
+	if req.Type == VolumeTypeTritonNFS {
+		// A shared volume gets its node now: instances on any node mount it
+		// from there. Without a node that can hold one, the first instance
+		// that mounts it gives it its own.
+		home, err := s.Store.PickVolumeHome(ctx)
+		if err != nil {
+			return store.Volume{}, err
+		}
+		if home != "" {
+			vol.NodeID = &home
+		}
+	}
+	v, err := s.Store.CreateVolume(ctx, vol)
 	if err != nil {
 		return store.Volume{}, err
 	}
@@ -196,7 +212,8 @@ func (s *Service) volumePlacement(ctx context.Context, owner string, mounts []dr
 			return "", nil, err
 		}
 		ids = append(ids, v.ID)
-		if v.NodeID == nil {
+		if v.NodeID == nil || v.Type == VolumeTypeTritonNFS {
+			// Shared volumes are mounted from their node by any other.
 			continue
 		}
 		if node != "" && node != *v.NodeID {

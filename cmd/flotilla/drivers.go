@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"flotilla/agent"
 	"flotilla/agent/driver"
 	"flotilla/agent/driver/multi"
 	"flotilla/agent/driver/qemu"
@@ -26,7 +27,8 @@ func newRealDriver(name, dataDir string, log *slog.Logger) (driver.Driver, error
 	for _, n := range strings.Split(name, ",") {
 		switch strings.TrimSpace(n) {
 		case "runc":
-			d, err := runc.New(runc.Config{Root: filepath.Join(dataDir, "runc"), Images: images, Logger: log})
+			d, err := runc.New(runc.Config{Root: filepath.Join(dataDir, "runc"), Images: images, Logger: log,
+				ShareCA: filepath.Join(dataDir, agent.StreamCAFile)})
 			if err != nil {
 				return nil, err
 			}

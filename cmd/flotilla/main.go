@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"flotilla/agent"
 )
 
 const usage = `flotilla: a cloud control plane for VMs and containers.
@@ -55,6 +57,10 @@ func main() {
 		err = runDockerCert(ctx, args)
 	case "runc-shim":
 		os.Exit(runcShim(args))
+	case "volume-pipe":
+		// sshfs's transport to another node's volume; its arguments are
+		// ssh's, and are ignored (see agent/volumes_share.go).
+		err = agent.PipeVolumeShare(ctx, os.Getenv, os.Stdin, os.Stdout)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestVolumes drives CloudAPI volumes with the triton CLI on a runc node:
@@ -95,5 +96,69 @@ func TestVolumes(t *testing.T) {
 		if _, _, err := c.tritonAs(c.Owner, "volume", "get", "vol1"); err == nil {
 			t.Fatal("vol1 still there after delete -w")
 		}
+	})
+}
+
+// TestVolumesAcrossNodes shares one CloudAPI volume between containers on
+// two runc nodes: the volume lives on one node, the other mounts that
+// node's share of it (sshfs over the agents' stream servers), and each
+// container sees what the other writes, at once.
+func TestVolumesAcrossNodes(t *testing.T) {
+	c := startDevNodes(t, "nfs", "runc", 2)
+	pub := c.addNetwork(t, "nfs-pub", "")
+	c.timed(t, "volume create -w (shared volume)", "volume", "create", "-n", "shared", "-w")
+	var vol struct{ ID string }
+	if err := json.Unmarshal([]byte(c.tri(t, "volume", "get", "shared")), &vol); err != nil {
+		t.Fatal(err)
+	}
+	a, tookA := c.createAs(t, c.Owner, "na", "busybox@1.36", "g1-nano-256M", "--network", pub.Name, "-v", "shared:/data")
+	b, tookB := c.createAs(t, c.Owner, "nb", "busybox@1.36", "g1-nano-256M", "--network", pub.Name, "-v", "shared:/data:rw",
+		"-a", "instance!=na")
+	figure("inst create -w with the shared volume (first)", "%.2fs", tookA.Seconds())
+	figure("inst create -w with the shared volume (second node)", "%.2fs", tookB.Seconds())
+	na, nb := c.nodeOf(t, a.ID), c.nodeOf(t, b.ID)
+	if na == "" || nb == "" || na == nb {
+		t.Fatalf("na on %q, nb on %q: want two nodes", na, nb)
+	}
+	shares := MountsContaining(filepath.Join("shares", vol.ID))
+	if len(shares) != 1 {
+		t.Fatalf("mounts of another node's share of %s: %v, want one (on the node the volume does not live on)", vol.ID, shares)
+	}
+
+	t.Run("SharedBothWays", func(t *testing.T) {
+		c.execOn(t, na, a.ID, "echo from-na > /data/a; mkdir -p /data/dir/sub; echo deep > /data/dir/sub/f; ln -s a /data/link")
+		if got := c.execOn(t, nb, b.ID, "cat /data/a /data/dir/sub/f /data/link"); got != "from-na\ndeep\nfrom-na\n" {
+			t.Fatalf("nb reads %q", got)
+		}
+		c.execOn(t, nb, b.ID, "echo from-nb > /data/b; echo more >> /data/a; mv /data/dir/sub/f /data/g; rm -r /data/dir; dd if=/dev/zero of=/data/big bs=1M count=8 2>/dev/null")
+		got := c.execOn(t, na, a.ID, "cat /data/b /data/a /data/g; ls /data | tr '\\n' ' '; wc -c < /data/big")
+		if want := "from-nb\nfrom-na\nmore\ndeep\na b big g link \n8388608\n"; strings.Join(strings.Fields(got), " ") != strings.Join(strings.Fields(want), " ") {
+			t.Fatalf("na reads %q, want %q", got, want)
+		}
+		t0 := time.Now()
+		c.execOn(t, nb, b.ID, "dd if=/dev/zero of=/data/copy bs=1M count=32 2>/dev/null; sync")
+		figure("write 32 MiB to another node's volume", "%.0f ms", float64(time.Since(t0).Milliseconds()))
+		if got := c.execOn(t, na, a.ID, "wc -c < /data/copy"); strings.TrimSpace(got) != "33554432" {
+			t.Fatalf("na sees %q bytes of nb's 32 MiB file", got)
+		}
+	})
+	t.Run("SurvivesRestart", func(t *testing.T) {
+		c.tri(t, "inst", "stop", "-w", "nb")
+		c.tri(t, "inst", "start", "-w", "nb")
+		if got := c.execOn(t, nb, b.ID, "cat /data/b"); got != "from-nb\n" {
+			t.Fatalf("after a restart nb reads %q", got)
+		}
+	})
+	t.Run("ErrInUse", func(t *testing.T) {
+		if _, errOut, err := c.tritonAs(c.Owner, "volume", "delete", "-f", "shared"); err == nil || !strings.Contains(errOut, "in use") {
+			t.Fatalf("deleting a volume in use on two nodes: %v %s", err, errOut)
+		}
+	})
+	t.Run("Delete", func(t *testing.T) {
+		c.tri(t, "inst", "delete", "-f", "-w", "na", "nb")
+		if m := MountsContaining(filepath.Join("shares", vol.ID)); len(m) != 0 {
+			t.Errorf("the share is still mounted after its last container went: %v", m)
+		}
+		c.tri(t, "volume", "delete", "-f", "-w", "shared")
 	})
 }

@@ -74,7 +74,13 @@ type Config struct {
 	// StartTimeout bounds how long Start waits for the shim to report the
 	// container running; default 30 s.
 	StartTimeout time.Duration
-	Logger       *slog.Logger
+	// SharePipe is the command sshfs runs as its transport to another
+	// node's volume; default [os.Executable(), "volume-pipe"] (see share.go).
+	SharePipe []string
+	// ShareCA is the node CA's certificate file, for volumes of nodes whose
+	// stream servers speak TLS.
+	ShareCA string
+	Logger  *slog.Logger
 }
 
 // Driver runs containers with runc. It implements driver.Driver,
@@ -86,6 +92,8 @@ type Driver struct {
 
 	layerMu sync.Mutex
 	layers  map[string]*sync.Mutex // per layer digest, while unpacking
+
+	shareMu sync.Mutex // mounts of other nodes' volumes
 }
 
 var (
@@ -490,6 +498,9 @@ func (d *Driver) StartWith(ctx context.Context, id string, opts driver.StartOpti
 	if err := mountOverlay(bundle); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "mount rootfs of %s", id)
 	}
+	if err := d.mountShares(ctx, spec); err != nil {
+		return err
+	}
 	if _, ok := primaryNIC(spec.NICs); ok && !network.NetNSExists(network.NetNSName(id)) {
 		if err := setupNetwork(id, spec.NICs); err != nil {
 			return err
@@ -651,12 +662,17 @@ func (d *Driver) Delete(ctx context.Context, id string) error {
 	if _, err := os.Stat(bundle); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if _, _, err := d.loadSpec(id); err == nil {
+	_, spec, err := d.loadSpec(id)
+	if err == nil {
 		if err := d.Stop(ctx, id, 0); err != nil {
 			return err
 		}
 	}
-	return d.cleanup(ctx, id, bundle)
+	if err := d.cleanup(ctx, id, bundle); err != nil {
+		return err
+	}
+	d.unmountShares(spec)
+	return nil
 }
 
 func (d *Driver) cleanup(ctx context.Context, id, bundle string) error {

@@ -21,7 +21,15 @@ func applyOptions(s *specs.Spec, o driver.ContainerOptions, volumeRoot string) e
 		return err
 	}
 	for _, v := range o.Volumes {
-		src, err := volumeDir(volumeRoot, v.Volume)
+		var src string
+		var err error
+		if v.Remote != nil {
+			// Another node's: sshfs mounts it there before the start.
+			src = shareDir(volumeRoot, v.Volume)
+			err = os.MkdirAll(src, 0o755)
+		} else {
+			src, err = volumeDir(volumeRoot, v.Volume)
+		}
 		if err != nil {
 			return err
 		}

@@ -1,6 +1,11 @@
 package wire
 
-import "time"
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+)
 
 // The stream API is the second, smaller HTTP API between the control plane
 // and an agent, in the other direction: the agent serves it on its node's
@@ -64,6 +69,10 @@ import "time"
 //	       copy of an instance that moved away
 //	POST   /streams/v1/instances/{id}/migration/discard           -> 204: delete the
 //	       instance a failed switch left on this node
+//	POST   /streams/v1/volumes/{id}/share?size=MiB                  -> 101, then SFTP (version 3
+//	       with OpenSSH's extensions) over the volume's files: another node's
+//	       sshfs mounts it for its instances. Its bearer token is
+//	       VolumeShareToken(stream token, id), never the stream token
 //
 // Upgrades: the request has "Connection: Upgrade" and "Upgrade: tcp"; the
 // answer is "101 Switching Protocols" with header StreamTTYHeader ("1" for a
@@ -174,4 +183,19 @@ type CertificateRequest struct {
 type CertificateResponse struct {
 	Certificate string `json:"certificate"` // PEM
 	CA          string `json:"ca"`          // PEM
+}
+
+// VolumeSharePath is the stream route a node serves a volume's files on to
+// other nodes whose instances mount it (an upgrade to SFTP, POST), with the
+// volume's id in place of {id}.
+const VolumeSharePath = StreamPathPrefix + "/volumes/{id}/share"
+
+// VolumeShareToken is the bearer token for volume id's share route on the
+// node whose stream token is nodeToken: the control plane hands it to the
+// nodes that mount the volume, and the volume's node checks it without
+// keeping anything, so a token opens one volume of one node only.
+func VolumeShareToken(nodeToken, id string) string {
+	m := hmac.New(sha256.New, []byte(nodeToken))
+	m.Write([]byte("flotilla volume share\x00" + id))
+	return hex.EncodeToString(m.Sum(nil))
 }

@@ -1,0 +1,185 @@
+package runc
+
+// Volumes of other nodes: a container that mounts a volume whose storage
+// lives on another node (driver.VolumeMount.Remote) bind-mounts
+// <root>/shares/<id>, where sshfs mounts that node's share of the volume
+// (agent/volumes_share.go) before the container starts. One sshfs mount
+// serves every container of this node that mounts the volume; it is
+// unmounted when the last of them is deleted. sshfs runs on its own, with
+// `flotilla volume-pipe` as its transport, so it outlives the agent and
+// reconnects by itself when the connection drops.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"flotilla/agent/driver"
+	"flotilla/api/errdefs"
+)
+
+var _ driver.VolumeSharer = (*Driver)(nil)
+
+// VolumeDir implements driver.VolumeSharer: the directory of volume id on
+// this node, made on its first use.
+func (d *Driver) VolumeDir(ctx context.Context, id string, sizeMiB int64) (string, error) {
+	if !driver.ValidVolumeID(id) {
+		return "", errdefs.NotFoundf("volume %s not found", id)
+	}
+	return volumeDir(filepath.Join(d.cfg.Root, "volumes"), id)
+}
+
+// shareDir is where volume id of another node is mounted on this one.
+func shareDir(volumeRoot, id string) string {
+	return filepath.Join(filepath.Dir(volumeRoot), "shares", id)
+}
+
+// mountShares mounts the other nodes' volumes spec uses, unless they are
+// mounted already.
+func (d *Driver) mountShares(ctx context.Context, spec driver.Spec) error {
+	for _, v := range spec.Options.Volumes {
+		if v.Remote == nil {
+			continue
+		}
+		if err := d.mountShare(ctx, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Driver) mountShare(ctx context.Context, v driver.VolumeMount) error {
+	d.shareMu.Lock()
+	defer d.shareMu.Unlock()
+	dir := shareDir(filepath.Join(d.cfg.Root, "volumes"), v.Volume)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "make the mount point of volume %s", v.Volume)
+	}
+	if mounted(dir) {
+		if _, err := os.Stat(dir); err == nil {
+			return nil
+		}
+		// A mount whose sshfs is gone (ENOTCONN): replace it.
+		exec.Command("fusermount3", "-u", "-z", dir).Run()
+	}
+	sshfs, err := exec.LookPath("sshfs")
+	if err != nil {
+		return errdefs.New(errdefs.Unavailable, "volume %s lives on another node, and this node has no sshfs to mount it: install it (apt-get install sshfs)", v.Name)
+	}
+	pipe := d.cfg.SharePipe
+	if len(pipe) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return errdefs.Wrap(errdefs.Internal, err, "find the volume pipe")
+		}
+		pipe = []string{exe, "volume-pipe"}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, sshfs,
+		"-o", "ssh_command="+strings.Join(pipe, " "),
+		// Other nodes write the same files: cache nothing, so each sees
+		// the others' changes at once.
+		"-o", "reconnect,ServerAliveInterval=15,ServerAliveCountMax=3,allow_other,idmap=none,dir_cache=no,max_conns=2",
+		"-o", "attr_timeout=0,entry_timeout=0,negative_timeout=0",
+		"-o", "fsname=flotilla-volume:"+v.Volume+",subtype=flotilla",
+		"volume:/", dir)
+	cmd.Env = append(os.Environ(),
+		driver.EnvShareAddress+"="+v.Remote.Address, driver.EnvShareNode+"="+v.Remote.Node,
+		driver.EnvShareVolume+"="+v.Volume, driver.EnvShareSize+"="+strconv.FormatInt(v.SizeMiB, 10),
+		driver.EnvShareToken+"="+v.Remote.Token)
+	if v.Remote.TLS {
+		cmd.Env = append(cmd.Env, driver.EnvShareCA+"="+d.cfg.ShareCA)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	t0 := time.Now()
+	if err := cmd.Run(); err != nil {
+		return errdefs.Wrap(errdefs.Unavailable, err, "mount volume %s from node %s: %s", v.Name, v.Remote.Node, strings.TrimSpace(stderr.String()))
+	}
+	d.log.Info("volume of another node mounted", "volume", v.Volume, "node", v.Remote.Node, "took", time.Since(t0))
+	return nil
+}
+
+// unmountShares unmounts the other nodes' volumes that spec (a deleted
+// container) used and no other container of this node uses.
+func (d *Driver) unmountShares(spec driver.Spec) {
+	want := map[string]bool{}
+	for _, v := range spec.Options.Volumes {
+		if v.Remote != nil {
+			want[v.Volume] = true
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	d.shareMu.Lock()
+	defer d.shareMu.Unlock()
+	ents, _ := os.ReadDir(filepath.Join(d.cfg.Root, "containers"))
+	for _, e := range ents {
+		if e.Name() == spec.ID {
+			continue
+		}
+		if _, other, err := d.loadSpec(e.Name()); err == nil {
+			for _, v := range other.Options.Volumes {
+				delete(want, v.Volume)
+			}
+		}
+	}
+	for id := range want {
+		dir := shareDir(filepath.Join(d.cfg.Root, "volumes"), id)
+		if !mounted(dir) {
+			continue
+		}
+		if out, err := exec.Command("fusermount3", "-u", "-z", dir).CombinedOutput(); err != nil {
+			d.log.Warn("unmount volume of another node", "volume", id, "err", err, "output", string(out))
+			continue
+		}
+		os.Remove(dir)
+	}
+}
+
+// mounted reports whether dir is a mount point (in /proc/self/mountinfo).
+func mounted(dir string) bool {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && unescapeMountPath(fields[4]) == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space ...).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
