@@ -353,14 +353,17 @@ func TestMigrations(t *testing.T) {
 		resp, b = e.migrate(id, "begin", nil)
 		wantError(t, resp, b, http.StatusConflict, "InvalidArgument", "instance "+id+" has 1 snapshot(s), kept on its compute node: delete them before migrating it")
 
-		resp, b = e.post("/alice/volumes", map[string]any{"name": "migvol"})
-		wantStatus(t, resp, b, http.StatusCreated)
+		// A Docker volume lives on its node (shared ones move with the
+		// instance: TestVolumesAcrossNodes).
+		if _, err := e.st.CreateVolume(e.ctx, store.Volume{OwnerID: e.alice.ID, Name: "migvol", Type: "local", SizeMiB: 10240}); err != nil {
+			t.Fatal(err)
+		}
 		wv := e.createMachine("mig-vol", map[string]any{"volumes": []map[string]any{{"name": "migvol", "mountpoint": "/data"}}})
 		wid := wv["id"].(string)
 		e.waitState(wid, "running")
 		resp, b = e.migrate(wid, "automatic", nil)
 		wantStatus(t, resp, b, http.StatusConflict)
-		if !strings.Contains(string(b), "with a volume cannot be migrated") {
+		if !strings.Contains(string(b), "with one cannot be migrated") {
 			t.Errorf("volume refusal: %s", b)
 		}
 	})

@@ -106,8 +106,9 @@ func (ms *migrations) cancel(id string) bool {
 }
 
 // migrationAllowed refuses to move an instance that cannot move: a VM, one
-// on no node or not settled, one with volumes (their storage is on its
-// node) or snapshots (kept on its node).
+// on no node or not settled, one with Docker volumes (their storage is on
+// its node; shared volumes are mounted from any node) or snapshots (kept on
+// its node).
 func (s *Service) migrationAllowed(ctx context.Context) store.MigrationCheck {
 	return func(in store.Instance) error {
 		switch {
@@ -124,9 +125,21 @@ func (s *Service) migrationAllowed(ctx context.Context) store.MigrationCheck {
 			} `json:"options"`
 		}
 		json.Unmarshal(in.Spec, &spec)
-		if n := len(spec.Options.Volumes); n > 0 {
-			return errdefs.Conflictf("instance %s mounts %d volume(s) (first at %s) whose storage is on its compute node: "+
-				"an instance with a volume cannot be migrated", in.ID, n, spec.Options.Volumes[0].Destination)
+		if len(spec.Options.Volumes) > 0 {
+			ids := make([]string, len(spec.Options.Volumes))
+			for i, v := range spec.Options.Volumes {
+				ids[i] = v.Volume
+			}
+			homes, err := s.Store.VolumeHomes(ctx, ids)
+			if err != nil {
+				return err
+			}
+			for _, v := range spec.Options.Volumes {
+				if h := homes[v.Volume]; h.Type != VolumeTypeTritonNFS || h.Node.NodeID == "" {
+					return errdefs.Conflictf("instance %s mounts a volume at %s whose storage is on its compute node (a Docker volume): "+
+						"an instance with one cannot be migrated; shared volumes (triton volume create) move with it", in.ID, v.Destination)
+				}
+			}
 		}
 		snaps, err := s.Store.ListSnapshots(ctx, in.OwnerID, in.ID)
 		if err != nil {

@@ -2,8 +2,6 @@ package workloads
 
 import (
 	"encoding/json"
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -243,13 +241,6 @@ func TestMigrations(t *testing.T) {
 		errOut = c.triFails(t, c.Owner, "inst", "migration", "get", "nosuchinst")
 		if !strings.Contains(errOut, "no instance") && !strings.Contains(errOut, "not found") {
 			t.Errorf("get of no instance: %s", errOut)
-		}
-		vol := "migvol-" + fmt.Sprint(os.Getpid())
-		c.tri(t, "volume", "create", "-w", "-n", vol)
-		wv, _ := c.createAs(t, c.Owner, "mg4", "busybox@1.36", "g1-nano-256M", "--network", pub.Name, "-v", vol+":/data")
-		errOut = c.triFails(t, c.Owner, "inst", "migration", "automatic", wv.ID)
-		if !strings.Contains(errOut, "volume") {
-			t.Errorf("migration of an instance with a volume: %s", errOut)
 		}
 	})
 }

@@ -149,6 +149,21 @@ func TestVolumesAcrossNodes(t *testing.T) {
 			t.Fatalf("after a restart nb reads %q", got)
 		}
 	})
+	t.Run("Migration", func(t *testing.T) {
+		// A shared volume moves with its container: on the new node it is
+		// mounted from the volume's node (or is local there).
+		c.timed(t, "migration automatic -w of a container with a shared volume", "inst", "migration", "automatic", "-w", "nb")
+		if now := c.nodeOf(t, b.ID); now != na {
+			t.Fatalf("nb on %q after its migration, want %s", now, na)
+		}
+		nb = na
+		if got := c.execOn(t, nb, b.ID, "cat /data/b; echo after-move > /data/moved"); got != "from-nb\n" {
+			t.Fatalf("after the move nb reads %q", got)
+		}
+		if got := c.execOn(t, na, a.ID, "cat /data/moved"); got != "after-move\n" {
+			t.Fatalf("na reads %q of what the moved nb wrote", got)
+		}
+	})
 	t.Run("ErrInUse", func(t *testing.T) {
 		if _, errOut, err := c.tritonAs(c.Owner, "volume", "delete", "-f", "shared"); err == nil || !strings.Contains(errOut, "in use") {
 			t.Fatalf("deleting a volume in use on two nodes: %v %s", err, errOut)

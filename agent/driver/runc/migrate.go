@@ -124,8 +124,10 @@ func (d *Driver) RemoveLocal(ctx context.Context, id string) error {
 			return errdefs.Wrap(errdefs.Internal, err, "unmount rootfs of %s", id)
 		}
 	}
+	_, spec, _ := d.loadSpec(id)
 	if err := os.RemoveAll(bundle); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "remove container %s", id)
 	}
+	d.unmountShares(spec)
 	return nil
 }

@@ -147,7 +147,9 @@ func (d *Driver) unmountShares(spec driver.Spec) {
 	}
 }
 
-// mounted reports whether dir is a mount point (in /proc/self/mountinfo).
+// mounted reports whether dir is a mount point (in /proc/self/mountinfo:
+// unlike isMountPoint, it sees a FUSE mount whose server is gone, which
+// stat cannot).
 func mounted(dir string) bool {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
