@@ -122,6 +122,25 @@ func (s *Server) ownedVMWithDisks(r *http.Request) (store.Instance, error) {
 	return in, s.svc.CheckDisksVisible(r.Context(), in)
 }
 
+// addDisks adds a flexible-disk VM's disks, "flexible" and "free_space"
+// to its machine object m, as GetMachine shows them.
+func (s *Server) addDisks(r *http.Request, in store.Instance, m map[string]any) error {
+	if machineType(in.Brand) != "virtualmachine" || s.svc.CheckDisksVisible(r.Context(), in) != nil {
+		return nil
+	}
+	list, err := s.store.ListDisks(r.Context(), in.OwnerID, in.ID)
+	if err != nil {
+		return err
+	}
+	disks := make([]any, 0, len(list))
+	for _, d := range list {
+		disks = append(disks, diskJSON(d))
+	}
+	quota, used := service.DiskSpace(in, list)
+	m["flexible"], m["disks"], m["free_space"] = true, disks, max(quota-used, 0)
+	return nil
+}
+
 func (s *Server) listDisks(w http.ResponseWriter, r *http.Request) error {
 	in, err := s.ownedVMWithDisks(r)
 	if err != nil {

@@ -130,6 +130,26 @@ func TestMachineDisks(t *testing.T) {
 		resp, b := e.do(request{method: "HEAD", path: path})
 		wantStatus(t, resp, b, http.StatusOK)
 	}
+	t.Run("GetMachine", func(t *testing.T) {
+		resp, b := e.get("/alice/machines/" + id)
+		wantStatus(t, resp, b, http.StatusOK)
+		var m struct {
+			Flexible  bool
+			FreeSpace int64 `json:"free_space"`
+			Disks     []struct {
+				ID   string
+				Size int64
+				Boot bool
+			}
+		}
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		// 2048 MiB of the package, 512 for the boot disk, 256 for the other.
+		if !m.Flexible || m.FreeSpace != 2048-512-256 || len(m.Disks) != 2 || m.Disks[0].ID != boot || !m.Disks[0].Boot || m.Disks[1].Size != 256 {
+			t.Errorf("GetMachine of a flexible-disk VM: %s", b)
+		}
+	})
 
 	t.Run("ErrRunning", func(t *testing.T) {
 		resp, b := e.post(base, map[string]any{"size": 128})

@@ -232,6 +232,9 @@ func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	m := machineJSON(in, r.URL.Query().Get("credentials") == "true")
+	if err := s.addDisks(r, in, m); err != nil {
+		return err
+	}
 	if s.cfg.CNS.Suffix != "" {
 		acct, err := s.store.AccountByID(r.Context(), in.OwnerID)
 		if err != nil {

@@ -119,6 +119,12 @@ func createDisks(img store.Image, pkg store.Package, brand string, req []DiskReq
 
 // diskQuota returns how much disk the VM's package gives it and how much
 // its disks (all but skip, and those being deleted) use.
+// DiskSpace returns the disk a flexible-disk VM's package gives it and
+// what its disks use of it (GetMachine's free_space is the difference).
+func DiskSpace(in store.Instance, disks []store.Disk) (quota, used int64) {
+	return diskQuota(in, disks, "")
+}
+
 func diskQuota(in store.Instance, disks []store.Disk, skip string) (quota, used int64) {
 	for _, d := range disks {
 		if d.ID != skip && d.Pending != store.DiskDelete {
