@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/google/uuid"
@@ -215,18 +214,39 @@ func (s *Store) VolumeHomes(ctx context.Context, ids []string) (map[string]Volum
 	return out, translate(rows.Err())
 }
 
-// sqlPickVolumeHome is the running, undrained runc node with the fewest
-// live volumes (ties broken at random).
-const sqlPickVolumeHome = `SELECT n.id::text FROM nodes n WHERE n.driver LIKE '%runc%' AND n.state = 'running' AND NOT n.drained
-ORDER BY (SELECT count(*) FROM volumes v WHERE v.node_id = n.id AND v.state <> 'deleted'), random() LIMIT 1`
+// sqlVolumeHomeCandidates are the running, undrained runc nodes, those
+// holding the fewest live volumes first (ties broken at random).
+const sqlVolumeHomeCandidates = `SELECT n.id::text FROM nodes n WHERE n.driver LIKE '%runc%' AND n.state = 'running' AND NOT n.drained
+ORDER BY (SELECT count(*) FROM volumes v WHERE v.node_id = n.id AND v.state <> 'deleted'), random()`
 
-// PickVolumeHome returns the node a new shared volume should live on, or
-// "" when no node can hold one.
-func (s *Store) PickVolumeHome(ctx context.Context) (string, error) {
-	var id string
-	err := s.pool.QueryRow(ctx, sqlPickVolumeHome).Scan(&id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", nil
+// VolumeHomeCandidates returns the nodes a new shared volume may live on,
+// the best first.
+func (s *Store) VolumeHomeCandidates(ctx context.Context) ([]string, error) {
+	rows, _ := s.pool.Query(ctx, sqlVolumeHomeCandidates)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return out, translate(err)
+}
+
+const sqlOwnerResidents = `SELECT id::text, name, tags, node_id::text FROM instances
+WHERE owner_id = $1 AND node_id IS NOT NULL AND desired_state <> 'deleted' AND state <> 'deleted'`
+
+// OwnerResidents returns owner's placed, live instances.
+func (s *Store) OwnerResidents(ctx context.Context, owner string) ([]PlacedInstance, error) {
+	if !validUUID(owner) {
+		return nil, nil
 	}
-	return id, translate(err)
+	rows, err := s.pool.Query(ctx, sqlOwnerResidents, owner)
+	if err != nil {
+		return nil, translate(err)
+	}
+	defer rows.Close()
+	var out []PlacedInstance
+	for rows.Next() {
+		p := PlacedInstance{OwnerID: owner}
+		if err := rows.Scan(&p.ID, &p.Name, &p.Tags, &p.NodeID); err != nil {
+			return nil, translate(err)
+		}
+		out = append(out, p)
+	}
+	return out, translate(rows.Err())
 }

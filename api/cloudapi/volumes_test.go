@@ -73,7 +73,9 @@ func TestVolumes(t *testing.T) {
 			{map[string]any{"name": "bad/name"}, "InvalidArgument", `invalid volume name "bad/name": use up to 256 letters, digits, '_', '.' or '-', starting with a letter or digit`},
 			{map[string]any{"name": "t", "type": "nfs"}, "InvalidArgument", `volume type "nfs" is not supported: use tritonnfs`},
 			{map[string]any{"name": "s", "size": "ten"}, "InvalidArgument", "size must be a positive number of MiB"},
-			{map[string]any{"name": "n", "networks": []string{"x"}}, "InvalidArgument", "volume networks are not supported: a volume is reached through the node of the instances that mount it; leave out networks (-N)"},
+			{map[string]any{"name": "n", "networks": []string{"x"}}, "InvalidArgument", "volume networks are not supported: nodes reach a shared volume over their own network; leave out networks (-N)"},
+			{map[string]any{"name": "a", "affinity": []string{"instance=web"}}, "InvalidArgument", "could not find operator in affinity rule: expected one of \"==\", \"!=\": \"instance=web\""},
+			{map[string]any{"name": "a", "affinity": []string{"instance==web"}}, "InsufficientCapacity", "no node can hold volume a (this cloud runs no runc node), so its affinity rules cannot be met"},
 		} {
 			resp, b := e.post("/alice/volumes", tc.body)
 			wantError(t, resp, b, http.StatusConflict, tc.code, tc.msg)

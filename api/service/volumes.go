@@ -16,11 +16,13 @@ import (
 	"encoding/hex"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
 	"flotilla/agent/driver"
 	"flotilla/api/errdefs"
+	"flotilla/scheduler"
 	"flotilla/store"
 )
 
@@ -89,10 +91,14 @@ func (s *Service) CreateVolume(ctx context.Context, c Caller, req VolumeRequest)
 		return store.Volume{}, errdefs.InvalidArgument("invalid volume name %q: use up to 256 letters, digits, '_', '.' or '-', starting with a letter or digit", req.Name)
 	}
 	if len(req.Networks) > 0 {
-		return store.Volume{}, errdefs.InvalidArgument("volume networks are not supported: a volume is reached through the node of the instances that mount it; leave out networks (-N)")
+		return store.Volume{}, errdefs.InvalidArgument("volume networks are not supported: nodes reach a shared volume over their own network; leave out networks (-N)")
 	}
-	if len(req.Affinity) > 0 {
-		return store.Volume{}, errdefs.InvalidArgument("volume affinity is not supported: a volume lives on the node of the first instance that mounts it, so give that instance the affinity rule instead")
+	if len(req.Affinity) > 0 && req.Type != VolumeTypeTritonNFS {
+		return store.Volume{}, errdefs.InvalidArgument("affinity is for shared volumes (%s): a %s volume lives on the node of the first container that mounts it", VolumeTypeTritonNFS, req.Type)
+	}
+	rules, err := scheduler.ParseRules(req.Affinity)
+	if err != nil {
+		return store.Volume{}, err
 	}
 	if req.SizeMiB == 0 {
 		req.SizeMiB = DefaultVolumeSizeMiB
@@ -110,7 +116,7 @@ func (s *Service) CreateVolume(ctx context.Context, c Caller, req VolumeRequest)
 		// A shared volume gets its node now: instances on any node mount it
 		// from there. Without a node that can hold one, the first instance
 		// that mounts it gives it its own.
-		home, err := s.Store.PickVolumeHome(ctx)
+		home, err := s.volumeHome(ctx, c.AccountID, req.Name, rules)
 		if err != nil {
 			return store.Volume{}, err
 		}
@@ -124,6 +130,67 @@ func (s *Service) CreateVolume(ctx context.Context, c Caller, req VolumeRequest)
 	}
 	s.Log.Info("volume created", "account", c.Login, "volume", v.ID, "name", v.Name, "type", v.Type)
 	return v, nil
+}
+
+// volumeHome picks the node a new shared volume lives on: among the nodes
+// that can hold one, those its hard affinity rules allow (rules name the
+// owner's instances, as an instance's do), with the most soft rules met,
+// the one holding the fewest volumes. It returns "" without such nodes and
+// rules (the first instance that mounts the volume gives it its node), and
+// Conflict when rules leave no node.
+func (s *Service) volumeHome(ctx context.Context, owner, name string, rules []scheduler.Rule) (string, error) {
+	nodes, err := s.Store.VolumeHomeCandidates(ctx)
+	if err != nil {
+		return "", err
+	}
+	if len(rules) == 0 || len(nodes) == 0 {
+		if len(nodes) == 0 && len(rules) > 0 {
+			return "", &errdefs.Error{Code: errdefs.Conflict, Reason: "InsufficientCapacity",
+				Message: "no node can hold volume " + name + " (this cloud runs no runc node), so its affinity rules cannot be met"}
+		}
+		if len(nodes) == 0 {
+			return "", nil
+		}
+		return nodes[0], nil
+	}
+	residents, err := s.Store.OwnerResidents(ctx, owner)
+	if err != nil {
+		return "", err
+	}
+	on := map[string][]scheduler.Resident{}
+	for _, r := range residents {
+		on[r.NodeID] = append(on[r.NodeID], scheduler.Resident{ID: r.ID, OwnerID: owner, Name: r.Name, Tags: r.Tags, NodeID: r.NodeID})
+	}
+	best, bestSoft := "", -1
+	for _, n := range nodes {
+		soft, ok := 0, true
+		for _, rule := range rules {
+			matched := slices.ContainsFunc(on[n], rule.Matches)
+			met := matched == (rule.Operator == scheduler.OpEqual)
+			if rule.Soft {
+				if met {
+					soft++
+				}
+				continue
+			}
+			if !met {
+				ok = false
+				break
+			}
+		}
+		if ok && soft > bestSoft {
+			best, bestSoft = n, soft
+		}
+	}
+	if best == "" {
+		texts := make([]string, len(rules))
+		for i, r := range rules {
+			texts[i] = r.String()
+		}
+		return "", &errdefs.Error{Code: errdefs.Conflict, Reason: "InsufficientCapacity",
+			Message: "no node that can hold volume " + name + " meets its affinity rules (" + strings.Join(texts, ", ") + ")"}
+	}
+	return best, nil
 }
 
 func containsSize(n int64) bool {

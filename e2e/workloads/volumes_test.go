@@ -149,6 +149,25 @@ func TestVolumesAcrossNodes(t *testing.T) {
 			t.Fatalf("after a restart nb reads %q", got)
 		}
 	})
+	t.Run("Affinity", func(t *testing.T) {
+		// A volume created next to na lives on na's node: nb, on the other
+		// node, mounts it from there.
+		c.tri(t, "volume", "create", "-n", "near", "-a", "instance==na", "-w")
+		var near struct{ ID string }
+		if err := json.Unmarshal([]byte(c.tri(t, "volume", "get", "near")), &near); err != nil {
+			t.Fatal(err)
+		}
+		nc, _ := c.createAs(t, c.Owner, "nc", "busybox@1.36", "g1-nano-256M", "--network", pub.Name, "-v", "near:/near", "-a", "instance==nb")
+		if m := MountsContaining(filepath.Join("nodes", nb, "runc", "shares", near.ID)); len(m) != 1 {
+			t.Errorf("nc on %s does not mount near from na's node: %v", nb, m)
+		}
+		c.tri(t, "inst", "delete", "-f", "-w", nc.ID)
+		c.tri(t, "volume", "delete", "-f", "-w", "near")
+		errOut := c.triFails(t, c.Owner, "volume", "create", "-n", "far", "-a", "instance==nosuch")
+		if !strings.Contains(errOut, "meets its affinity rules") {
+			t.Errorf("a volume whose affinity no node meets: %s", errOut)
+		}
+	})
 	t.Run("Migration", func(t *testing.T) {
 		// A shared volume moves with its container: on the new node it is
 		// mounted from the volume's node (or is local there).
