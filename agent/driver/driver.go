@@ -408,7 +408,9 @@ type VolumeMount struct {
 	Name        string `json:",omitempty"` // the volume's name, for inspect
 	Destination string // absolute path in the container
 	ReadOnly    bool   `json:",omitempty"`
-	SizeMiB     int64  `json:",omitempty"` // the volume's size (0: unknown)
+	// SizeMiB is the volume's size: a driver that can enforce it gives the
+	// volume a filesystem of that size (0: no limit, as older volumes).
+	SizeMiB int64 `json:",omitempty"`
 	// Remote is set when the volume's storage lives on another node: the
 	// driver mounts that node's share of it (see VolumeSharer) instead of
 	// local storage.
@@ -428,6 +430,15 @@ type RemoteVolume struct {
 // (of sizeMiB, when it has a size) if this is its first use.
 type VolumeSharer interface {
 	VolumeDir(ctx context.Context, id string, sizeMiB int64) (string, error)
+}
+
+// VolumeRemover is implemented by drivers that keep volumes' storage on the
+// node: a deleted volume's storage is reclaimed.
+type VolumeRemover interface {
+	// RemoveVolume removes the storage of volume id from the node. It
+	// returns Conflict while a container of the node mounts it; removing a
+	// volume the node does not have is not an error.
+	RemoveVolume(ctx context.Context, id string) error
 }
 
 // Ulimit is one resource limit (setrlimit) of a container's processes.

@@ -77,6 +77,9 @@ func (o ContainerOptions) Check() error {
 		if !path.IsAbs(v.Destination) || path.Clean(v.Destination) == "/" || strings.ContainsAny(v.Destination, ",:") {
 			return errdefs.InvalidArgument("invalid volume mount point %q: give an absolute path other than /", v.Destination)
 		}
+		if v.SizeMiB < 0 {
+			return errdefs.InvalidArgument("invalid size %d MiB of volume %s", v.SizeMiB, v.Volume)
+		}
 		if d := path.Clean(v.Destination); seen[d] {
 			return errdefs.InvalidArgument("duplicate mount point: %s", d)
 		} else {

@@ -16,6 +16,8 @@
 //	containers/<id>/    the bundle: config.json, spec.json, rootfs/, upper/,
 //	                    work/, shim.json, status.json, exit.json,
 //	                    container.log[.N], attach.sock, runc.log, shim.log
+//	volumes/<id>/       a volume's storage: _data/, on which disk.img is
+//	                    loop-mounted when the volume has a size (volumes.go)
 //
 // Imports: standard library, agent/driver, agent/network, oci, api/errdefs,
 // go-containerregistry, go-runc, containerd/console, creack/pty,
@@ -94,6 +96,7 @@ type Driver struct {
 	layers  map[string]*sync.Mutex // per layer digest, while unpacking
 
 	shareMu sync.Mutex // mounts of other nodes' volumes
+	vols    volumes    // volumes' storage (volumes.go)
 }
 
 var (
@@ -247,6 +250,9 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 	}
 	s, err := buildSpec(spec, cf, bundle, rootfs, netnsPath)
 	if err != nil {
+		return err
+	}
+	if err := d.mountVolumes(ctx, spec.Options.Volumes); err != nil {
 		return err
 	}
 	if err := applyOptions(s, spec.Options, filepath.Join(d.cfg.Root, "volumes")); err != nil {
@@ -499,6 +505,10 @@ func (d *Driver) StartWith(ctx context.Context, id string, opts driver.StartOpti
 		return errdefs.Wrap(errdefs.Internal, err, "mount rootfs of %s", id)
 	}
 	if err := d.mountShares(ctx, spec); err != nil {
+		return err
+	}
+	// Volumes' filesystems are unmounted after a reboot too.
+	if err := d.mountVolumes(ctx, spec.Options.Volumes); err != nil {
 		return err
 	}
 	if _, ok := primaryNIC(spec.NICs); ok && !network.NetNSExists(network.NetNSName(id)) {

@@ -27,15 +27,6 @@ import (
 
 var _ driver.VolumeSharer = (*Driver)(nil)
 
-// VolumeDir implements driver.VolumeSharer: the directory of volume id on
-// this node, made on its first use.
-func (d *Driver) VolumeDir(ctx context.Context, id string, sizeMiB int64) (string, error) {
-	if !driver.ValidVolumeID(id) {
-		return "", errdefs.NotFoundf("volume %s not found", id)
-	}
-	return volumeDir(filepath.Join(d.cfg.Root, "volumes"), id)
-}
-
 // shareDir is where volume id of another node is mounted on this one.
 func shareDir(volumeRoot, id string) string {
 	return filepath.Join(filepath.Dir(volumeRoot), "shares", id)
@@ -165,23 +156,4 @@ func mounted(dir string) bool {
 		}
 	}
 	return false
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space ...).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
