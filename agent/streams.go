@@ -105,6 +105,9 @@ type StreamServer struct {
 	// Migration carries out a migration's request on an instance of this
 	// node: "release", "remove" or "discard" (see streams_migrate.go).
 	Migration func(ctx context.Context, id, op string) error
+	// VolumeRemoveWait is how long a volume removal waits for containers
+	// that still mount the volume (default DefaultVolumeRemoveWait).
+	VolumeRemoveWait time.Duration
 
 	mu      sync.Mutex
 	pending map[string]int // attaches waiting for their process, by instance
@@ -145,6 +148,7 @@ func NewStreamServer(drv driver.Driver, token string, log *slog.Logger) *StreamS
 	s.diffRoutes(m, p)
 	s.migrationRoutes(m, p)
 	m.HandleFunc("POST "+wire.VolumeSharePath, s.handle(s.share))
+	s.volumeRoutes(m)
 	m.HandleFunc("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.NotFoundf("no stream route %s %s", r.Method, r.URL.Path)
 	}))

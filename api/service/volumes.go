@@ -19,9 +19,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"flotilla/agent/driver"
 	"flotilla/api/errdefs"
+	"flotilla/api/nodeclient"
 	"flotilla/scheduler"
 	"flotilla/store"
 )
@@ -202,15 +204,45 @@ func containsSize(n int64) bool {
 	return false
 }
 
-// DeleteVolume removes c's volume (by id or name). NotFound if there is
-// none, Conflict (VolumeInUse) while an instance mounts it.
+// DeleteVolume removes c's volume (by id or name) and then its storage on
+// its node. NotFound if there is none, Conflict (VolumeInUse) while an
+// instance mounts it. The row is the truth: a node that cannot remove the
+// storage is logged, and the volume is deleted all the same.
 func (s *Service) DeleteVolume(ctx context.Context, c Caller, idOrName string) (store.Volume, error) {
 	v, err := s.Store.DeleteVolume(ctx, c.AccountID, idOrName)
 	if err != nil {
 		return store.Volume{}, err
 	}
 	s.Log.Info("volume deleted", "account", c.Login, "volume", v.ID, "name", v.Name)
+	if v.NodeID != nil {
+		s.removeVolumeStorage(ctx, v)
+	}
 	return v, nil
+}
+
+// volumeRemoveTimeout bounds the wait for a node to remove a deleted
+// volume's storage (the node waits up to agent.DefaultVolumeRemoveWait for
+// containers that are on their way out).
+const volumeRemoveTimeout = 20 * time.Second
+
+// removeVolumeStorage asks the node of deleted volume v to remove its
+// storage, logging a failure.
+func (s *Service) removeVolumeStorage(ctx context.Context, v store.Volume) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), volumeRemoveTimeout)
+	defer cancel()
+	log := s.Log.With("volume", v.ID, "node", *v.NodeID)
+	ns, err := s.Store.NodeStream(ctx, *v.NodeID)
+	if err == nil {
+		err = s.nodeClient().RemoveVolume(ctx, nodeclient.Node{ID: ns.NodeID, Address: ns.Address, Token: ns.Token}, v.ID)
+	}
+	switch {
+	case err == nil:
+		log.Info("volume storage removed")
+	case errdefs.Is(err, errdefs.NotImplemented):
+		log.Info("volume storage not removed: its node keeps none", "err", err)
+	default:
+		log.Warn("volume storage not removed from its node", "err", err)
+	}
 }
 
 // MountRequest asks for a volume at a path of a new container: by name
@@ -258,7 +290,7 @@ func (s *Service) ResolveMounts(ctx context.Context, c Caller, reqs []MountReque
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, driver.VolumeMount{Volume: v.ID, Name: v.Name, Destination: dst, ReadOnly: m.ReadOnly})
+		out = append(out, driver.VolumeMount{Volume: v.ID, Name: v.Name, Destination: dst, ReadOnly: m.ReadOnly, SizeMiB: v.SizeMiB})
 	}
 	return out, nil
 }

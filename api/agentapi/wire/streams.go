@@ -73,6 +73,10 @@ import (
 //	       with OpenSSH's extensions) over the volume's files: another node's
 //	       sshfs mounts it for its instances. Its bearer token is
 //	       VolumeShareToken(stream token, id), never the stream token
+//	DELETE /streams/v1/volumes/{id}                               -> 204: remove a deleted
+//	       volume's storage from the node (none there is not an error); Conflict
+//	       while a container of the node still mounts it, after waiting a while
+//	       for such containers to be deleted
 //
 // Upgrades: the request has "Connection: Upgrade" and "Upgrade: tcp"; the
 // answer is "101 Switching Protocols" with header StreamTTYHeader ("1" for a
