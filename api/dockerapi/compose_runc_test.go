@@ -239,6 +239,10 @@ func TestDockerComposeRunc(t *testing.T) {
 		if out := e.ok("alice", "volume", "ls", "-q"); out != "" {
 			t.Fatalf("volumes left after down -v: %q", out)
 		}
+		// The volume's storage left the node with it.
+		if ents, err := os.ReadDir(filepath.Join(re.root, "volumes")); err != nil || len(ents) != 0 {
+			t.Fatalf("volume storage left on the node after down -v: %v, %v", ents, err)
+		}
 		if out := e.ok("alice", compose("ps", "-a", "-q")...); out != "" {
 			t.Fatalf("compose ps -a after down -v: %q", out)
 		}

@@ -94,6 +94,7 @@ func newRuncEnv(t *testing.T) *runcEnv {
 	images, err := agent.NewImageSource(agent.ImageSourceConfig{CacheDir: filepath.Join(dataDir, "images"), DataDir: dataDir})
 	must(t, err)
 	root := filepath.Join(dataDir, "runc")
+	t.Cleanup(func() { unmountVolumes(t, root) })
 	drv, err := runc.New(runc.Config{Root: root, Images: images, ShimArgs: []string{}, ShimEnv: []string{shimEnv + "=1"}, Logger: log})
 	must(t, err)
 	// The node's resolver, on the gateways of the networks it has instances on.

@@ -1,12 +1,15 @@
 package dockerapi
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestDockerRuncVolumes: docker volume create/ls/inspect/rm/prune and the
@@ -107,10 +110,37 @@ func TestDockerRuncVolumes(t *testing.T) {
 		}
 		e.fails("alice", 1, "no such volume", "volume", "rm", "data1")
 	})
-	// The storage is the node's, under the driver's root.
-	if _, err := os.Stat(filepath.Join(re.root, "volumes")); err != nil {
-		t.Errorf("no volume storage under the driver root: %v", err)
+	// The storage is the node's, under the driver's root, and each
+	// deleted volume's went with it (volume rm, rm -v, prune).
+	if ents, err := os.ReadDir(filepath.Join(re.root, "volumes")); err != nil || len(ents) != 0 {
+		t.Errorf("volume storage under the driver root after every volume's deletion: %v, %v", ents, err)
 	}
+	t.Run("Quota", func(t *testing.T) {
+		e := e.with(t)
+		e.ok("alice", "volume", "create", "-o", "size=16M", "quota")
+		_, errOut, code := e.run("alice", "run", "--rm", "-v", "quota:/d", "busybox", "sh", "-c", "dd if=/dev/zero of=/d/f bs=1M count=40")
+		if code == 0 || !strings.Contains(errOut, "No space left on device") {
+			t.Fatalf("writing 40 MiB to a 16 MiB volume: exit %d, %q", code, errOut)
+		}
+		out := e.ok("alice", "run", "--rm", "-v", "quota:/d", "busybox", "df", "-k", "/d")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if f := strings.Fields(lines[len(lines)-1]); len(f) < 2 || len(f[1]) != 5 || f[1] > "16384" || f[1] < "12288" {
+			t.Errorf("df of a 16 MiB volume: %q", out)
+		}
+		acct, err := e.st.AccountByLogin(context.Background(), "alice")
+		must(t, err)
+		v, err := e.st.GetVolume(context.Background(), acct.ID, "quota")
+		must(t, err)
+		dir := filepath.Join(re.root, "volumes", v.ID)
+		if _, err := os.Stat(filepath.Join(dir, "disk.img")); err != nil {
+			t.Fatalf("the volume's image on the node: %v", err)
+		}
+		// The last --rm container may still be leaving the node.
+		e.ok("alice", "volume", "rm", "quota")
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("%s is left on the node after volume rm: %v", dir, err)
+		}
+	})
 }
 
 // waitGone waits until login has no containers left (--rm is async).
@@ -126,3 +156,16 @@ func waitGone(t *testing.T, e *testEnv, login string) {
 }
 
 func sleepBrief() { time.Sleep(100 * time.Millisecond) }
+
+// unmountVolumes unmounts the volumes' filesystems a test left mounted on
+// the node whose driver root is root (a failed test's, or volumes it did
+// not delete), so that the temporary directory can go.
+func unmountVolumes(t *testing.T, root string) {
+	ents, _ := os.ReadDir(filepath.Join(root, "volumes"))
+	for _, e := range ents {
+		data := filepath.Join(root, "volumes", e.Name(), "_data")
+		if err := unix.Unmount(data, unix.MNT_DETACH); err == nil {
+			t.Logf("volume %s was left mounted", e.Name())
+		}
+	}
+}
