@@ -439,6 +439,11 @@ type VolumeRemover interface {
 	// returns Conflict while a container of the node mounts it; removing a
 	// volume the node does not have is not an error.
 	RemoveVolume(ctx context.Context, id string) error
+	// ReleaseVolumes unmounts what the node mounted for volumes that no
+	// running container uses, keeping their storage: the next start mounts
+	// it again. `flotilla dev` calls it when it stops, to leave nothing
+	// mounted on the host.
+	ReleaseVolumes(ctx context.Context) error
 }
 
 // Ulimit is one resource limit (setrlimit) of a container's processes.

@@ -33,6 +33,8 @@ func (d *volumeDriver) RemoveVolume(ctx context.Context, id string) error {
 	return nil
 }
 
+func (d *volumeDriver) ReleaseVolumes(ctx context.Context) error { return nil }
+
 // TestRemoveVolume: the node removes a deleted volume's storage, waiting a
 // while for the containers that still mount it; a driver without volumes
 // answers NotImplemented.

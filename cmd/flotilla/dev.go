@@ -298,11 +298,12 @@ type agentGroup struct {
 
 // stop ends the agents, then stops the containers and VMs they run and
 // gives back what those hold on the host (overlay mounts, network
-// namespaces, veths, taps, cgroups), and deletes the bridges (with their
-// iptables rules) that this run created and nothing uses any more. So
-// `flotilla dev` leaves nothing of its own on the host and its data
-// directory can be removed; the next start brings back what is desired
-// running. A standalone agent never does this: it adopts running workloads.
+// namespaces, veths, taps, cgroups, volumes' mounts), and deletes the
+// bridges (with their iptables rules) that this run created and nothing
+// uses any more. So `flotilla dev` leaves nothing of its own on the host
+// and its data directory can be removed; the next start brings back what
+// is desired running. A standalone agent never does this: it adopts
+// running workloads.
 func (g *agentGroup) stop() {
 	g.cancel()
 	done := make(chan struct{})
@@ -341,6 +342,13 @@ func (g *agentGroup) stop() {
 		}
 	}
 	wg.Wait()
+	for _, d := range g.drivers {
+		if r, ok := d.(driver.VolumeRemover); ok {
+			if err := r.ReleaseVolumes(ctx); err != nil {
+				g.log.Warn("unmounting volumes", "driver", d.Name(), "error", err)
+			}
+		}
+	}
 	if g.resolver != nil {
 		g.resolver.Close()
 	}

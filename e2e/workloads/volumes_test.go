@@ -12,8 +12,9 @@ import (
 )
 
 // TestVolumes drives CloudAPI volumes with the triton CLI on a runc node:
-// sizes, create -w, ls, get, delete -w, and two containers mounting one
-// volume (read-write and read-only) that see each other's files.
+// sizes, create -w, ls, get, delete -w (which removes the volume's
+// filesystem from its node), and two containers mounting one volume
+// (read-write and read-only) that see each other's files.
 func TestVolumes(t *testing.T) {
 	c := startDev(t, "vol", "runc")
 	pub := c.addNetwork(t, "vol-pub", "")
@@ -91,10 +92,17 @@ func TestVolumes(t *testing.T) {
 		}
 	})
 	t.Run("Delete", func(t *testing.T) {
+		storage := filepath.Join(c.Data, "nodes", "node-1", "runc", "volumes", vol.ID)
+		if _, err := os.Stat(filepath.Join(storage, "disk.img")); err != nil {
+			t.Errorf("vol1's 20G filesystem on the node: %v", err)
+		}
 		c.tri(t, "inst", "delete", "-f", "-w", "vw", "vr")
 		c.tri(t, "volume", "delete", "-f", "-w", "vol1")
 		if _, _, err := c.tritonAs(c.Owner, "volume", "get", "vol1"); err == nil {
 			t.Fatal("vol1 still there after delete -w")
+		}
+		if _, err := os.Stat(storage); !os.IsNotExist(err) {
+			t.Errorf("vol1's storage is left on the node: %v", err)
 		}
 	})
 }

@@ -313,6 +313,45 @@ func (d *Driver) RemoveVolume(ctx context.Context, id string) error {
 	return nil
 }
 
+// ReleaseVolumes implements driver.VolumeRemover: it unmounts the
+// filesystems of volumes no running container of the node uses. (One a
+// container uses stays: unmounted here while the container holds it, it
+// would be mounted a second time by the next container.)
+func (d *Driver) ReleaseVolumes(ctx context.Context) error {
+	ents, err := os.ReadDir(filepath.Join(d.cfg.Root, "volumes"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return errdefs.Wrap(errdefs.Internal, err, "list volumes")
+	}
+	var errs []error
+	for _, e := range ents {
+		if err := d.releaseVolume(ctx, e.Name()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return errdefs.Wrap(errdefs.Internal, errors.Join(errs...), "unmount volumes")
+	}
+	return nil
+}
+
+func (d *Driver) releaseVolume(ctx context.Context, id string) error {
+	unlock := d.vols.lock(id)
+	defer unlock()
+	data := filepath.Join(d.volumePath(id), volumeData)
+	if mounted, err := mountedAt(data); err != nil || !mounted {
+		return err
+	}
+	for _, c := range d.volumeUsers(id) {
+		if d.status(ctx, c, filepath.Join(d.cfg.Root, "containers", c)).State == driver.StateRunning {
+			return nil
+		}
+	}
+	if err := unix.Unmount(data, 0); err != nil {
+		return fmt.Errorf("unmount volume %s: %w", id, err)
+	}
+	return nil
+}
+
 // volumeUsers lists the containers of this node whose spec mounts volume
 // id, running or not.
 func (d *Driver) volumeUsers(id string) []string {

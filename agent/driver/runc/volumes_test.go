@@ -155,11 +155,27 @@ func TestVolumeQuota(t *testing.T) {
 	if out, _ := execOut(t, d, c, "cat", "/data/keep"); out != "kept\n" {
 		t.Errorf("after a remount the container reads %q", out)
 	}
+	// Releasing keeps what a running container uses mounted.
+	must(t, d.ReleaseVolumes(ctx))
+	if ok, _ := mountedAt(data); !ok {
+		t.Fatalf("ReleaseVolumes unmounted a volume a running container uses")
+	}
+	must(t, d.Stop(ctx, c, 0))
 	if err := d.RemoveVolume(ctx, vol); errdefs.CodeOf(err) != errdefs.Conflict {
 		t.Fatalf("RemoveVolume while mounted by a stopped container: %v, want Conflict", err)
 	}
 	if err := d.Delete(ctx, c); err != nil {
 		t.Fatal(err)
+	}
+	must(t, d.ReleaseVolumes(ctx))
+	if ok, _ := mountedAt(data); ok {
+		t.Fatalf("ReleaseVolumes left an unused volume mounted")
+	}
+	if _, err := d.VolumeDir(ctx, vol, 16); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(data, "keep")); err != nil || string(got) != "kept\n" {
+		t.Fatalf("volume mounted again after ReleaseVolumes: %q, %v", got, err)
 	}
 	if !strings.Contains(loopBackingFiles(t), img) {
 		t.Fatalf("no loop device on %s before RemoveVolume", img)
