@@ -155,6 +155,9 @@ func (d *Driver) VolumeDir(ctx context.Context, id string, sizeMiB int64) (strin
 			return "", err
 		}
 		if err := mountVolumeImage(ctx, img, data); err != nil {
+			if ctx.Err() != nil {
+				return "", errdefs.Wrap(errdefs.Unavailable, err, "mount the storage of volume %s", id)
+			}
 			// The node cannot loop-mount after all: keep the volume (and
 			// every later one) a plain directory rather than fail starts.
 			os.Remove(img)
