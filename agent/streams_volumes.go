@@ -31,7 +31,7 @@ func (s *StreamServer) removeVolume(w http.ResponseWriter, r *http.Request) erro
 		return errdefs.New(errdefs.NotImplemented, "the %s driver keeps no volumes on the node", s.drv.Name())
 	}
 	id := r.PathValue("id")
-	if !instanceID.MatchString(id) {
+	if !driver.ValidVolumeID(id) {
 		return errdefs.InvalidArgument("invalid volume id %q", id)
 	}
 	wait := s.VolumeRemoveWait

@@ -132,8 +132,11 @@ func (d *Driver) mountVolumes(ctx context.Context, vols []driver.VolumeMount) er
 // returns Invalid for a bad id or size, Internal when the storage cannot
 // be made or mounted.
 func (d *Driver) VolumeDir(ctx context.Context, id string, sizeMiB int64) (string, error) {
-	if err := (driver.ContainerOptions{Volumes: []driver.VolumeMount{{Volume: id, Destination: "/v", SizeMiB: sizeMiB}}}).Check(); err != nil {
-		return "", err
+	if !driver.ValidVolumeID(id) {
+		return "", errdefs.InvalidArgument("invalid volume id %q", id)
+	}
+	if sizeMiB < 0 {
+		return "", errdefs.InvalidArgument("invalid size %d MiB of volume %s", sizeMiB, id)
 	}
 	unlock := d.vols.lock(id)
 	defer unlock()
@@ -282,8 +285,8 @@ func unescapeMountPath(s string) string {
 // returns Conflict while a container of this node mounts the volume,
 // Invalid for a bad id.
 func (d *Driver) RemoveVolume(ctx context.Context, id string) error {
-	if err := (driver.ContainerOptions{Volumes: []driver.VolumeMount{{Volume: id, Destination: "/v"}}}).Check(); err != nil {
-		return err
+	if !driver.ValidVolumeID(id) {
+		return errdefs.InvalidArgument("invalid volume id %q", id)
 	}
 	unlock := d.vols.lock(id)
 	defer unlock()
