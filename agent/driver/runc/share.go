@@ -10,7 +10,6 @@ package runc
 // reconnects by itself when the connection drops.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"os"
@@ -53,7 +52,7 @@ func (d *Driver) mountShare(ctx context.Context, v driver.VolumeMount) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "make the mount point of volume %s", v.Volume)
 	}
-	if mounted(dir) {
+	if ok, _ := mountedAt(dir); ok {
 		if _, err := os.Stat(dir); err == nil {
 			return nil
 		}
@@ -126,34 +125,39 @@ func (d *Driver) unmountShares(spec driver.Spec) {
 		}
 	}
 	for id := range want {
-		dir := shareDir(filepath.Join(d.cfg.Root, "volumes"), id)
-		if !mounted(dir) {
-			continue
-		}
-		if out, err := exec.Command("fusermount3", "-u", "-z", dir).CombinedOutput(); err != nil {
-			d.log.Warn("unmount volume of another node", "volume", id, "err", err, "output", string(out))
-			continue
-		}
-		os.Remove(dir)
+		d.unmountShare(id)
 	}
 }
 
-// mounted reports whether dir is a mount point (in /proc/self/mountinfo:
-// unlike isMountPoint, it sees a FUSE mount whose server is gone, which
-// stat cannot).
-func mounted(dir string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
+// unmountShare unmounts this node's mount of another node's volume id.
+func (d *Driver) unmountShare(id string) {
+	dir := shareDir(filepath.Join(d.cfg.Root, "volumes"), id)
+	if ok, _ := mountedAt(dir); !ok {
+		return
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescapeMountPath(fields[4]) == dir {
-			return true
+	if out, err := exec.Command("fusermount3", "-u", "-z", dir).CombinedOutput(); err != nil {
+		d.log.Warn("unmount volume of another node", "volume", id, "err", err, "output", string(out))
+		return
+	}
+	os.Remove(dir)
+}
+
+// releaseShares unmounts the other nodes' volumes no running container of
+// this node uses (ReleaseVolumes, when the node stops).
+func (d *Driver) releaseShares(ctx context.Context) {
+	d.shareMu.Lock()
+	defer d.shareMu.Unlock()
+	ents, _ := os.ReadDir(filepath.Join(d.cfg.Root, "shares"))
+	for _, e := range ents {
+		inUse := false
+		for _, c := range d.volumeUsers(e.Name()) {
+			if d.status(ctx, c, filepath.Join(d.cfg.Root, "containers", c)).State == driver.StateRunning {
+				inUse = true
+				break
+			}
+		}
+		if !inUse {
+			d.unmountShare(e.Name())
 		}
 	}
-	return false
 }

@@ -284,7 +284,11 @@ func (p *pipeIO) Set(c *exec.Cmd) {
 // and returns its exit code (128+signal when killed).
 func (s *shim) runOnce() (int, time.Time, error) {
 	ctx := context.Background()
-	s.rc.Delete(ctx, s.id, &gorunc.DeleteOpts{Force: true}) // a leftover from a crash
+	if _, err := os.Stat(filepath.Join(s.runcRoot, s.id)); err == nil {
+		// A leftover from a crash. (Without runc state there is none: a
+		// runc run to find out would cost a start some 25 ms.)
+		s.rc.Delete(ctx, s.id, &gorunc.DeleteOpts{Force: true})
+	}
 	os.Remove(s.path(fileInitPid))
 	opts := &gorunc.CreateOpts{PidFile: s.path(fileInitPid)}
 	var copiers sync.WaitGroup

@@ -320,10 +320,12 @@ func (d *Driver) RemoveVolume(ctx context.Context, id string) error {
 }
 
 // ReleaseVolumes implements driver.VolumeRemover: it unmounts the
-// filesystems of volumes no running container of the node uses. (One a
+// filesystems of volumes, and the mounts of other nodes' volumes, that no
+// running container of the node uses. (One a
 // container uses stays: unmounted here while the container holds it, it
 // would be mounted a second time by the next container.)
 func (d *Driver) ReleaseVolumes(ctx context.Context) error {
+	d.releaseShares(ctx)
 	ents, err := os.ReadDir(filepath.Join(d.cfg.Root, "volumes"))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return errdefs.Wrap(errdefs.Internal, err, "list volumes")
