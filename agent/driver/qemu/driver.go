@@ -438,7 +438,7 @@ func (d *Driver) pid(id string) int {
 func (d *Driver) withQMP(ctx context.Context, id string, fn func(*QMP) error) error {
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	q, err := DialQMP(dctx, filepath.Join(d.dir(id), qmpSock))
+	q, err := DialQMP(dctx, driver.SocketPath(d.dir(id), qmpSock))
 	if err != nil {
 		return err
 	}
@@ -490,7 +490,7 @@ func (d *Driver) qemuArgs(st instanceState, accel string) []string {
 		"-display", "none",
 		"-chardev", "file,id=console,append=on,path=" + esc(filepath.Join(dir, consoleFile)),
 		"-serial", "chardev:console",
-		"-qmp", "unix:" + esc(filepath.Join(dir, qmpSock)) + ",server=on,wait=off",
+		"-qmp", "unix:" + esc(driver.SocketPath(dir, qmpSock)) + ",server=on,wait=off",
 		"-pidfile", filepath.Join(dir, pidFile),
 		"-daemonize",
 	}
@@ -543,7 +543,7 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	}
 	dir := d.dir(id)
 	os.Remove(filepath.Join(dir, pidFile))
-	os.Remove(filepath.Join(dir, qmpSock))
+	os.Remove(driver.SocketPath(dir, qmpSock))
 	if _, err := d.plumb(st.Spec); err != nil {
 		return err
 	}
@@ -689,7 +689,7 @@ func (d *Driver) kill(ctx context.Context, id string, pid int) error {
 		}
 	}
 	os.Remove(filepath.Join(dir, pidFile))
-	os.Remove(filepath.Join(dir, qmpSock))
+	os.Remove(driver.SocketPath(dir, qmpSock))
 	return nil
 }
 

@@ -691,6 +691,7 @@ func (d *Driver) cleanup(ctx context.Context, id, bundle string) error {
 		if err := os.RemoveAll(bundle); err != nil {
 			errs = append(errs, err)
 		}
+		removeSockets(bundle)
 	}
 	if len(errs) > 0 {
 		return errdefs.Wrap(errdefs.Internal, errors.Join(errs...), "remove container %s", id)
@@ -727,4 +728,12 @@ func (d *Driver) Update(ctx context.Context, spec driver.Spec) error {
 		return errdefs.Wrap(errdefs.Internal, err, "write spec of %s", spec.ID)
 	}
 	return nil
+}
+
+// removeSockets removes the container's sockets kept outside its bundle
+// (driver.SocketPath), if any.
+func removeSockets(bundle string) {
+	for _, name := range []string{fileAttach, fileConsole} {
+		os.Remove(driver.SocketPath(bundle, name))
+	}
 }

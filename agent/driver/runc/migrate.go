@@ -128,6 +128,7 @@ func (d *Driver) RemoveLocal(ctx context.Context, id string) error {
 	if err := os.RemoveAll(bundle); err != nil {
 		return errdefs.Wrap(errdefs.Internal, err, "remove container %s", id)
 	}
+	removeSockets(bundle)
 	d.unmountShares(spec)
 	return nil
 }

@@ -388,7 +388,20 @@ func TestAttachStdin(t *testing.T) {
 
 func TestTty(t *testing.T) {
 	needRuntime(t)
-	d := newDriver(t, "")
+	t.Run("ShortRoot", func(t *testing.T) { testTty(t, "") })
+	// A data directory deep enough that the console's and attach's
+	// sockets cannot live in the bundle (sun_path is 108 bytes).
+	t.Run("DeepRoot", func(t *testing.T) {
+		root := filepath.Join(t.TempDir(), strings.Repeat("a-deep-data-directory-", 4))
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		testTty(t, root)
+	})
+}
+
+func testTty(t *testing.T, root string) {
+	d := newDriver(t, root)
 	id := testID("tty")
 	spec := baseSpec(id, "/bin/sh")
 	spec.Tty, spec.OpenStdin = true, true

@@ -222,8 +222,9 @@ func (s *shim) run() error {
 	}
 	s.log = lw
 	defer lw.Close()
-	os.Remove(s.path(fileAttach))
-	ln, err := net.Listen("unix", s.path(fileAttach))
+	attach := driver.SocketPath(s.bundle, fileAttach)
+	os.Remove(attach)
+	ln, err := net.Listen("unix", attach)
 	if err != nil {
 		return fmt.Errorf("listen for attach: %w", err)
 	}
@@ -295,9 +296,10 @@ func (s *shim) runOnce() (int, time.Time, error) {
 	var outR, errR *os.File
 	var sock *gorunc.Socket
 	if s.tty {
-		os.Remove(s.path(fileConsole))
+		consolePath := driver.SocketPath(s.bundle, fileConsole)
+		os.Remove(consolePath)
 		var err error
-		if sock, err = gorunc.NewConsoleSocket(s.path(fileConsole)); err != nil {
+		if sock, err = gorunc.NewConsoleSocket(consolePath); err != nil {
 			return 0, time.Time{}, fmt.Errorf("console socket: %w", err)
 		}
 		defer sock.Close()

@@ -50,7 +50,7 @@ func (d *Driver) dialShim(id string) (net.Conn, string, driver.Spec, error) {
 	if _, alive := shimAlive(bundle); !alive {
 		return nil, "", spec, errdefs.Conflictf("container %s is not running", id)
 	}
-	conn, err := net.DialTimeout("unix", filepath.Join(bundle, fileAttach), 5*time.Second)
+	conn, err := net.DialTimeout("unix", driver.SocketPath(bundle, fileAttach), 5*time.Second)
 	if err != nil {
 		// The process may have exited (and its shim gone) since the check:
 		// that is "not running", which callers wait on, not a failure.
