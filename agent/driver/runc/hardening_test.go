@@ -56,6 +56,9 @@ func TestSeccompProfileIsDockersAllowlist(t *testing.T) {
 			t.Errorf("%s is not allowed: ordinary programs would fail", n)
 		}
 	}
+	if slices.Contains(p.Architectures, specs.ArchX32) || !slices.Contains(p.Architectures, specs.ArchX86_64) || !slices.Contains(p.Architectures, specs.ArchX86) {
+		t.Errorf("architectures %v, want x86-64 and x86 without x32", p.Architectures)
+	}
 }
 
 // TestSeccompFollowsCapabilities: as in Docker, --cap-add SYS_NICE allows
