@@ -92,10 +92,12 @@ func setup() error {
 		tritonBin = p
 	}
 	bin = filepath.Join(tmp, "flotilla")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/flotilla")
+	// flotilla-shim next to it, as make build puts it (the runc driver
+	// runs it for every container).
+	build := exec.Command("go", "build", "-o", tmp+"/", "./cmd/flotilla", "./cmd/flotilla-shim")
 	build.Dir = ".."
 	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/flotilla: %v\n%s", err, out)
+		return fmt.Errorf("go build ./cmd/flotilla ./cmd/flotilla-shim: %v\n%s", err, out)
 	}
 	home = filepath.Join(tmp, "home")
 	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {

@@ -70,9 +70,13 @@ func TestContainers(t *testing.T) {
 			if !subnetContains(t, pub.Subnet, in.PrimaryIP) {
 				t.Errorf("%s has IP %s, not on %s (%s)", in.Name, in.PrimaryIP, pub.Name, pub.Subnet)
 			}
-			c.runningPid(t, in.ID)
+			pid := c.runningPid(t, in.ID)
 			if err := Ping("", in.PrimaryIP, 10*time.Second); err != nil {
 				t.Errorf("the host cannot ping %s: %v", in.Name, err)
+			}
+			// Its supervisor is the shim's own binary, next to flotilla's.
+			if exe := shimExe(t, pid); filepath.Base(exe) != "flotilla-shim" {
+				t.Errorf("%s is supervised by %s, want flotilla-shim", in.Name, exe)
 			}
 		}
 	})
@@ -222,3 +226,24 @@ func containerGone(c *cloud, id string, pid int) error {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// shimExe returns the executable of the parent of process pid (a
+// container's init: its shim).
+func shimExe(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "PPid:"); ok {
+			exe, err := os.Readlink(filepath.Join("/proc", strings.TrimSpace(v), "exe"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return exe
+		}
+	}
+	t.Fatalf("no PPid in /proc/%d/status", pid)
+	return ""
+}

@@ -57,10 +57,12 @@ func TestMain(m *testing.M) {
 	lacking, lackingSetup = missingCapability()
 	if lacking == "" {
 		bin = filepath.Join(tmp, "flotilla")
-		build := exec.Command("go", "build", "-o", bin, "./cmd/flotilla")
+		// flotilla-shim next to it, as make build puts it (the runc
+		// driver runs it for every container).
+		build := exec.Command("go", "build", "-o", tmp+"/", "./cmd/flotilla", "./cmd/flotilla-shim")
 		build.Dir = "../.."
 		if out, err := build.CombinedOutput(); err != nil {
-			buildErr = fmt.Sprintf("go build ./cmd/flotilla: %v\n%s", err, out)
+			buildErr = fmt.Sprintf("go build ./cmd/flotilla ./cmd/flotilla-shim: %v\n%s", err, out)
 		}
 	}
 	code := m.Run()

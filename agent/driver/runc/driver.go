@@ -59,9 +59,12 @@ type Config struct {
 	Images driver.ImageSource
 	// RuncBinary is the OCI runtime; default "runc".
 	RuncBinary string
-	// ShimPath is the executable run as the shim; default os.Executable().
+	// ShimPath is the executable run as the shim; default ShimBinary next
+	// to os.Executable() when it is there (and ShimArgs is nil), else
+	// os.Executable() itself.
 	ShimPath string
-	// ShimArgs come before the shim's own flags; default ["runc-shim"].
+	// ShimArgs come before the shim's own flags; default ["runc-shim"]
+	// (none for ShimBinary).
 	// The executable must call ShimMain with the arguments after them.
 	ShimArgs []string
 	// ShimEnv is added to the shim's environment.
@@ -125,6 +128,9 @@ func New(cfg Config) (*Driver, error) {
 			return nil, errdefs.Wrap(errdefs.Internal, err, "runc driver: find own executable for the shim")
 		}
 		cfg.ShimPath = exe
+		if cfg.ShimArgs == nil {
+			cfg.ShimPath, cfg.ShimArgs = defaultShim(exe)
+		}
 	}
 	if cfg.ShimArgs == nil {
 		cfg.ShimArgs = []string{"runc-shim"}
@@ -736,4 +742,22 @@ func removeSockets(bundle string) {
 	for _, name := range []string{fileAttach, fileConsole} {
 		os.Remove(driver.SocketPath(bundle, name))
 	}
+}
+
+// ShimBinary is the name of the shim's own executable (cmd/flotilla-shim),
+// which starts faster than the whole flotilla binary.
+const ShimBinary = "flotilla-shim"
+
+// defaultShim is the shim of a driver in executable exe: ShimBinary next
+// to it if it is there, else exe runc-shim.
+func defaultShim(exe string) (string, []string) {
+	if shim := filepath.Join(filepath.Dir(exe), ShimBinary); isExecutable(shim) {
+		return shim, []string{}
+	}
+	return exe, []string{"runc-shim"}
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }

@@ -167,3 +167,22 @@ func FuzzReadLogs(f *testing.F) {
 		}
 	})
 }
+
+func TestDefaultShim(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "flotilla")
+	if p, args := defaultShim(exe); p != exe || len(args) != 1 || args[0] != "runc-shim" {
+		t.Errorf("without %s: %s %v", ShimBinary, p, args)
+	}
+	shim := filepath.Join(dir, ShimBinary)
+	if err := os.WriteFile(shim, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := defaultShim(exe); p != exe {
+		t.Errorf("a %s that is not executable is used", ShimBinary)
+	}
+	os.Chmod(shim, 0o755)
+	if p, args := defaultShim(exe); p != shim || len(args) != 0 {
+		t.Errorf("with %s: %s %v", ShimBinary, p, args)
+	}
+}
