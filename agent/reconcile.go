@@ -134,7 +134,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 		ap = applied{RebootCount: want.RebootCount, RestoreCount: want.RestoreCount, Resources: resourcesOf(want.Spec),
 			Restarts: ap.Restarts, NICs: driver.NICSet(want.Spec.NICs), Migrated: want.ImportDisk}
 		if want.DesiredState == wire.DesiredRunning {
-			if err := a.start(ctx, id); err != nil {
+			if err := a.start(ctx, id, want.Spec.Options.Volumes); err != nil {
 				return &workloadError{want.Generation, err}
 			}
 			ap.StartedGeneration = want.Generation
@@ -200,7 +200,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 						return err
 					}
 				}
-				if err := a.start(ctx, id); err != nil {
+				if err := a.start(ctx, id, want.Spec.Options.Volumes); err != nil {
 					return &workloadError{want.Generation, err}
 				}
 				ap.RebootCount = want.RebootCount
@@ -210,13 +210,13 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 			case want.Spec.Autoboot && first:
 				// Found stopped when this agent started: the node went down
 				// under it. Boot it again, as Triton's autoboot does.
-				if err := a.start(ctx, id); err != nil {
+				if err := a.start(ctx, id, want.Spec.Options.Volumes); err != nil {
 					return &workloadError{want.Generation, err}
 				}
 				ap.StartedGeneration = want.Generation
 				log.Info("instance booted again after the node restarted")
 			case ap.StartedGeneration < want.Generation || st.State == driver.StateProvisioning:
-				if err := a.start(ctx, id); err != nil {
+				if err := a.start(ctx, id, want.Spec.Options.Volumes); err != nil {
 					return &workloadError{want.Generation, err}
 				}
 				ap.StartedGeneration = want.Generation
@@ -228,7 +228,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 						requeue = wait
 						break
 					}
-					if err := a.start(ctx, id); err != nil {
+					if err := a.start(ctx, id, want.Spec.Options.Volumes); err != nil {
 						return err
 					}
 					ap.Restarts++
@@ -290,8 +290,15 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 }
 
 // start starts an instance, holding its run for the attach streams that are
-// waiting for it when the driver can.
-func (a *Agent) start(ctx context.Context, id string) error {
+// waiting for it when the driver can. The driver first learns how to reach
+// the other nodes' volumes the instance mounts as the control plane now
+// says (their nodes' addresses may have changed since it was created).
+func (a *Agent) start(ctx context.Context, id string, vols []driver.VolumeMount) error {
+	if su, ok := a.drv.(driver.ShareUpdater); ok {
+		if err := su.UpdateShares(ctx, id, vols); err != nil {
+			return err
+		}
+	}
 	a.mu.Lock()
 	streams := a.streams
 	a.mu.Unlock()

@@ -472,10 +472,7 @@ func TestStreamPendingAttachesAndExited(t *testing.T) {
 	e := &streamEnv{d: d, srv: srv, url: srv.URL + wire.StreamPathPrefix}
 	// Attached before the instance exists on the node: pending until it runs.
 	_, br := e.upgrade(t, "/instances/p/attach?stdout=1")
-	time.Sleep(30 * time.Millisecond)
-	if n := ss.PendingAttaches("p"); n != 1 {
-		t.Fatalf("pending attaches before create: %d, want 1", n)
-	}
+	waitFor(t, 5*time.Second, "the attach to be pending", func() bool { return ss.PendingAttaches("p") == 1 })
 	e.create(t, "p", true, "SIM_EXIT=0", "SIM_EXIT_AFTER=300ms")
 	waitFor(t, 5*time.Second, "the attach to join", func() bool { return ss.PendingAttaches("p") == 0 })
 	if code, b := e.get(t, "/instances/p/wait?condition=not-running"); code != 200 {

@@ -425,6 +425,13 @@ type RemoteVolume struct {
 	TLS     bool   `json:",omitempty"` // the stream server speaks TLS
 }
 
+// ShareUpdater is a driver whose instances mount other nodes' volumes: it
+// takes, before a start, the current way to reach them (vols, as the
+// control plane gives them now) in place of the one it was created with.
+type ShareUpdater interface {
+	UpdateShares(ctx context.Context, id string, vols []VolumeMount) error
+}
+
 // VolumeSharer is a driver whose volumes other nodes may mount: it returns
 // the directory holding volume id's files on this node, making its storage
 // (of sizeMiB, when it has a size) if this is its first use.

@@ -161,3 +161,34 @@ func (d *Driver) releaseShares(ctx context.Context) {
 		}
 	}
 }
+
+var _ driver.ShareUpdater = (*Driver)(nil)
+
+// UpdateShares implements driver.ShareUpdater: the container's spec takes
+// the other nodes' volumes' current Remote from vols, so its next start
+// mounts them from where they are now.
+func (d *Driver) UpdateShares(ctx context.Context, id string, vols []driver.VolumeMount) error {
+	bundle, spec, err := d.loadSpec(id)
+	if err != nil {
+		return err
+	}
+	changed := false
+	for i, v := range spec.Options.Volumes {
+		if v.Remote == nil {
+			continue
+		}
+		for _, w := range vols {
+			if w.Volume == v.Volume && w.Remote != nil && *w.Remote != *v.Remote {
+				spec.Options.Volumes[i].Remote = w.Remote
+				changed = true
+			}
+		}
+	}
+	if !changed {
+		return nil
+	}
+	if err := writeJSONAtomic(filepath.Join(bundle, fileSpec), spec); err != nil {
+		return errdefs.Wrap(errdefs.Internal, err, "update the volumes of %s", id)
+	}
+	return nil
+}
