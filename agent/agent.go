@@ -146,6 +146,8 @@ type Agent struct {
 	log   *slog.Logger
 	q     *queue
 	state *stateStore
+	// health runs the health checks of the node's containers.
+	health *healthChecks
 
 	nodeID string
 
@@ -229,7 +231,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		cfg:      cfg,
 		cp:       cp,
 		drv:      cfg.Driver,
@@ -242,7 +244,9 @@ func New(cfg Config) (*Agent, error) {
 		failed:   map[string]failure{},
 		booted:   map[string]bool{},
 		moved:    map[string]bool{},
-	}, nil
+	}
+	a.health = newHealthChecks(cfg.Driver, a.log, a.q.Add)
+	return a, nil
 }
 
 // NodeID returns the node's id once Run has registered it.
@@ -322,6 +326,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	lwg.Wait()
 	a.q.ShutDown()
 	wg.Wait()
+	a.health.stopAll()
 	if err := a.state.Flush(); err != nil {
 		a.log.Error("saving applied state failed", "err", err)
 	}

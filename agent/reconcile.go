@@ -56,6 +56,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 	log := a.log.With("instance", id, "generation", want.Generation)
 
 	if want.DesiredState == wire.DesiredDeleted {
+		a.health.drop(id)
 		if exists {
 			if err := a.drv.Delete(ctx, id); err != nil {
 				return err
@@ -271,6 +272,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 	a.mu.Lock()
 	a.observed[id] = st.State
 	a.mu.Unlock()
+	health := a.health.observe(id, want.Spec, st)
 	err = a.report(ctx, id, wire.InstanceStatus{
 		ObservedGeneration: want.Generation,
 		RebootCount:        ap.RebootCount,
@@ -282,6 +284,7 @@ func (a *Agent) sync(ctx context.Context, id string) error {
 		Restarts:           ap.Restarts + st.Restarts,
 		Snapshots:          snaps,
 		RestoreCount:       ap.RestoreCount,
+		Health:             health,
 	}, false)
 	if err == nil && requeue > 0 {
 		a.q.AddAfter(id, requeue)
@@ -349,6 +352,7 @@ func (a *Agent) report(ctx context.Context, id string, st wire.InstanceStatus, a
 
 // forget drops everything the agent keeps about an instance that is gone.
 func (a *Agent) forget(id string) error {
+	a.health.drop(id)
 	a.mu.Lock()
 	delete(a.observed, id)
 	delete(a.reported, id)
@@ -391,7 +395,18 @@ func sameStatus(x, y wire.InstanceStatus) bool {
 		x.Error == y.Error &&
 		x.Restarts == y.Restarts &&
 		x.RestoreCount == y.RestoreCount &&
-		slices.Equal(x.Snapshots, y.Snapshots)
+		slices.Equal(x.Snapshots, y.Snapshots) &&
+		sameHealth(x.Health, y.Health)
+}
+
+// sameHealth compares what makes a health worth reporting: its status and
+// failing streak. A new probe alone is not sent; its log goes with the
+// next report.
+func sameHealth(x, y *wire.Health) bool {
+	if x == nil || y == nil {
+		return x == y
+	}
+	return x.Status == y.Status && x.FailingStreak == y.FailingStreak
 }
 
 // firstLook reports whether this is the first time since the agent started

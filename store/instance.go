@@ -49,8 +49,26 @@ type Instance struct {
 	CreatedAt           time.Time       `db:"created_at"`
 	UpdatedAt           time.Time       `db:"updated_at"`
 	DeletedAt           *time.Time      `db:"deleted_at"`
+	// Health is what the node last reported of a container's health check.
+	Health *Health `db:"health"`
 
 	NICs []NIC `db:"-"`
+}
+
+// Health is a container's health: Docker's status ("starting", "healthy",
+// "unhealthy"), its consecutive failures and its latest probes.
+type Health struct {
+	Status        string         `json:"status"`
+	FailingStreak int            `json:"failing_streak"`
+	Log           []HealthResult `json:"log,omitempty"`
+}
+
+// HealthResult is one probe of a health check.
+type HealthResult struct {
+	Start    time.Time `json:"start"`
+	End      time.Time `json:"end"`
+	ExitCode int       `json:"exit_code"`
+	Output   string    `json:"output"`
 }
 
 // NIC is an instance's network interface with its network's settings.
@@ -81,7 +99,7 @@ const instanceColumns = `i.id::text, i.owner_id::text, i.name, i.brand, i.image_
 	i.memory_mib, i.disk_mib, i.vcpus_milli, i.node_id::text, i.state, i.desired_state, i.generation,
 	i.observed_generation, i.reboot_count, i.observed_reboot_count, i.assign_rev, i.docker, i.spec, i.metadata,
 	i.tags, i.affinity, i.placement, i.firewall_enabled, i.deletion_protection, i.exit_code, i.restarts, i.error,
-	i.started_at, i.finished_at, i.created_at, i.updated_at, i.deleted_at`
+	i.started_at, i.finished_at, i.created_at, i.updated_at, i.deleted_at, i.health`
 
 const nicColumns = `n.mac, n.instance_id::text, n.network_id::text, host(n.ip), n.is_primary, n.position,
 	w.subnet::text, host(w.gateway), w.bridge, w.public, w.internet_nat, w.resolvers, w.name, w.fabric, w.vlan_id, w.vni,

@@ -152,13 +152,16 @@ type StatusReport struct {
 	Snapshots []SnapshotReport
 	// RestoreCount is the start-from-snapshot count the node has applied.
 	RestoreCount int64
+	// Health is the container's health (nil: no health check, or none
+	// observed since it started).
+	Health *Health
 }
 
 const sqlLockAssigned = `SELECT ` + instanceColumns + ` FROM instances i WHERE i.id = $1 AND i.node_id = $2 FOR UPDATE`
 
 const sqlWriteStatus = `UPDATE instances SET state = $2, observed_generation = GREATEST(observed_generation, $3),
 	observed_reboot_count = GREATEST(observed_reboot_count, $4), exit_code = $5, started_at = COALESCE($6, started_at),
-	finished_at = COALESCE($7, finished_at), error = $8, restarts = $9, updated_at = now()
+	finished_at = COALESCE($7, finished_at), error = $8, restarts = $9, health = $10, updated_at = now()
 WHERE id = $1`
 
 // ReportStatus records an agent's observation of an instance on its node.
@@ -204,7 +207,7 @@ func (s *Store) ReportStatus(ctx context.Context, nodeID, id string, r StatusRep
 			b.Queue(sqlForgetDeletedDisks, in.ID, r.ObservedGeneration)
 		}
 		b.Queue(sqlWriteStatus, id, r.State, r.ObservedGeneration, r.RebootCount, r.ExitCode,
-			r.StartedAt, r.FinishedAt, r.Error, r.Restarts)
+			r.StartedAt, r.FinishedAt, r.Error, r.Restarts, r.Health)
 		if err := queueSnapshotReports(b, id, r.Snapshots); err != nil {
 			return err
 		}
@@ -221,8 +224,26 @@ func (s *Store) ReportStatus(ctx context.Context, nodeID, id string, r StatusRep
 			// Nothing to record in the feed, but waiters want to know.
 			b.Queue(`SELECT pg_notify('flotilla_object', $1)`, in.ID)
 		}
+		if ev := healthEvent(in.Health, r); ev != "" {
+			detail := map[string]any{"type": "container", "action": ev, "attributes": map[string]any{}}
+			b.Queue(sqlAppendChange, "event", in.ID, &in.OwnerID, in.NodeID, ev, "", detail, false, true)
+		}
 		return translate(tx.SendBatch(ctx, b).Close())
 	})
+}
+
+// healthEvent is the Docker event a report makes ("health_status:
+// healthy" or "health_status: unhealthy"), "" for none: a running
+// container's health changed after a probe. That a stopped container is
+// shown unhealthy is no event, as with dockerd.
+func healthEvent(prev *Health, r StatusReport) string {
+	if r.State != "running" || r.Health == nil || r.Health.Status != "healthy" && r.Health.Status != "unhealthy" {
+		return ""
+	}
+	if prev != nil && prev.Status == r.Health.Status {
+		return ""
+	}
+	return "health_status: " + r.Health.Status
 }
 
 const sqlReleaseNode = `UPDATE nodes SET used_memory_mib = used_memory_mib - $2, used_disk_mib = used_disk_mib - $3,

@@ -149,6 +149,47 @@ type Spec struct {
 	// finds it stopped while it is desired running (a node reboot), as
 	// Triton's autoboot does. Docker containers use Restart instead.
 	Autoboot bool
+	// Healthcheck, when set, is the container's health check, which the
+	// agent runs while the container runs.
+	Healthcheck *Healthcheck `json:",omitempty"`
+}
+
+// Healthcheck is a container's Docker health check with its defaults
+// applied: Test is ["CMD", args...] or ["CMD-SHELL", command], run in the
+// container every Interval (StartInterval during StartPeriod until the
+// first success), failing after Timeout; Retries consecutive failures make
+// the container unhealthy.
+type Healthcheck struct {
+	Test          []string      `json:"test"`
+	Interval      time.Duration `json:"interval"`
+	Timeout       time.Duration `json:"timeout"`
+	StartPeriod   time.Duration `json:"start_period,omitempty"`
+	StartInterval time.Duration `json:"start_interval"`
+	Retries       int           `json:"retries"`
+}
+
+// Docker's health check defaults.
+const (
+	DefaultHealthInterval      = 30 * time.Second
+	DefaultHealthTimeout       = 30 * time.Second
+	DefaultHealthStartInterval = 5 * time.Second
+	DefaultHealthRetries       = 3
+)
+
+// Command is the process a probe runs: CMD-SHELL's command under
+// /bin/sh -c (as dockerd runs it), CMD's arguments as they are. It is empty for a test of
+// another kind.
+func (h Healthcheck) Command() []string {
+	if len(h.Test) < 2 {
+		return nil
+	}
+	switch h.Test[0] {
+	case "CMD":
+		return h.Test[1:]
+	case "CMD-SHELL":
+		return append([]string{"/bin/sh", "-c"}, h.Test[1:]...)
+	}
+	return nil
 }
 
 // Disk is one data disk of a VM.

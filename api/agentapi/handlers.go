@@ -222,7 +222,7 @@ func (s *Server) assignment(r *http.Request, in store.Instance, images map[strin
 		Hostname: proc.Hostname, Tty: proc.Tty, OpenStdin: proc.OpenStdin, StdinOnce: proc.StdinOnce,
 		Labels: proc.Labels, Metadata: md, Restart: proc.Restart, Autoboot: !in.Docker,
 		StopSignal: proc.StopSignal, StopTimeout: proc.StopTimeout, Options: proc.Options,
-		PIDsLimit: proc.PIDsLimit,
+		PIDsLimit: proc.PIDsLimit, Healthcheck: proc.Healthcheck,
 	}
 	if spec.PIDsLimit <= 0 { // instances created before limits were recorded
 		spec.PIDsLimit = driver.DefaultPIDsLimit
@@ -301,6 +301,18 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !st.FinishedAt.IsZero() {
 		rep.FinishedAt = &st.FinishedAt
+	}
+	if h := st.Health; h != nil {
+		switch h.Status {
+		case wire.HealthStarting, wire.HealthHealthy, wire.HealthUnhealthy:
+		default:
+			return errdefs.InvalidArgument("unknown health status %q", h.Status)
+		}
+		rep.Health = &store.Health{Status: h.Status, FailingStreak: h.FailingStreak}
+		for _, r := range h.Log[max(len(h.Log)-wire.HealthLogSize, 0):] {
+			rep.Health.Log = append(rep.Health.Log, store.HealthResult{Start: r.Start, End: r.End, ExitCode: r.ExitCode,
+				Output: truncate(r.Output, wire.HealthOutputMax+len("..."))})
+		}
 	}
 	for _, sn := range st.Snapshots {
 		rep.Snapshots = append(rep.Snapshots, store.SnapshotReport{Name: sn.Name, State: sn.State,

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -80,6 +81,27 @@ volumes:
 // leaves nothing of the project; every object compose makes carries its
 // labels and is found by them. A project that remaps a port, or names a
 // network driver this cloud has not, is refused with a clear error.
+// composeHealthy is a project whose app waits for web to be healthy: web
+// becomes ready a second after it starts.
+const composeHealthy = `services:
+  web:
+    image: busybox
+    command: [sh, -c, "sleep 1; touch /tmp/ready; exec sleep 600"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: [CMD, test, -f, /tmp/ready]
+      interval: 200ms
+      timeout: 2s
+      retries: 3
+  app:
+    image: busybox
+    command: [sleep, "600"]
+    stop_grace_period: 1s
+    depends_on:
+      web:
+        condition: service_healthy
+`
+
 func TestDockerComposeRunc(t *testing.T) {
 	re := newRuncEnv(t)
 	e := re.testEnv
@@ -271,15 +293,30 @@ func TestDockerComposeRunc(t *testing.T) {
 			t.Fatalf("networks after down:\n%s", out)
 		}
 	})
-	t.Run("ErrHealthcheck", func(t *testing.T) {
+	t.Run("ServiceHealthy", func(t *testing.T) {
 		e := e.with(t)
 		f := filepath.Join(dir, "health.yaml")
-		must(t, os.WriteFile(f, []byte("services:\n  app:\n    image: busybox\n    command: [sleep, \"60\"]\n    healthcheck:\n      test: [CMD, \"true\"]\n"), 0o644))
-		_, errOut, code := e.run("alice", "compose", "-p", "health", "-f", f, "up", "-d")
-		if code == 0 || !strings.Contains(errOut, "health checks (--health-cmd, a compose healthcheck:) are not run by this cloud yet") {
-			t.Fatalf("up of a service with a healthcheck: exit %d\n%s", code, errOut)
+		must(t, os.WriteFile(f, []byte(composeHealthy), 0o644))
+		t0 := time.Now()
+		e.ok("alice", "compose", "-p", "health", "-f", f, "up", "-d")
+		t.Logf("figure: docker compose up -d with app depending on web's service_healthy (web ready after 1s, 200ms probes) took %s", time.Since(t0).Round(time.Millisecond))
+		if out := e.ok("alice", "inspect", "-f", "{{.State.Health.Status}}", "health-web-1"); out != "healthy\n" {
+			t.Fatalf("web after up: %q", out)
 		}
-		e.ok("alice", "compose", "-p", "health", "-f", f, "down")
+		// app started only once web was healthy: web's first success is
+		// before app's start.
+		out := e.ok("alice", "inspect", "-f", "{{range .State.Health.Log}}{{if eq .ExitCode 0}}{{.End.UnixNano}} {{end}}{{end}}", "health-web-1")
+		healthyAt, err := strconv.ParseInt(strings.Fields(out)[0], 10, 64)
+		must(t, err)
+		started, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(e.ok("alice", "inspect", "-f", "{{.State.StartedAt}}", "health-app-1")))
+		must(t, err)
+		if started.UnixNano() < healthyAt {
+			t.Fatalf("app started at %v, before web's first healthy probe ended at %v", started, time.Unix(0, healthyAt))
+		}
+		if out := e.ok("alice", "compose", "-p", "health", "-f", f, "ps", "--format", "{{.Service}} {{.Status}}"); !regexp.MustCompile(`(?m)^web Up .* \(healthy\)$`).MatchString(out) {
+			t.Fatalf("compose ps:\n%s", out)
+		}
+		e.ok("alice", "compose", "-p", "health", "-f", f, "down", "-t", "1")
 		if out := e.ok("alice", "ps", "-a", "-q"); out != "" {
 			t.Fatalf("containers left: %q", out)
 		}

@@ -144,6 +144,11 @@ func (s *Server) listContainersHandler(w http.ResponseWriter, r *http.Request) e
 			return errdefs.InvalidArgument("invalid filter 'status=%s'", st)
 		}
 	}
+	for _, h := range args.Get("health") {
+		if !healthFilterValues[h] {
+			return errdefs.InvalidArgument("Unrecognised filter value for health: %s", h)
+		}
+	}
 	for _, e := range args.Get("exited") {
 		if _, err := strconv.Atoi(e); err != nil {
 			return errdefs.InvalidArgument("invalid filter 'exited=%s'", e)
@@ -232,7 +237,7 @@ func matchContainer(args filters.Args, in store.Instance, sum container.Summary,
 	}) {
 		return false
 	}
-	if !matchAny(args, "health", func(v string) bool { return v == "none" }) {
+	if !matchAny(args, "health", func(v string) bool { return v == healthStatusOf(in) }) {
 		return false
 	}
 	if !matchAny(args, "publish", func(v string) bool { return hasPort(sum.Ports, v, true) }) ||
@@ -348,7 +353,7 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 	if err := checkPortBindings(hc.PortBindings); err != nil {
 		return service.CreateRequest{}, nil, err
 	}
-	if err := checkHealthcheck(cfg.Healthcheck); err != nil {
+	if _, err := healthcheckSpec(cfg.Healthcheck); err != nil {
 		return service.CreateRequest{}, nil, err
 	}
 	opts, err := runOptions(hc, req.NetworkingConfig, platform)
@@ -423,6 +428,11 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 	if cfg.User == "" {
 		cfg.User = ic.User
 	}
+	cfg.Healthcheck = mergeHealthcheck(cfg.Healthcheck, ic.Healthcheck)
+	health, err := healthcheckSpec(cfg.Healthcheck)
+	if err != nil {
+		return service.CreateRequest{}, nil, err
+	}
 	exposed := nat.PortSet{}
 	for p := range ic.ExposedPorts {
 		if port, err := nat.NewPort(nat.SplitProtoPort(p)); err == nil {
@@ -457,6 +467,7 @@ func (s *Server) createRequest(ctx context.Context, c service.Caller, name, plat
 			Hostname: cfg.Hostname, Tty: cfg.Tty, OpenStdin: cfg.OpenStdin, StdinOnce: cfg.StdinOnce,
 			Labels: labels, Restart: restart, Extra: extra, StopSignal: stopSignal, StopTimeout: cfg.StopTimeout,
 			Options: opts, DNS: dnsCfg, NetworkAliases: aliases, PIDsLimit: pidsLimit(hc.PidsLimit), Published: published,
+			Healthcheck: health,
 		},
 	}, warnings, nil
 }
@@ -494,17 +505,6 @@ func publishedSpec(hc container.HostConfig, exposed nat.PortSet) []service.Publi
 		return out[i].Port < out[j].Port || out[i].Port == out[j].Port && out[i].Protocol < out[j].Protocol
 	})
 	return out
-}
-
-// checkHealthcheck refuses a health check (--health-cmd, a compose
-// healthcheck:): nodes do not run them, so the container would never be
-// healthy and what waits for it (depends_on: condition: service_healthy)
-// would fail saying it has none. --no-healthcheck is accepted.
-func checkHealthcheck(h *container.HealthConfig) error {
-	if h == nil || len(h.Test) == 0 || h.Test[0] == "NONE" {
-		return nil
-	}
-	return errdefs.InvalidArgument("health checks (--health-cmd, a compose healthcheck:) are not run by this cloud yet: leave them out; in a compose file, depend on the service with condition: service_started instead of service_healthy")
 }
 
 // checkPortBindings refuses remapped ports: a container publishes its own

@@ -108,10 +108,11 @@ func statusText(in store.Instance, now time.Time) string {
 	st := stateOf(in)
 	switch st.Status {
 	case container.StateRunning:
+		health := healthSuffix(healthOf(in, service.DecodeProcessSpec(in.Spec).Healthcheck, st))
 		if in.StartedAt == nil {
-			return "Up Less than a second"
+			return "Up Less than a second" + health
 		}
-		return "Up " + humanDuration(now.Sub(*in.StartedAt))
+		return "Up " + humanDuration(now.Sub(*in.StartedAt)) + health
 	case container.StateRestarting:
 		return "Restarting"
 	case container.StateExited:
@@ -325,6 +326,7 @@ func (s *Server) inspectOf(ctx context.Context, in store.Instance) container.Ins
 	x := extraOf(p)
 	ii := s.newImageLookup().get(ctx, in.ImageID)
 	st := stateOf(in)
+	st.Health = healthOf(in, p.Healthcheck, st)
 	id := ContainerID(in.ID)
 	cfg := *x.Config
 	cfg.Hostname = p.Hostname

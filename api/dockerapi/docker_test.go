@@ -71,11 +71,21 @@ func TestDockerCLI(t *testing.T) {
 		e := e.with(t)
 		e.fails("alice", 125, "remapping of port numbers is not allowed", "run", "-d", "-p", "8080:80", "busybox:1.36")
 	})
-	t.Run("ErrHealthcheck", func(t *testing.T) {
+	t.Run("Healthcheck", func(t *testing.T) {
 		e := e.with(t)
-		e.fails("alice", 125, "health checks (--health-cmd, a compose healthcheck:) are not run by this cloud yet", "run", "-d", "--health-cmd", "true", "busybox:1.36")
+		e.fails("alice", 125, "Interval in Healthcheck cannot be less than 1ms", "run", "-d", "--health-cmd", "true", "--health-interval", "500us", "busybox:1.36")
+		e.fails("alice", 125, "StartInterval in Healthcheck cannot be less than 1ms", "run", "-d", "--health-cmd", "true", "--health-start-interval", "10us", "busybox:1.36")
+		e.ok("alice", "create", "--name", "hc", "--health-cmd", "true", "--health-interval", "1s", "--health-retries", "5", "busybox:1.36")
+		if out := e.ok("alice", "inspect", "-f", "{{json .Config.Healthcheck}} {{json .State.Health}}", "hc"); out != `{"Test":["CMD-SHELL","true"],"Interval":1000000000,"Retries":5} null`+"\n" {
+			t.Fatalf("inspect of a created container with a health check: %q", out)
+		}
+		e.ok("alice", "rm", "hc")
 		// Turning the image's health check off asks for nothing.
 		e.ok("alice", "create", "--name", "nohealth", "--no-healthcheck", "busybox:1.36")
+		if out := e.ok("alice", "ps", "-a", "--filter", "health=none", "--format", "{{.Names}}"); !strings.Contains(out, "nohealth\n") {
+			t.Fatalf("ps --filter health=none: %q", out)
+		}
+		e.fails("alice", 1, "Unrecognised filter value for health: sickly", "ps", "--filter", "health=sickly")
 		e.ok("alice", "rm", "nohealth")
 	})
 	t.Run("ErrNameTaken", func(t *testing.T) {

@@ -253,6 +253,13 @@ func (e *eventRenderer) object(ch store.Change, typ events.Type, action events.A
 	}, true
 }
 
+// eventName is an action without its detail: "health_status" for
+// "health_status: healthy", which --filter event=health_status matches.
+func eventName(action events.Action) string {
+	name, _, _ := strings.Cut(string(action), ":")
+	return name
+}
+
 // container renders a container event; extra attributes (a signal, a
 // network) are added to the container's own.
 func (e *eventRenderer) container(ctx context.Context, ch store.Change, action events.Action, extra map[string]string) (events.Message, bool) {
@@ -300,7 +307,7 @@ func (e *eventRenderer) container(ctx context.Context, ch store.Change, action e
 	a := e.args
 	if !matchAny(a, "type", func(v string) bool { return v == string(events.ContainerEventType) }) ||
 		!matchAny(a, "scope", func(v string) bool { return v == "local" }) ||
-		!matchAny(a, "event", func(v string) bool { return v == string(action) }) ||
+		!matchAny(a, "event", func(v string) bool { return v == string(action) || v == eventName(action) }) ||
 		!matchAny(a, "container", func(v string) bool { return v == name || v == in.Name || strings.HasPrefix(id, v) }) ||
 		!matchAny(a, "image", func(v string) bool { return v == img || strings.HasPrefix(img, v+":") }) ||
 		!matchLabels(a, "label", attrs) || a.Contains("network") || a.Contains("daemon") {

@@ -49,6 +49,9 @@ type ProcessSpec struct {
 	// Published are the ports Docker -p/-P publishes: reachable from any
 	// address through the instance's firewall (see PublishedEntries).
 	Published []PublishedPort `json:"published,omitempty"`
+	// Healthcheck is a container's health check (Docker --health-cmd or
+	// its image's HEALTHCHECK), run by its node.
+	Healthcheck *driver.Healthcheck `json:"healthcheck,omitempty"`
 	// Extra holds dialect-specific settings the Docker endpoint keeps for
 	// inspect (ports, host config) without the service needing to know them.
 	Extra json.RawMessage `json:"extra,omitempty"`

@@ -277,6 +277,16 @@ func (d *Driver) Exec(ctx context.Context, id string, cfg driver.ExecConfig) (*d
 		if r, ok := ep.Stdout.(*ptyReader); ok {
 			r.f.Close()
 		}
+		select {
+		case <-done:
+			return nil
+		default:
+		}
+		// runc exec does not pass SIGKILL on: the process in the
+		// container is killed by its pid.
+		if ep.Pid > 0 {
+			unix.Kill(ep.Pid, unix.SIGKILL)
+		}
 		if cmd.Process != nil {
 			cmd.Process.Signal(unix.SIGKILL)
 		}

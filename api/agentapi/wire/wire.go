@@ -164,7 +164,41 @@ type InstanceStatus struct {
 	Snapshots []SnapshotStatus `json:"snapshots,omitempty"`
 	// RestoreCount is the restore count applied so far.
 	RestoreCount int64 `json:"restore_count,omitempty"`
+	// Health is a container's health check state: set for a container
+	// with a health check once it has started.
+	Health *Health `json:"health,omitempty"`
 }
+
+// Health is a container's health as Docker defines it.
+type Health struct {
+	Status        string `json:"status"` // HealthStarting, HealthHealthy or HealthUnhealthy
+	FailingStreak int    `json:"failing_streak"`
+	// Log holds the latest probes, oldest first (at most HealthLogSize).
+	Log []HealthResult `json:"log,omitempty"`
+}
+
+// HealthResult is one probe: its times, exit code (-1 when it could not
+// run or timed out) and the start of its output.
+type HealthResult struct {
+	Start    time.Time `json:"start"`
+	End      time.Time `json:"end"`
+	ExitCode int       `json:"exit_code"`
+	Output   string    `json:"output"`
+}
+
+// Health statuses.
+const (
+	HealthStarting  = "starting"
+	HealthHealthy   = "healthy"
+	HealthUnhealthy = "unhealthy"
+)
+
+// HealthLogSize is how many probes a Health keeps; HealthOutputMax bounds
+// the output kept of each (Docker's limits).
+const (
+	HealthLogSize   = 5
+	HealthOutputMax = 4096
+)
 
 // StateDeleted is reported once an instance desired "deleted" is gone from the node.
 const StateDeleted = "deleted"
