@@ -259,3 +259,59 @@ func TestAuditJobsFinishOnReport(t *testing.T) {
 		t.Fatalf("set_metadata job: %+v", last)
 	}
 }
+
+func TestReportHealth(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 8192, "10.56.0.0/24")
+	in, err := f.create(ctx, f.owner.ID, "h1", 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq, err := f.st.LastChangeSeq(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	probe := store.HealthResult{Start: at, End: at.Add(time.Millisecond), ExitCode: 0, Output: "ok\n"}
+	reports := []store.StatusReport{
+		{State: "running", ObservedGeneration: 1, Health: &store.Health{Status: "starting"}},
+		{State: "running", ObservedGeneration: 1, Health: &store.Health{Status: "healthy", Log: []store.HealthResult{probe}}},
+		{State: "running", ObservedGeneration: 1, Health: &store.Health{Status: "healthy", FailingStreak: 1, Log: []store.HealthResult{probe}}},
+		{State: "running", ObservedGeneration: 1, Health: &store.Health{Status: "unhealthy", FailingStreak: 3, Log: []store.HealthResult{probe}}},
+		// A stopped container is shown unhealthy: no event.
+		{State: "stopped", ObservedGeneration: 1, Health: &store.Health{Status: "healthy"}},
+	}
+	for i, r := range reports {
+		if err := f.st.ReportStatus(ctx, f.node.ID, in.ID, r); err != nil {
+			t.Fatalf("report %d: %v", i, err)
+		}
+		if i == 2 {
+			got, err := f.st.GetInstance(ctx, f.owner.ID, in.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Health == nil || got.Health.Status != "healthy" || got.Health.FailingStreak != 1 || len(got.Health.Log) != 1 ||
+				!got.Health.Log[0].Start.Equal(at) || got.Health.Log[0].Output != "ok\n" {
+				t.Fatalf("health stored: %+v", got.Health)
+			}
+		}
+	}
+	changes, err := f.st.ChangesSince(ctx, seq, f.owner.ID, "event", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, c := range changes {
+		actions = append(actions, c.Action)
+	}
+	if fmt.Sprint(actions) != "[health_status: healthy health_status: unhealthy]" {
+		t.Fatalf("health events: %q", actions)
+	}
+	// A container without a health check reports none: the column clears.
+	if err := f.st.ReportStatus(ctx, f.node.ID, in.ID, store.StatusReport{State: "running", ObservedGeneration: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.st.GetInstance(ctx, f.owner.ID, in.ID); got.Health != nil {
+		t.Fatalf("health after a report without one: %+v", got.Health)
+	}
+}
