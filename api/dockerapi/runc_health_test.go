@@ -2,6 +2,8 @@ package dockerapi
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -128,6 +130,31 @@ func TestDockerHealthRunc(t *testing.T) {
 		out := e.ok("alice", "top", "slow")
 		if n := strings.Count(out, "sleep 5"); n > 1 {
 			t.Fatalf("%d timed-out probes still running:\n%s", n, out)
+		}
+	})
+	t.Run("ImageHealthcheck", func(t *testing.T) {
+		e := e.with(t)
+		dir := t.TempDir()
+		must(t, os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte("FROM busybox\nHEALTHCHECK --interval=200ms --retries=2 CMD true\n"), 0o644))
+		e.ok("alice", "build", "-q", "-t", "probed", dir)
+		e.ok("alice", "run", "-d", "--name", "fromimage", "probed", "sleep", "600")
+		e.ok("alice", "run", "-d", "--name", "optedout", "--no-healthcheck", "probed", "sleep", "600")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			out := e.ok("alice", "inspect", "-f", "{{.State.Health.Status}} {{json .Config.Healthcheck.Test}}", "fromimage")
+			if out == `healthy ["CMD-SHELL","true"]`+"\n" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("container of an image with HEALTHCHECK: %q", out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if out := e.ok("alice", "inspect", "-f", "{{json .State.Health}}", "optedout"); out != "null\n" {
+			t.Fatalf("--no-healthcheck over the image's: %q", out)
+		}
+		if out := e.ok("alice", "ps", "--filter", "health=none", "--format", "{{.Names}}"); out != "optedout\n" {
+			t.Fatalf("ps --filter health=none: %q", out)
 		}
 	})
 }
