@@ -82,7 +82,9 @@ volumes:
 // labels and is found by them. A project that remaps a port, or names a
 // network driver this cloud has not, is refused with a clear error.
 // composeHealthy is a project whose app waits for web to be healthy: web
-// becomes ready a second after it starts.
+// becomes ready a second after it starts, its failures before that within
+// its start period (which would otherwise make it unhealthy and fail the
+// up).
 const composeHealthy = `services:
   web:
     image: busybox
@@ -92,7 +94,9 @@ const composeHealthy = `services:
       test: [CMD, test, -f, /tmp/ready]
       interval: 200ms
       timeout: 2s
-      retries: 3
+      retries: 2
+      start_period: 10s
+      start_interval: 200ms
   app:
     image: busybox
     command: [sleep, "600"]
@@ -299,7 +303,7 @@ func TestDockerComposeRunc(t *testing.T) {
 		must(t, os.WriteFile(f, []byte(composeHealthy), 0o644))
 		t0 := time.Now()
 		e.ok("alice", "compose", "-p", "health", "-f", f, "up", "-d")
-		t.Logf("figure: docker compose up -d with app depending on web's service_healthy (web ready after 1s, 200ms probes) took %s", time.Since(t0).Round(time.Millisecond))
+		t.Logf("figure: docker compose up -d with app depending on web's service_healthy (web ready after 1s, 200ms probes in a 10s start period) took %s", time.Since(t0).Round(time.Millisecond))
 		if out := e.ok("alice", "inspect", "-f", "{{.State.Health.Status}}", "health-web-1"); out != "healthy\n" {
 			t.Fatalf("web after up: %q", out)
 		}
