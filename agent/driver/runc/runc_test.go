@@ -17,6 +17,7 @@ import (
 
 	"flotilla/agent/driver"
 	"flotilla/agent/network"
+	"flotilla/agent"
 	"flotilla/api/errdefs"
 	"flotilla/oci"
 
@@ -26,6 +27,13 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv("FLOTILLA_TEST_SHIM") == "1" {
 		os.Exit(ShimMain(os.Args[1:]))
+	}
+	if os.Getenv(testPipeEnv) == "1" { // sshfs's transport (share_test.go)
+		if err := agent.PipeVolumeShare(context.Background(), os.Getenv, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
