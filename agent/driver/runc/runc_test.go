@@ -15,9 +15,9 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"flotilla/agent"
 	"flotilla/agent/driver"
 	"flotilla/agent/network"
-	"flotilla/agent"
 	"flotilla/api/errdefs"
 	"flotilla/oci"
 
