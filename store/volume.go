@@ -250,3 +250,28 @@ func (s *Store) OwnerResidents(ctx context.Context, owner string) ([]PlacedInsta
 	}
 	return out, translate(rows.Err())
 }
+
+const sqlRenameVolume = `UPDATE volumes SET name = $3, updated_at = now()
+WHERE id = (SELECT id FROM volumes WHERE owner_id = $1 AND state <> 'deleted' AND ($2 = id::text OR $2 = name)
+	ORDER BY ($2 = id::text) DESC LIMIT 1)
+RETURNING ` + volumeColumns
+
+// RenameVolume gives owner's volume (by id or name) another name. NotFound
+// if there is none, Conflict (VolumeAlreadyExists) if the owner has a
+// volume of that name.
+func (s *Store) RenameVolume(ctx context.Context, owner, idOrName, name string) (Volume, error) {
+	msg := "volume " + idOrName + " not found"
+	if !validUUID(owner) {
+		return Volume{}, errdefs.NotFoundf("%s", msg)
+	}
+	rows, _ := s.pool.Query(ctx, sqlRenameVolume, owner, idOrName, name)
+	v, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Volume])
+	if err != nil {
+		if pgCode(err) == sqlUniqueViolation {
+			return Volume{}, &errdefs.Error{Code: errdefs.Conflict, Err: err, Reason: "VolumeAlreadyExists",
+				Message: "a volume named " + name + " already exists"}
+		}
+		return Volume{}, notFound(err, msg)
+	}
+	return v, nil
+}

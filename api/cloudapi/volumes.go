@@ -22,6 +22,7 @@ func (s *Server) volumeRoutes(r chi.Router) {
 	getHead(r, "/volumes", s.handle(s.listVolumes))
 	r.Post("/volumes", s.handle(s.createVolume))
 	getHead(r, "/volumes/{id}", s.handle(s.getVolume))
+	r.Post("/volumes/{id}", s.handle(s.updateVolume))
 	r.Delete("/volumes/{id}", s.handle(s.deleteVolume))
 	getHead(r, "/volumesizes", s.handle(s.listVolumeSizes))
 }
@@ -216,6 +217,36 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, r, http.StatusOK, m)
+}
+
+// updateVolume is UpdateVolume: a volume's name is all that changes.
+func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) error {
+	p, err := params(r)
+	if err != nil {
+		return err
+	}
+	for k := range p {
+		if k != "name" {
+			return errdefs.InvalidArgument("%s cannot be updated: a volume's name is all that can change", k)
+		}
+	}
+	name, err := stringParam(p, "name")
+	if err != nil {
+		return err
+	}
+	if name == "" {
+		return errdefs.InvalidArgument("name is required: give the volume's new name")
+	}
+	id := pathParam(r, "id")
+	v, err := s.svc.RenameVolume(r.Context(), caller(r), id, name)
+	if err != nil {
+		return s.volumeNotFound(r, err, id)
+	}
+	out, err := s.volumeWithRefs(r, v)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, r, http.StatusOK, out)
 }
 
 func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) error {

@@ -81,6 +81,37 @@ func TestVolumes(t *testing.T) {
 			wantError(t, resp, b, http.StatusConflict, tc.code, tc.msg)
 		}
 	})
+	t.Run("OK/Rename", func(t *testing.T) {
+		resp, b := e.post("/alice/volumes/"+id, map[string]any{"name": "renamed"})
+		wantStatus(t, resp, b, http.StatusOK)
+		if got := decode[map[string]any](t, b); got["id"] != id || got["name"] != "renamed" {
+			t.Fatalf("renamed: %v", got)
+		}
+		resp, b = e.get("/alice/volumes/renamed")
+		wantStatus(t, resp, b, http.StatusOK)
+		resp, b = e.post("/alice/volumes", map[string]any{"name": "other"})
+		wantStatus(t, resp, b, http.StatusCreated)
+		otherID := decode[map[string]any](t, b)["id"].(string)
+		for _, tc := range []struct {
+			path      string
+			body      map[string]any
+			code, msg string
+		}{
+			{"renamed", map[string]any{"name": "other"}, "VolumeAlreadyExists", "a volume named other already exists"},
+			{"renamed", map[string]any{"name": "bad/name"}, "InvalidArgument", `invalid volume name "bad/name": use up to 256 letters, digits, '_', '.' or '-', starting with a letter or digit`},
+			{"renamed", map[string]any{"size": 20480}, "InvalidArgument", "size cannot be updated: a volume's name is all that can change"},
+			{"renamed", map[string]any{}, "InvalidArgument", "name is required: give the volume's new name"},
+		} {
+			resp, b := e.post("/alice/volumes/"+tc.path, tc.body)
+			wantError(t, resp, b, http.StatusConflict, tc.code, tc.msg)
+		}
+		resp, b = e.do(request{method: "POST", path: "/bob/volumes/" + id, body: map[string]any{"name": "stolen"}, signer: bob})
+		wantError(t, resp, b, http.StatusNotFound, "ResourceNotFound", "volume "+id+" not found")
+		resp, b = e.post("/alice/volumes/"+id, map[string]any{"name": "data"})
+		wantStatus(t, resp, b, http.StatusOK)
+		resp, b = e.do(request{method: "DELETE", path: "/alice/volumes/" + otherID})
+		wantStatus(t, resp, b, http.StatusNoContent)
+	})
 	t.Run("OK/Delete", func(t *testing.T) {
 		resp, b := e.do(request{method: "DELETE", path: "/alice/volumes/" + id})
 		wantStatus(t, resp, b, http.StatusNoContent)

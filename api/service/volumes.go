@@ -220,6 +220,21 @@ func (s *Service) DeleteVolume(ctx context.Context, c Caller, idOrName string) (
 	return v, nil
 }
 
+// RenameVolume gives c's volume (by id or name) another name. Invalid for
+// a bad name, NotFound without the volume, Conflict (VolumeAlreadyExists)
+// for a name in use.
+func (s *Service) RenameVolume(ctx context.Context, c Caller, idOrName, name string) (store.Volume, error) {
+	if !volumeNameRE.MatchString(name) {
+		return store.Volume{}, errdefs.InvalidArgument("invalid volume name %q: use up to 256 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
+	}
+	v, err := s.Store.RenameVolume(ctx, c.AccountID, idOrName, name)
+	if err != nil {
+		return store.Volume{}, err
+	}
+	s.Log.Info("volume renamed", "account", c.Login, "volume", v.ID, "name", v.Name)
+	return v, nil
+}
+
 // volumeRemoveTimeout bounds the wait for a node to remove a deleted
 // volume's storage (the node waits up to agent.DefaultVolumeRemoveWait for
 // containers that are on their way out).
