@@ -1,6 +1,7 @@
 package dockerapi
 
 import (
+	"cmp"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -26,21 +27,11 @@ func mergeHealthcheck(user *container.HealthConfig, image *dockerspec.Healthchec
 	if len(out.Test) == 0 {
 		out.Test = image.Test
 	}
-	if out.Interval == 0 {
-		out.Interval = image.Interval
-	}
-	if out.Timeout == 0 {
-		out.Timeout = image.Timeout
-	}
-	if out.StartPeriod == 0 {
-		out.StartPeriod = image.StartPeriod
-	}
-	if out.StartInterval == 0 {
-		out.StartInterval = image.StartInterval
-	}
-	if out.Retries == 0 {
-		out.Retries = image.Retries
-	}
+	out.Interval = cmp.Or(out.Interval, image.Interval)
+	out.Timeout = cmp.Or(out.Timeout, image.Timeout)
+	out.StartPeriod = cmp.Or(out.StartPeriod, image.StartPeriod)
+	out.StartInterval = cmp.Or(out.StartInterval, image.StartInterval)
+	out.Retries = cmp.Or(out.Retries, image.Retries)
 	return &out
 }
 
@@ -73,21 +64,12 @@ func healthcheckSpec(h *container.HealthConfig) (*driver.Healthcheck, error) {
 	if len(h.Test) < 2 || h.Test[1] == "" {
 		return nil, errdefs.InvalidArgument("Healthcheck %s needs a command", h.Test[0])
 	}
-	spec := &driver.Healthcheck{Test: append([]string{}, h.Test...), Interval: h.Interval, Timeout: h.Timeout,
-		StartPeriod: h.StartPeriod, StartInterval: h.StartInterval, Retries: h.Retries}
-	if spec.Interval == 0 {
-		spec.Interval = driver.DefaultHealthInterval
-	}
-	if spec.Timeout == 0 {
-		spec.Timeout = driver.DefaultHealthTimeout
-	}
-	if spec.StartInterval == 0 {
-		spec.StartInterval = driver.DefaultHealthStartInterval
-	}
-	if spec.Retries == 0 {
-		spec.Retries = driver.DefaultHealthRetries
-	}
-	return spec, nil
+	return &driver.Healthcheck{Test: append([]string{}, h.Test...),
+		Interval:      cmp.Or(h.Interval, driver.DefaultHealthInterval),
+		Timeout:       cmp.Or(h.Timeout, driver.DefaultHealthTimeout),
+		StartPeriod:   h.StartPeriod,
+		StartInterval: cmp.Or(h.StartInterval, driver.DefaultHealthStartInterval),
+		Retries:       cmp.Or(h.Retries, driver.DefaultHealthRetries)}, nil
 }
 
 // healthOf is a container's State.Health: nil without a health check or
