@@ -95,8 +95,7 @@ type Driver struct {
 	rc  *gorunc.Runc
 	log *slog.Logger
 
-	layerMu sync.Mutex
-	layers  map[string]*sync.Mutex // per layer digest, while unpacking
+	layers keyedLocks // per layer directory, while unpacking
 
 	shareMu sync.Mutex // mounts of other nodes' volumes
 	vols    volumes    // volumes' storage (volumes.go)
@@ -161,10 +160,9 @@ func New(cfg Config) (*Driver, error) {
 		}
 	}
 	return &Driver{
-		cfg:    cfg,
-		rc:     &gorunc.Runc{Command: cfg.RuncBinary, Root: filepath.Join(cfg.Root, "runc")},
-		log:    cfg.Logger,
-		layers: map[string]*sync.Mutex{},
+		cfg: cfg,
+		rc:  &gorunc.Runc{Command: cfg.RuncBinary, Root: filepath.Join(cfg.Root, "runc")},
+		log: cfg.Logger,
 	}, nil
 }
 
@@ -394,15 +392,7 @@ func (d *Driver) cachedLayers(ctx context.Context, img v1.Image) ([]string, erro
 }
 
 func (d *Driver) unpackLayerOnce(ctx context.Context, l v1.Layer, dir string) error {
-	d.layerMu.Lock()
-	mu, ok := d.layers[dir]
-	if !ok {
-		mu = &sync.Mutex{}
-		d.layers[dir] = mu
-	}
-	d.layerMu.Unlock()
-	mu.Lock()
-	defer mu.Unlock()
+	defer d.layers.lock(dir)()
 	if _, err := os.Stat(dir); err == nil {
 		return nil
 	}
@@ -760,4 +750,27 @@ func defaultShim(exe string) (string, []string) {
 func isExecutable(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// keyedLocks hands out one mutex per key (a layer's or a volume's
+// directory), made on first use.
+type keyedLocks struct {
+	mu sync.Mutex
+	m  map[string]*sync.Mutex
+}
+
+// lock locks key and returns the unlock.
+func (k *keyedLocks) lock(key string) func() {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*sync.Mutex{}
+	}
+	mu, ok := k.m[key]
+	if !ok {
+		mu = &sync.Mutex{}
+		k.m[key] = mu
+	}
+	k.mu.Unlock()
+	mu.Lock()
+	return mu.Unlock
 }

@@ -49,8 +49,8 @@ var _ driver.VolumeRemover = (*Driver)(nil)
 // volumes serializes the making, mounting and removing of each volume's
 // storage, and remembers whether the node can loop-mount.
 type volumes struct {
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex
+	mu   sync.Mutex
+	keys keyedLocks
 
 	probe    sync.Once
 	loopErr  error // why volumes cannot be loop-mounted here; nil when they can (under mu)
@@ -58,20 +58,7 @@ type volumes struct {
 }
 
 // lock locks volume id's storage and returns the unlock.
-func (v *volumes) lock(id string) func() {
-	v.mu.Lock()
-	if v.locks == nil {
-		v.locks = map[string]*sync.Mutex{}
-	}
-	mu, ok := v.locks[id]
-	if !ok {
-		mu = &sync.Mutex{}
-		v.locks[id] = mu
-	}
-	v.mu.Unlock()
-	mu.Lock()
-	return mu.Unlock
-}
+func (v *volumes) lock(id string) func() { return v.keys.lock(id) }
 
 // canLoopMount reports (once) whether this node can give volumes a
 // filesystem of their own.
