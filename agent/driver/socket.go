@@ -12,7 +12,8 @@ import (
 const maxSocketPath = 100
 
 // SocketDir holds the sockets whose own place is too deep for a socket's
-// path (see SocketPath).
+// path (see SocketPath); a process that cannot make it (not root) uses
+// flotilla-sockets in the temporary directory.
 var SocketDir = "/run/flotilla/sockets"
 
 // SocketPath returns where the socket name of directory dir lives: in dir
@@ -26,6 +27,10 @@ func SocketPath(dir, name string) string {
 		return p
 	}
 	sum := sha256.Sum256([]byte(dir))
-	os.MkdirAll(SocketDir, 0o700)
-	return filepath.Join(SocketDir, hex.EncodeToString(sum[:12])+"-"+name)
+	base := SocketDir
+	if os.MkdirAll(base, 0o700) != nil {
+		base = filepath.Join(os.TempDir(), "flotilla-sockets")
+		os.MkdirAll(base, 0o700)
+	}
+	return filepath.Join(base, hex.EncodeToString(sum[:12])+"-"+name)
 }

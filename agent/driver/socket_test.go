@@ -2,6 +2,7 @@ package driver
 
 import (
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -31,4 +32,9 @@ func TestSocketPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	ln.Close()
+	// Where SocketDir cannot be made, the temporary directory serves.
+	SocketDir = "/proc/no-such-dir/sockets"
+	if got := SocketPath(deep, "attach.sock"); filepath.Dir(got) != filepath.Join(os.TempDir(), "flotilla-sockets") {
+		t.Errorf("without SocketDir: %s", got)
+	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -18,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	sshagent "golang.org/x/crypto/ssh/agent"
 
+	"flotilla/agent/driver"
 	"flotilla/api/auth"
 )
 
@@ -91,15 +90,10 @@ func generateKey(path, comment string) error {
 type plainAgent struct{ sshagent.Agent }
 
 // agentSocketPath is where dev serves its SSH agent: DATA/ssh/agent.sock,
-// or a name under the temporary directory when that path is too long for a
-// Unix socket.
+// or elsewhere when that path is too long for a Unix socket
+// (driver.SocketPath).
 func agentSocketPath(data string) string {
-	p := filepath.Join(data, "ssh", "agent.sock")
-	if len(p) < 100 {
-		return p
-	}
-	sum := sha256.Sum256([]byte(data))
-	return filepath.Join(os.TempDir(), "flotilla-dev-agent-"+hex.EncodeToString(sum[:6])+".sock")
+	return driver.SocketPath(filepath.Join(data, "ssh"), "agent.sock")
 }
 
 // serveSSHAgent serves an SSH agent holding only the key in privFile on a
