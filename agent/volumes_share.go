@@ -11,14 +11,11 @@ package agent
 // directory through an os.Root: no name, "..", or symbolic link leads out.
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/subtle"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -35,6 +32,7 @@ import (
 	"flotilla/agent/driver"
 	"flotilla/api/agentapi/wire"
 	"flotilla/api/errdefs"
+	"flotilla/api/nodeclient"
 )
 
 // shareRoute reports whether r asks for a volume share, and for which.
@@ -315,67 +313,40 @@ func (l listerAt) ListAt(out []fs.FileInfo, off int64) (int, error) {
 	return n, nil
 }
 
-// PipeVolumeShare connects to a volume's share as the environment (driver.Env*)
-// describes and copies stdin to it and it to stdout until either ends: the
-// transport sshfs runs in place of ssh.
+// PipeVolumeShare connects to a volume's share as the environment
+// (driver.EnvShare*) describes and copies stdin to it and it to stdout
+// until either ends: the transport sshfs runs in place of ssh.
 func PipeVolumeShare(ctx context.Context, getenv func(string) string, stdin io.Reader, stdout io.Writer) error {
-	addr, node, id, tok := getenv(driver.EnvShareAddress), getenv(driver.EnvShareNode), getenv(driver.EnvShareVolume), getenv(driver.EnvShareToken)
-	if addr == "" || id == "" || tok == "" {
+	n := nodeclient.Node{ID: getenv(driver.EnvShareNode), Address: getenv(driver.EnvShareAddress), Token: getenv(driver.EnvShareToken)}
+	id := getenv(driver.EnvShareVolume)
+	if n.Address == "" || id == "" || n.Token == "" {
 		return errors.New("volume-pipe is sshfs's transport to a volume's node; it needs " + driver.EnvShareAddress + ", " + driver.EnvShareVolume + " and " + driver.EnvShareToken)
 	}
-	var d net.Dialer
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	conn, err := d.DialContext(dctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
+	size, _ := strconv.ParseInt(getenv(driver.EnvShareSize), 10, 64)
+	c := nodeclient.New()
+	defer c.Close()
 	if ca := getenv(driver.EnvShareCA); ca != "" {
-		pem, err := os.ReadFile(ca)
+		roots, err := LoadRootCAs(ca)
 		if err != nil {
 			return err
 		}
-		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return errors.New("no certificate in " + ca)
-		}
-		tc := tls.Client(conn, &tls.Config{RootCAs: roots, ServerName: wire.NodeCertName(node), MinVersion: tls.VersionTLS12})
-		if err := tc.HandshakeContext(dctx); err != nil {
-			return err
-		}
-		conn = tc
+		c.UseTLS(roots)
 	}
-	target := strings.Replace(wire.VolumeSharePath, "{id}", id, 1)
-	if sz := getenv(driver.EnvShareSize); sz != "" {
-		target += "?size=" + sz
-	}
-	req := "POST " + target + " HTTP/1.1\r\nHost: " + addr + "\r\nAuthorization: Bearer " + tok +
-		"\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := io.WriteString(conn, req); err != nil {
-		return err
-	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	s, err := c.OpenVolumeShare(dctx, n, id, size)
 	if err != nil {
-		return err
+		return fmt.Errorf("volume share %s on %s: %d %s", id, n.Address, errdefs.HTTPStatus(errdefs.CodeOf(err)), errdefs.MessageOf(err))
 	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return errors.New("volume share " + id + " on " + addr + ": " + resp.Status + " " + string(bytes.TrimSpace(b)))
-	}
-	conn.SetDeadline(time.Time{})
+	defer s.Close()
 	done := make(chan error, 2)
 	go func() {
-		_, err := io.Copy(conn, stdin)
-		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		}
+		_, err := s.ReadFrom(stdin)
+		s.CloseWrite()
 		done <- err
 	}()
 	go func() {
-		_, err := io.Copy(stdout, br)
+		_, err := s.WriteTo(stdout)
 		done <- err
 	}()
 	select {

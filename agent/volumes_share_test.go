@@ -209,27 +209,28 @@ func TestVolumeShare(t *testing.T) {
 }
 
 func TestOpenPerm(t *testing.T) {
-	be := func(vs ...uint64) []byte {
-		var b []byte
-		for i, v := range vs {
-			if i == 1 && len(vs) == 4 { // a size is 8 bytes
-				b = binary.BigEndian.AppendUint64(b, v)
-				continue
-			}
-			b = binary.BigEndian.AppendUint32(b, uint32(v))
+	// attrs is an open's attributes: the flags word, then the fields
+	// (sizes are 8 bytes, the others 4).
+	attrs := func(flags uint32, fields ...[]byte) []byte {
+		b := binary.BigEndian.AppendUint32(nil, flags)
+		for _, f := range fields {
+			b = append(b, f...)
 		}
 		return b
 	}
+	u32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+	u64 := func(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 	for _, c := range []struct {
 		attrs []byte
 		want  os.FileMode
 	}{
 		{nil, 0o644},
-		{be(0), 0o644},
-		{be(0x4, 0o100600), 0o600},
-		{be(0x4, 0o104755), 0o755 | os.ModeSetuid},
-		{be(0x1|0x4, 1<<40, 0o100640, 0), 0o640},
-		{be(0x4), 0o644}, // truncated
+		{attrs(0), 0o644},
+		{attrs(0x4, u32(0o100600)), 0o600},
+		{attrs(0x4, u32(0o104755)), 0o755 | os.ModeSetuid},
+		{attrs(0x1|0x4, u64(1<<40), u32(0o100640)), 0o640},
+		{attrs(0x1|0x2|0x4, u64(1), u32(1000), u32(1000), u32(0o100700)), 0o700},
+		{attrs(0x4), 0o644}, // truncated
 	} {
 		if got := openPerm(c.attrs); got != c.want {
 			t.Errorf("openPerm(%x) = %v, want %v", c.attrs, got, c.want)

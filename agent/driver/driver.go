@@ -449,8 +449,9 @@ type VolumeMount struct {
 	Name        string `json:",omitempty"` // the volume's name, for inspect
 	Destination string // absolute path in the container
 	ReadOnly    bool   `json:",omitempty"`
-	// SizeMiB is the volume's size: a driver that can enforce it gives the
-	// volume a filesystem of that size (0: no limit, as older volumes).
+	// SizeMiB is the volume's size, which the control plane fills in from
+	// the volume when it assigns the instance: a driver that can enforce
+	// it gives the volume a filesystem of that size (0: no limit).
 	SizeMiB int64 `json:",omitempty"`
 	// Remote is set when the volume's storage lives on another node: the
 	// driver mounts that node's share of it (see VolumeSharer) instead of

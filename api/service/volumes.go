@@ -305,7 +305,7 @@ func (s *Service) ResolveMounts(ctx context.Context, c Caller, reqs []MountReque
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, driver.VolumeMount{Volume: v.ID, Name: v.Name, Destination: dst, ReadOnly: m.ReadOnly, SizeMiB: v.SizeMiB})
+		out = append(out, driver.VolumeMount{Volume: v.ID, Name: v.Name, Destination: dst, ReadOnly: m.ReadOnly})
 	}
 	return out, nil
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -113,19 +114,10 @@ func (d *Driver) unmountShares(spec driver.Spec) {
 	}
 	d.shareMu.Lock()
 	defer d.shareMu.Unlock()
-	ents, _ := os.ReadDir(filepath.Join(d.cfg.Root, "containers"))
-	for _, e := range ents {
-		if e.Name() == spec.ID {
-			continue
-		}
-		if _, other, err := d.loadSpec(e.Name()); err == nil {
-			for _, v := range other.Options.Volumes {
-				delete(want, v.Volume)
-			}
-		}
-	}
 	for id := range want {
-		d.unmountShare(id)
+		if !slices.ContainsFunc(d.volumeUsers(id, true), func(c string) bool { return c != spec.ID }) {
+			d.unmountShare(id)
+		}
 	}
 }
 
@@ -150,7 +142,7 @@ func (d *Driver) releaseShares(ctx context.Context) {
 	ents, _ := os.ReadDir(filepath.Join(d.cfg.Root, "shares"))
 	for _, e := range ents {
 		inUse := false
-		for _, c := range d.volumeUsers(e.Name()) {
+		for _, c := range d.volumeUsers(e.Name(), true) {
 			if d.status(ctx, c, filepath.Join(d.cfg.Root, "containers", c)).State == driver.StateRunning {
 				inUse = true
 				break

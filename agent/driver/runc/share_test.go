@@ -35,6 +35,18 @@ func TestUpdateShares(t *testing.T) {
 	if err := writeJSONAtomic(filepath.Join(bundle, fileSpec), spec); err != nil {
 		t.Fatal(err)
 	}
+	// The container counts as a user of the other node's volume through
+	// its share, and of the local one through this node's storage: what
+	// unmounting shares (and volumes) on a node stop looks at.
+	if got := d.volumeUsers(remote, true); len(got) != 1 || got[0] != id {
+		t.Errorf("users of the other node's volume: %v", got)
+	}
+	if got := d.volumeUsers(remote, false); len(got) != 0 {
+		t.Errorf("users of the other node's volume on this node's storage: %v", got)
+	}
+	if got := d.volumeUsers(local, false); len(got) != 1 {
+		t.Errorf("users of the local volume: %v", got)
+	}
 	now := &driver.RemoteVolume{Node: "n2", Address: "127.0.0.1:2000", Token: "t"}
 	if err := d.UpdateShares(context.Background(), id, []driver.VolumeMount{
 		{Volume: remote, Destination: "/r", Remote: now}, {Volume: local, Destination: "/l"},

@@ -281,7 +281,7 @@ func (d *Driver) RemoveVolume(ctx context.Context, id string) error {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if users := d.volumeUsers(id); len(users) > 0 {
+	if users := d.volumeUsers(id, false); len(users) > 0 {
 		return errdefs.Conflictf("volume %s is mounted by container %s on this node", id, strings.Join(users, ", "))
 	}
 	data := filepath.Join(dir, volumeData)
@@ -336,7 +336,7 @@ func (d *Driver) releaseVolume(ctx context.Context, id string) error {
 	if mounted, err := mountedAt(data); err != nil || !mounted {
 		return err
 	}
-	for _, c := range d.volumeUsers(id) {
+	for _, c := range d.volumeUsers(id, false) {
 		if d.status(ctx, c, filepath.Join(d.cfg.Root, "containers", c)).State == driver.StateRunning {
 			return nil
 		}
@@ -347,9 +347,10 @@ func (d *Driver) releaseVolume(ctx context.Context, id string) error {
 	return nil
 }
 
-// volumeUsers lists the containers of this node whose spec mounts volume
-// id, running or not.
-func (d *Driver) volumeUsers(id string) []string {
+// volumeUsers lists the containers of this node, running or not, whose
+// spec mounts volume id: from this node's storage, or with remote from
+// another node's share of it (share.go).
+func (d *Driver) volumeUsers(id string, remote bool) []string {
 	ents, _ := os.ReadDir(filepath.Join(d.cfg.Root, "containers"))
 	var out []string
 	for _, e := range ents {
@@ -358,7 +359,7 @@ func (d *Driver) volumeUsers(id string) []string {
 			continue
 		}
 		for _, v := range spec.Options.Volumes {
-			if v.Volume == id && v.Remote == nil {
+			if v.Volume == id && (v.Remote != nil) == remote {
 				out = append(out, e.Name())
 				break
 			}
