@@ -145,14 +145,13 @@ func (s *Service) volumeHome(ctx context.Context, owner, name string, rules []sc
 	if err != nil {
 		return "", err
 	}
-	if len(rules) == 0 || len(nodes) == 0 {
-		if len(nodes) == 0 && len(rules) > 0 {
-			return "", &errdefs.Error{Code: errdefs.Conflict, Reason: "InsufficientCapacity",
-				Message: "no node can hold volume " + name + " (this cloud runs no runc node), so its affinity rules cannot be met"}
-		}
-		if len(nodes) == 0 {
-			return "", nil
-		}
+	switch {
+	case len(nodes) == 0 && len(rules) > 0:
+		return "", &errdefs.Error{Code: errdefs.Conflict, Reason: "InsufficientCapacity",
+			Message: "no node can hold volume " + name + " (this cloud runs no runc node), so its affinity rules cannot be met"}
+	case len(nodes) == 0:
+		return "", nil
+	case len(rules) == 0:
 		return nodes[0], nil
 	}
 	residents, err := s.Store.OwnerResidents(ctx, owner)
